@@ -1,0 +1,33 @@
+"""GPT-2 sizes (Radford et al. 2019): `--config configs/gpt2.py:{124m,350m,774m,1558m}`.
+
+T=1024, vocabulary 50257 padded to 50304 (a multiple of 128) for fast matmuls, as nanoGPT does.
+"""
+
+from configs.base import base_config
+
+# name: (n_layers, d_model, n_heads)
+SIZES = {
+    "124m": (12, 768, 12),
+    "350m": (24, 1024, 16),
+    "774m": (36, 1280, 20),
+    "1558m": (48, 1600, 25),
+}
+
+
+def get_config(size: str = "124m"):
+    if size not in SIZES:
+        raise ValueError(f"unknown GPT-2 size {size!r}; choose one of {', '.join(SIZES)}")
+    layers, d_model, heads = SIZES[size]
+    c = base_config()
+    c.name = f"gpt2-{size}"
+    c.model.num_layers = layers
+    c.model.d_model = d_model
+    c.model.num_heads = heads
+    c.model.head_dim = 64
+    c.model.d_ff = 4 * d_model
+    c.model.max_seq_len = 1024
+    c.data.seq_len = 1024
+    c.train.batch_size = 16
+    c.optim.lr = 6e-4
+    c.optim.warmup_steps = 700
+    return c

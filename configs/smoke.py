@@ -1,0 +1,54 @@
+"""The quickstart and CPU-test model: a small character GPT on tiny_shakespeare.
+
+Sized to reach Shakespeare-looking text in a few minutes on a 2-core CPU (see README).
+`configs/smoke.py:tiny` is a much smaller model for unit tests.
+"""
+
+from configs.base import base_config
+
+
+def get_config(variant: str = "default"):
+    c = base_config()
+    c.name = f"smoke-{variant}"
+    c.model.vocab_size = 65
+    c.model.vocab_multiple = 8
+    c.model.num_layers = 4
+    c.model.num_heads = 4
+    c.model.head_dim = 32
+    c.model.d_model = 128
+    c.model.d_ff = 512
+    c.model.max_seq_len = 128
+    c.model.use_bias = False
+    c.model.scan_layers = True
+    c.data.tfds_name = "tiny_shakespeare"
+    c.data.seq_len = 128
+    c.data.tokenizer.kind = "char"
+    c.data.shuffle_buffer = 1000
+    c.train.batch_size = 32
+    c.train.steps = 1500
+    c.train.log_every = 50
+    c.train.eval_every = 500
+    c.train.eval_batches = 10
+    c.train.ckpt_every = 500
+    c.optim.lr = 2e-3
+    c.optim.warmup_steps = 50
+    c.optim.b2 = 0.99
+    c.sample.max_new_tokens = 300
+    if variant == "tiny":
+        c.model.num_layers = 2
+        c.model.num_heads = 2
+        c.model.head_dim = 8
+        c.model.d_model = 16
+        c.model.d_ff = 32
+        c.model.max_seq_len = 16
+        c.data.seq_len = 16
+        c.train.batch_size = 8
+        c.train.steps = 20
+        c.train.log_every = 5
+        c.train.eval_every = 10
+        c.train.eval_batches = 2
+        c.train.ckpt_every = 10
+        c.data.shuffle_buffer = 100
+    elif variant != "default":
+        raise ValueError(f"unknown smoke variant {variant!r}; choose default or tiny")
+    return c

@@ -1,0 +1,9 @@
+"""gptjax: pretrain GPT-style language models with JAX/Flax."""
+
+import os
+
+# TensorFlow is only the input pipeline's: keep it quiet and off the accelerators.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+__version__ = "0.1.0"

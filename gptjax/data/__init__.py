@@ -1,0 +1,18 @@
+"""Input pipeline: sources -> tokenizer -> packed, sharded, resumable batches.
+
+The contract the rest of gptjax relies on (keep it stable):
+
+    tok = make_tokenizer(config, workdir)           # trains or loads; saved in the workdir
+    it = make_train_iter(config, tok, process_index, process_count)
+    batch = next(it)        # {'inputs': int32 [B_host, T], 'targets': int32 [B_host, T]}
+    state = it.get_state()  # JSON-serialisable; it.set_state(state) resumes exactly there
+    for batch in make_eval_batches(config, tok, process_index, process_count): ...
+
+B_host = config.train.batch_size // process_count, T = config.data.seq_len; `targets` is
+`inputs` shifted left by one token.
+"""
+
+from __future__ import annotations
+
+from gptjax.data.pipeline import make_eval_batches, make_train_iter  # noqa: F401
+from gptjax.data.tokenizer import Tokenizer, make_tokenizer  # noqa: F401

@@ -1,0 +1,20 @@
+# Sourced by launch/*.sh: creates and activates .venv with gptjax and its dependencies.
+# Re-installs only when pyproject.toml changed. Set GPTJAX_EXTRAS=cuda on a GPU machine.
+PYTHON="${PYTHON:-python3}"
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON" -m venv .venv
+fi
+# shellcheck disable=SC1091
+source .venv/bin/activate
+stamp=".venv/.gptjax-installed"
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+  python -m pip install --quiet --upgrade pip
+  python -m pip install --quiet -e ".[dev${GPTJAX_EXTRAS:+,$GPTJAX_EXTRAS}]"
+  touch "$stamp"
+fi
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}" TF_ENABLE_ONEDNN_OPTS=0
+# Offline copy of tiny_shakespeare beside the repo (CI, tests); elsewhere TFDS downloads it.
+if [[ -z "${GPTJAX_MANUAL_DIR:-}" && -f ../shared/data/tiny_shakespeare/input.txt ]]; then
+  GPTJAX_MANUAL_DIR="$(cd ../shared/data/tiny_shakespeare && pwd)"
+  export GPTJAX_MANUAL_DIR
+fi
