@@ -1,0 +1,38 @@
+"""Test setup: CPU only, 8 virtual devices (for sharding tests), data from ../shared."""
+
+import os
+import pathlib
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+os.environ.setdefault("GPTJAX_MANUAL_DIR", str(SHARED / "data" / "tiny_shakespeare"))
+
+
+@pytest.fixture(scope="session")
+def repo_dir() -> pathlib.Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> pathlib.Path:
+    if not (SHARED / "data").is_dir():
+        pytest.fail(f"test data missing: expected {SHARED}/data beside the repo")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def shakespeare_manual_dir(shared_dir) -> pathlib.Path:
+    return shared_dir / "data" / "tiny_shakespeare"
+
+
+@pytest.fixture(scope="session")
+def austen_path(shared_dir) -> pathlib.Path:
+    return shared_dir / "data" / "austen" / "austen.txt"
