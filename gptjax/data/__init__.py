@@ -1,4 +1,4 @@
-"""Input pipeline: sources -> tokenizer -> packed, sharded, resumable batches.
+"""Input pipeline: sources -> tokenizer -> packed, sharded, resumable batches (docs/data.md).
 
 The contract the rest of gptjax relies on (keep it stable):
 
@@ -9,10 +9,11 @@ The contract the rest of gptjax relies on (keep it stable):
     for batch in make_eval_batches(config, tok, process_index, process_count): ...
 
 B_host = config.train.batch_size // process_count, T = config.data.seq_len; `targets` is
-`inputs` shifted left by one token.
+`inputs` shifted left by one token. Importing this package does not import TensorFlow: only
+reading a TFDS / files source (to tokenize it once) or data.loader=tf does.
 """
 
 from __future__ import annotations
 
-from gptjax.data.pipeline import make_eval_batches, make_train_iter  # noqa: F401
-from gptjax.data.tokenizer import Tokenizer, make_tokenizer  # noqa: F401
+from gptjax.data.pipeline import make_eval_batches, make_train_iter, split_tokens  # noqa: F401
+from gptjax.data.tokenizer import Tokenizer, load_tokenizer, make_tokenizer  # noqa: F401

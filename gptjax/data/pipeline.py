@@ -1,32 +1,319 @@
-"""Batches. (Placeholder until the data issue lands: synthetic tokens only.)"""
+"""Batches: cached token arrays -> fixed windows -> seeded, per-host, exactly resumable batches.
+
+A split is tokenized once (`store.py`) into one flat array (documents joined by EOS). Training
+reads *windows* of seq_len + 1 tokens at stride seq_len (window w covers tokens
+[shift + w*L, shift + w*L + L]; consecutive windows share one token, so each token is a target
+at most once per epoch -- all but fewer than 2L of them exactly once). Windows cross document
+boundaries: the model sees `... end of doc A, EOS, start of doc B ...` with full causal
+attention, as GPT-2 / nanoGPT train.
+
+The stream of windows is the concatenation of epochs; epoch e is a permutation of all windows
+drawn from (data.seed, e), with a random shift in [0, L) so token positions inside windows differ
+from epoch to epoch. Global batch k is stream positions [k*B, (k+1)*B); process i of n reads only
+positions [k*B + i*B/n, k*B + (i+1)*B/n) -- disjoint slices that together cover the batch.
+The iterator's state is the stream position: saving and restoring it is O(1) and exact, and it
+stays meaningful if the number of processes or the batch size changes on resume.
+
+Two loaders yield identical batches: tf.data (indices -> gather -> prefetch, the default for TFDS
+/ files sources) and plain numpy with a prefetch thread (the default for exported shards, and the
+only one on machines without TensorFlow).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import queue
+import sys
+import threading
+
 import numpy as np
 
+from gptjax.data import sources
+from gptjax.data.store import TokenStore
 from gptjax.errors import UserError
 
+LOADERS = ("auto", "tf", "numpy")
+
+
+# ----------------------------------------------------------------------------- token arrays
+
+def token_store(config, tok, workdir: str | None = None) -> TokenStore:
+    """The store holding this source's tokens for this tokenizer (created empty if new)."""
+    d = config.data
+    if d.source == "shards":
+        store = TokenStore(sources.shards_dir(config))
+        if store.index.get("tokenizer") != tok.fingerprint:
+            raise UserError(f"data.shards_dir={d.shards_dir!r} was tokenized with another "
+                            "tokenizer than this run's; use a new workdir or re-export")
+        return store
+    if d.source not in ("tfds", "files"):
+        raise UserError(f"data.source={d.source!r}: choose tfds, files, shards or synthetic")
+    source = sources.source_key(config, None)
+    spec = {"source": source, "tokenizer": tok.fingerprint,
+            "add_eos": bool(d.tokenizer.add_eos)}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    label = (d.tfds_name.replace("/", "_").replace(":", "_") if d.source == "tfds" else "files")
+    root = sources.cache_root(config, workdir or getattr(tok, "workdir", None))
+    return TokenStore.create(os.path.join(root, "tokens", f"{label}-{key}"), tok, source)
+
+
+def split_tokens(config, tok, split: str, workdir: str | None = None) -> np.ndarray:
+    """Tokens of one split (read-only memmap), tokenizing the split first if not cached."""
+    store = token_store(config, tok, workdir)
+    if not store.has(split):
+        if config.data.source == "shards":
+            store.tokens(split)  # raises: names the splits the export has
+        what = (f"data.tfds_name={config.data.tfds_name!r}" if config.data.source == "tfds"
+                else f"data.files={config.data.files!r}")
+        store.write_split(split, tok, sources.documents(config, split),
+                          add_eos=bool(config.data.tokenizer.add_eos), what=what)
+    return store.tokens(split)
+
+
+# ----------------------------------------------------------------------------- windows
+
+class Windows:
+    """Stream position -> window start offset, epoch by epoch (see the module docstring)."""
+
+    def __init__(self, num_tokens: int, seq_len: int, seed: int, shuffle: bool, what: str):
+        if seq_len < 1:
+            raise UserError(f"data.seq_len={seq_len} must be >= 1")
+        if num_tokens < seq_len + 1:
+            raise UserError(f"{what} has {num_tokens} tokens, fewer than data.seq_len+1="
+                            f"{seq_len + 1}; lower data.seq_len or use more text")
+        if seed < 0:
+            raise UserError(f"data.seed={seed} must be >= 0")
+        self.seq_len, self.seed, self.shuffle = seq_len, seed, shuffle
+        # A random shift needs one spare window of room; tiny splits go without it.
+        self.shifted = shuffle and num_tokens >= 2 * seq_len + 1
+        span = num_tokens - seq_len if self.shifted else num_tokens - 1
+        self.num_windows = span // seq_len
+        self._lock = threading.Lock()
+        self._cache: dict[int, tuple[np.ndarray, int]] = {}
+
+    def epoch(self, e: int) -> tuple[np.ndarray | None, int]:
+        with self._lock:
+            hit = self._cache.get(e)
+            if hit is None:
+                if not self.shuffle:
+                    hit = (None, 0)
+                else:
+                    rng = np.random.default_rng([self.seed, e, 0x6A09E667])
+                    perm = rng.permutation(self.num_windows)
+                    shift = int(rng.integers(self.seq_len)) if self.shifted else 0
+                    hit = (perm, shift)
+                self._cache[e] = hit
+                while len(self._cache) > 3:   # keep the epochs next to e (prefetch, rewinds)
+                    del self._cache[max(self._cache, key=lambda k: abs(k - e))]
+            return hit
+
+    def starts(self, position: int, count: int) -> np.ndarray:
+        """Token offsets of the windows at stream positions [position, position + count)."""
+        pos = np.arange(position, position + count, dtype=np.int64)
+        epochs, idx = np.divmod(pos, self.num_windows)
+        out = np.empty(count, np.int64)
+        for e in np.unique(epochs):
+            perm, shift = self.epoch(int(e))
+            sel = epochs == e
+            w = idx[sel] if perm is None else perm[idx[sel]]
+            out[sel] = shift + w * self.seq_len
+        return out
+
+
+def _host_batch(config, process_index: int, process_count: int) -> int:
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise UserError(f"process_index={process_index} is not in [0, {process_count})")
+    b = config.train.batch_size
+    if b % process_count:
+        raise UserError(f"train.batch_size={b} is not divisible by {process_count} processes")
+    return b // process_count
+
+
+def _gather(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> dict:
+    idx = starts[:, None] + np.arange(seq_len + 1, dtype=np.int64)
+    w = np.asarray(tokens[idx], dtype=np.int32)
+    return {"inputs": np.ascontiguousarray(w[:, :-1]), "targets": np.ascontiguousarray(w[:, 1:])}
+
+
+def _tf_available() -> bool:
+    if "tensorflow" in sys.modules:
+        return True
+    import importlib.util
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def choose_loader(config) -> str:
+    loader = config.data.loader
+    if loader not in LOADERS:
+        raise UserError(f"data.loader={loader!r}: choose one of {', '.join(LOADERS)}")
+    if loader == "auto":
+        return "tf" if config.data.source in ("tfds", "files") and _tf_available() else "numpy"
+    if loader == "tf" and not _tf_available():
+        raise UserError("data.loader=tf needs TensorFlow; use data.loader=numpy")
+    return loader
+
+
+class TrainIterator:
+    """Infinite iterator of this process's slice of each global batch; see get_state()."""
+
+    def __init__(self, tokens: np.ndarray, windows: Windows, global_batch: int,
+                 process_index: int, process_count: int, loader: str = "numpy",
+                 prefetch: int = 2):
+        self.tokens, self.windows = tokens, windows
+        self.global_batch = global_batch
+        self.host_batch = global_batch // process_count
+        self.offset = process_index * self.host_batch
+        self.seq_len = windows.seq_len
+        self.loader, self.prefetch = loader, max(0, int(prefetch))
+        self.position = 0          # global stream position of the next batch to hand out
+        self._source = None        # running producer: a tf.data iterator or a thread
+        self._thread = self._stop = self._queue = None
+
+    # -- the batches
+    def batch_at(self, position: int) -> dict:
+        """This process's part of the global batch starting at stream `position`."""
+        starts = self.windows.starts(position + self.offset, self.host_batch)
+        return _gather(self.tokens, starts, self.seq_len)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self.loader == "tf":
+            if self._source is None:
+                self._source = self._tf_iterator(self.position)
+            batch = next(self._source)
+        elif self.prefetch == 0:
+            batch = self.batch_at(self.position)
+        else:
+            if self._thread is None:
+                self._start_thread(self.position)
+            pos, batch = self._queue.get()
+            if isinstance(batch, BaseException):
+                self._thread = None
+                raise batch
+            assert pos == self.position, (pos, self.position)
+        self.position += self.global_batch
+        return batch
+
+    # -- state
+    def get_state(self) -> dict:
+        w = self.windows
+        return {"position": int(self.position), "epoch": int(self.position // w.num_windows),
+                "seed": w.seed, "seq_len": w.seq_len, "num_windows": w.num_windows,
+                "shuffle": w.shuffle}
+
+    def set_state(self, state: dict) -> None:
+        if "position" not in state:
+            raise UserError(f"input-iterator state {state!r} was not written by this pipeline "
+                            "(a different data.source?)")
+        position = int(state["position"])
+        w = self.windows
+        if (state.get("num_windows"), state.get("seq_len")) != (w.num_windows, w.seq_len):
+            # Same data at another seq_len (or re-tokenized): keep the same fraction of epochs.
+            old = max(1, int(state.get("num_windows") or w.num_windows))
+            position = round(position / old * w.num_windows)
+            print(f"gptjax: warning: resuming the input at epoch {position / w.num_windows:.3f} "
+                  "(the saved position was for another seq_len or token count)", file=sys.stderr)
+        self.close()
+        self.position = position
+
+    def close(self) -> None:
+        self._source = None
+        if self._thread is not None:
+            self._stop.set()
+            while self._thread.is_alive():
+                try:
+                    self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            self._thread = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # -- producers
+    def _start_thread(self, position: int) -> None:
+        self._queue = queue.Queue(maxsize=self.prefetch)
+        self._stop = threading.Event()
+        stop, q = self._stop, self._queue
+
+        def work():
+            pos = position
+            while not stop.is_set():
+                try:
+                    item = (pos, self.batch_at(pos))
+                except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                    item = (pos, e)
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if isinstance(item[1], BaseException):
+                    return
+                pos += self.global_batch
+        self._thread = threading.Thread(target=work, daemon=True, name="gptjax-data")
+        self._thread.start()
+
+    def _tf_iterator(self, position: int):
+        import tensorflow as tf
+        L, bh, B = self.seq_len, self.host_batch, self.global_batch
+
+        def starts(j):
+            return self.windows.starts(position + int(j) * B + self.offset, bh)
+
+        ds = tf.data.Dataset.range(1 << 62)
+        ds = ds.map(lambda j: tf.ensure_shape(
+            tf.numpy_function(starts, [j], tf.int64, stateful=False), [bh]))
+        if self.tokens.size <= 1 << 28:   # in memory: gather in TF's own threads
+            table = tf.constant(np.asarray(self.tokens))
+            offsets = tf.range(L + 1, dtype=tf.int64)
+
+            def gather(s):
+                return tf.cast(tf.gather(table, s[:, None] + offsets[None, :]), tf.int32)
+        else:                             # a large memmap: read it with numpy
+            def gather_np(s):
+                return np.asarray(self.tokens[s[:, None] + np.arange(L + 1)], np.int32)
+
+            def gather(s):
+                return tf.ensure_shape(tf.numpy_function(gather_np, [s], tf.int32), [bh, L + 1])
+        ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(lambda w: {"inputs": w[:, :-1], "targets": w[:, 1:]})
+        ds = ds.prefetch(self.prefetch if self.prefetch > 0 else tf.data.AUTOTUNE)
+        return ds.as_numpy_iterator()
+
+
+# ----------------------------------------------------------------------------- synthetic
 
 class SyntheticIterator:
-    """Deterministic random tokens; the state is the number of batches drawn."""
+    """Deterministic random tokens (benchmarks, smoke tests); the state is the batch count."""
 
     def __init__(self, config, process_index: int, process_count: int, seed_offset: int = 0):
-        if config.train.batch_size % process_count:
-            raise UserError(f"train.batch_size={config.train.batch_size} is not divisible by "
-                            f"{process_count} processes")
-        self.batch = config.train.batch_size // process_count
+        self.batch = _host_batch(config, process_index, process_count)
         self.seq_len = config.data.seq_len
         self.vocab = config.model.vocab_size
         self.seed = config.data.seed + seed_offset
         self.process_index = process_index
+        self.process_count = process_count
         self.step = 0
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        rng = np.random.default_rng([self.seed, self.step, self.process_index])
-        tokens = rng.integers(0, self.vocab, (self.batch, self.seq_len + 1), dtype=np.int32)
+        # (multi-host helper) one global batch per step, this process takes its rows: the same
+        # data whatever the process count, so N processes reproduce a 1-process run.
+        rng = np.random.default_rng([self.seed, self.step])
+        rows = self.batch * self.process_count
+        tokens = rng.integers(0, self.vocab, (rows, self.seq_len + 1), dtype=np.int32)
+        tokens = tokens[self.process_index * self.batch:(self.process_index + 1) * self.batch]
         self.step += 1
         return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
 
@@ -34,15 +321,50 @@ class SyntheticIterator:
         return {"step": self.step}
 
     def set_state(self, state: dict) -> None:
+        if "step" not in state:
+            raise UserError(f"input-iterator state {state!r} is not a synthetic-source state")
         self.step = int(state["step"])
 
-
-def make_train_iter(config, tokenizer, process_index: int = 0, process_count: int = 1):
-    if config.data.source != "synthetic":
-        raise UserError(f"data.source={config.data.source!r} is not available yet")
-    return SyntheticIterator(config, process_index, process_count)
+    def close(self) -> None:
+        pass
 
 
-def make_eval_batches(config, tokenizer, process_index: int = 0, process_count: int = 1):
-    it = SyntheticIterator(config, process_index, process_count, seed_offset=1_000_003)
-    return [next(it) for _ in range(config.train.eval_batches)]
+# ----------------------------------------------------------------------------- public
+
+def make_train_iter(config, tokenizer, process_index: int = 0, process_count: int = 1,
+                    workdir: str | None = None):
+    """This process's training batches: {'inputs','targets'} int32 [B/process_count, T]."""
+    d = config.data
+    if d.source == "synthetic":
+        return SyntheticIterator(config, process_index, process_count)
+    _host_batch(config, process_index, process_count)
+    tokens = split_tokens(config, tokenizer, d.train_split, workdir)
+    windows = Windows(tokens.size, d.seq_len, d.seed, d.shuffle,
+                      f"training split {d.train_split!r}")
+    return TrainIterator(tokens, windows, config.train.batch_size, process_index, process_count,
+                         loader=choose_loader(config), prefetch=d.prefetch)
+
+
+def make_eval_batches(config, tokenizer, process_index: int = 0, process_count: int = 1,
+                      workdir: str | None = None) -> list[dict]:
+    """A fixed list of up to train.eval_batches batches: non-overlapping windows from the start
+    of the eval split, this process's slice of each. A split too small for one global batch
+    gives one batch whose windows repeat (the loss average is unchanged in expectation)."""
+    d = config.data
+    if int(config.train.eval_batches) <= 0:
+        return []
+    if d.source == "synthetic":
+        it = SyntheticIterator(config, process_index, process_count, seed_offset=1_000_003)
+        return [next(it) for _ in range(config.train.eval_batches)]
+    bh = _host_batch(config, process_index, process_count)
+    if not d.eval_split:
+        raise UserError("data.eval_split is empty: no held-out data to evaluate on")
+    tokens = split_tokens(config, tokenizer, d.eval_split, workdir)
+    windows = Windows(tokens.size, d.seq_len, 0, False, f"eval split {d.eval_split!r}")
+    n, B = windows.num_windows, config.train.batch_size
+    num_batches = max(1, min(int(config.train.eval_batches), n // B))
+    out = []
+    for b in range(num_batches):
+        idx = (b * B + process_index * bh + np.arange(bh)) % n
+        out.append(_gather(tokens, idx * d.seq_len, d.seq_len))
+    return out
