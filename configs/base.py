@@ -38,45 +38,48 @@ def base_config() -> ml_collections.ConfigDict:
     m.scan_layers = True
     m.remat = "none"                # none | full | save_dots | save_proj (named checkpoints)
 
-    # --- data (gptjax/data) ---
+    # --- data (gptjax/data; docs/data.md) ---
     d = c.data = ml_collections.ConfigDict()
     d.source = "tfds"               # tfds | files | synthetic | shards
-    d.tfds_name = "tiny_shakespeare"
-    d.train_split = "train"
-    d.eval_split = "validation"
-    d.text_key = "text"
+    d.tfds_name = "tiny_shakespeare"  # any TFDS text dataset: lm1b, c4/en, wikipedia/20230601.en
+    d.train_split = "train"         # TFDS split syntax works: "train[:10%]"
+    d.eval_split = "validation"     # source=files always has train and validation
+    d.text_key = "text"             # the TFDS feature holding the text
     d.data_dir = ""                 # TFDS data_dir ('' = ~/tensorflow_datasets or $TFDS_DATA_DIR)
     d.manual_dir = ""               # offline copy of the raw download ('' = $GPTJAX_MANUAL_DIR)
     d.files = ""                    # source=files: glob(s) of .txt / .jsonl, comma-separated
     d.jsonl_key = "text"
     d.holdout_fraction = 0.05       # source=files: fraction of documents held out for eval
+    d.encoding_errors = "strict"    # source=files, non-UTF-8 bytes: strict (error)|replace|ignore
+    d.max_documents = 0             # read at most this many documents per split (0 = all)
     d.shards_dir = ""               # source=shards: directory written by `gptjax data export`
     d.seq_len = 1024
-    d.shuffle = True
-    d.shuffle_buffer = 10_000
+    d.shuffle = True                # seeded permutation of all windows each epoch (+ random shift)
+    d.shuffle_buffer = 10_000       # unused: the index-based pipeline shuffles all windows exactly
     d.seed = 0
-    d.prefetch = 2
+    d.prefetch = 2                  # batches prepared ahead of the training step
+    d.loader = "auto"               # auto | tf | numpy (auto: tf.data for tfds/files, numpy else)
     d.cache_dir = ""                # tokenized shards cache ('' = WORKDIR/data or ~/.cache/gptjax)
     t = d.tokenizer = ml_collections.ConfigDict()
     t.kind = "bpe"                  # char | bpe | unigram | path
     t.path = ""                     # kind=path: an existing sentencepiece .model
-    t.vocab_size = 8192
-    t.byte_fallback = True
-    t.add_eos = True
+    t.vocab_size = 8192             # bpe / unigram (char: the corpus decides)
+    t.byte_fallback = True          # unknown characters -> byte pieces instead of <unk>
+    t.add_eos = True                # EOS after every document (char: only if a split has several)
     t.user_defined_symbols = ""     # comma-separated special tokens
     t.train_sentences = 1_000_000   # max sentences sentencepiece samples when training
 
     # --- optimisation (gptjax/optim.py): GPT-3 Appendix B defaults ---
     o = c.optim = ml_collections.ConfigDict()
-    o.lr = 6e-4
+    o.lr = 6e-4                     # peak learning rate
     o.min_lr_ratio = 0.1            # cosine decays to this fraction of the peak
-    o.warmup_steps = 100
-    o.decay_steps = 0               # 0 = train.steps
-    o.b1 = 0.9
+    o.warmup_steps = 100            # linear warmup, then cosine decay
+    o.decay_steps = 0               # cosine ends here (0 = train.steps), then stays at the floor
+    o.b1 = 0.9                      # Adam betas
     o.b2 = 0.95
     o.eps = 1e-8
-    o.weight_decay = 0.1
-    o.grad_clip = 1.0
+    o.weight_decay = 0.1            # decoupled; matmul kernels only (not biases, norms, embeddings)
+    o.grad_clip = 1.0               # clip the global gradient norm to this (0 = off)
     o.state_dtype = "float32"       # dtype of Adam moments (bfloat16 halves their memory)
 
     # --- training loop (gptjax/train.py) ---
@@ -84,23 +87,24 @@ def base_config() -> ml_collections.ConfigDict:
     tr.batch_size = 8               # global batch, in sequences
     tr.grad_accum = 1               # micro-batches per step (batch_size must divide evenly)
     tr.steps = 1000
-    tr.seed = 0
-    tr.log_every = 10
-    tr.eval_every = 200
-    tr.eval_batches = 20
-    tr.ckpt_every = 500
-    tr.keep_checkpoints = 3         # keep the newest N ...
+    tr.seed = 0                     # parameter init and dropout (key of step s = fold_in(key, s))
+    tr.log_every = 10               # fetch metrics from the device (the only per-interval sync)
+    tr.max_inflight = 2             # steps the host may dispatch ahead of the device
+    tr.eval_every = 200             # held-out loss every N steps (0 = only at the end, -1 = never)
+    tr.eval_batches = 20            # size of the fixed eval set, in batches (0 = all of it)
+    tr.ckpt_every = 500             # async checkpoint every N steps (and always at the end)
+    tr.keep_checkpoints = 3         # keep the newest N (0 = all) ...
     tr.keep_every = 0               # ... plus every K-th step for good (0 = none)
-    tr.async_checkpoint = True
+    tr.async_checkpoint = True      # write checkpoints in the background while training goes on
     tr.nonfinite = "skip"           # skip | stop: what to do when loss or grads are NaN/Inf
     tr.inject_nan_at = -1           # test hook: make step N's gradients NaN
-    tr.plot = True                  # write loss.png in the workdir
+    tr.plot = True                  # write loss.png in the workdir at the end
 
     # --- partitioning (gptjax/sharding.py) ---
     mesh = c.mesh = ml_collections.ConfigDict()
-    mesh.data = -1                  # -1 = all devices left over
-    mesh.fsdp = 1
-    mesh.tensor = 1
+    mesh.data = -1                  # -1 = all devices left over; data x fsdp x tensor = devices
+    mesh.fsdp = 1                   # batch split over data x fsdp; params over fsdp ('embed')
+    mesh.tensor = 1                 # heads, MLP and vocab split (num_heads % tensor == 0)
     # logical axis -> mesh axes. The model only ever names logical axes.
     mesh.rules = (
         ("batch", ("data", "fsdp")),
@@ -118,20 +122,59 @@ def base_config() -> ml_collections.ConfigDict:
         ("norm", None),
     )
 
-    # --- sampling (gptjax/sample.py) ---
+    # --- sampling (gptjax/sample.py, gptjax/generate.py; docs/inference.md) ---
     s = c.sample = ml_collections.ConfigDict()
     s.prompt = "\n"
     s.max_new_tokens = 200
-    s.num_samples = 2
-    s.temperature = 0.8
-    s.top_k = 200
-    s.top_p = 1.0
+    s.num_samples = 2               # samples per prompt (all decoded together as one batch)
+    s.temperature = 0.8             # 0 = greedy
+    s.top_k = 200                   # keep the k most likely tokens (0 = off)
+    s.top_p = 1.0                   # nucleus sampling: smallest set with this mass (1 = off)
     s.seed = 0
+    s.stop_at_eos = True            # stop a sample at the tokenizer's EOS (if it has one)
+    s.quantize = "none"             # none | int8: weight-only int8 (gptjax/quant.py)
+
+    # --- fine-tuning on prompt/response JSONL (gptjax/finetune.py; configs/finetune.py) ---
+    ft = c.finetune = ml_collections.ConfigDict()
+    ft.init_from = ""               # pretrained gptjax workdir, or hf:PATH_OR_NAME (GPT-2)
+    ft.train_file = ""              # JSONL, one {"prompt": ..., "response": ...} per line
+    ft.eval_file = ""               # '' = hold out eval_fraction of train_file
+    ft.eval_fraction = 0.1
+    ft.prompt_key = "prompt"
+    ft.response_key = "response"
+    ft.add_eos = True               # end every response with EOS (if the tokenizer has one)
 
     # --- multi-host (gptjax/distributed.py) ---
     dist = c.distributed = ml_collections.ConfigDict()
-    dist.coordinator_address = ""   # '' = auto-detect (TPU pod, SLURM) or single process
-    dist.num_processes = 0
-    dist.process_id = -1
-    dist.initialization_timeout = 300
+    dist.coordinator_address = ""   # 'host:port' of process 0 ('' = env, auto-detect or single)
+    dist.num_processes = 0          # 0 = $JAX_NUM_PROCESSES or auto-detect
+    dist.process_id = -1            # -1 = $JAX_PROCESS_ID or auto-detect
+    dist.initialization_timeout = 300  # s every process waits for all peers, then all exit
+    dist.heartbeat_timeout = 100    # s a silent peer is tolerated during the run
+    dist.auto_detect = True         # initialise on TPU pods / multi-task SLURM steps unasked
+    dist.local_device_ids = ""      # e.g. '0,1': devices of this process ('' = JAX's choice)
+
+    # --- model-size scaling sweeps (gptjax/sweep.py, gptjax/scaling.py; configs/scaling.py) ---
+    sw = c.sweep = ml_collections.ConfigDict()
+    sw.family = "rule"              # rule: one size per width in d_models | table: rows of `table`
+    sw.d_models = (64, 128, 256)    # family=rule: widths; depth = round(d_model / aspect)
+    sw.aspect = 32.0                # family=rule: d_model / num_layers (shape matters little)
+    sw.min_layers = 1
+    sw.head_dim = 32                # family=rule: num_heads = d_model / head_dim
+    sw.ff_mult = 4                  # family=rule: d_ff = ff_mult * d_model
+    sw.table = ()                   # family=table: rows (name, layers, d_model, heads, head_dim,
+                                    # d_ff[, lr, batch_size]); 0 = default
+    sw.sizes = ""                   # family=table: comma-separated names to run ('' = all rows)
+    sw.budget = "proportional"      # tokens per run: fixed | proportional | iso_flops
+    sw.tokens = 0                   # budget=fixed: tokens per run
+    sw.tokens_per_param = 20.0      # budget=proportional: Chinchilla's ~20 tokens / parameter
+    sw.flops = 0.0                  # budget=iso_flops: training FLOPs per run
+    sw.param_count = "non_embedding"  # N of budgets and fits: non_embedding (Kaplan) | total
+    sw.min_steps = 50               # every run takes at least this many steps
+    sw.lr_rule = "fixed"            # fixed: optim.lr | kaplan: 0.003239 - 0.0001395 ln(N)
+    sw.warmup_fraction = 0.05       # warmup = min(optim.warmup_steps, fraction * steps)
+    sw.evals_per_run = 8            # eval points per run (the training curves and L(N, D) fit)
+    sw.curve_start = 0.25           # L(N, D) fit uses eval points after this fraction of a run
+    sw.budgets = ()                 # FLOPs to predict compute-optimal N, D for (() = 10x, 100x max)
+    sw.isolate = False              # True: each run in its own `gptjax sweep --run` subprocess
     return c

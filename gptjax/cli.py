@@ -21,6 +21,7 @@ COMMANDS = {
     "plot": ("gptjax.metrics", "draw the loss curves of a workdir to loss.png"),
     "data": ("gptjax.data.cli", "tokenizers, exporting shards, input-pipeline benchmark"),
     "bench": ("gptjax.bench", "time the real train step on synthetic data (no TensorFlow)"),
+    "bench-decode": ("gptjax.generate", "KV-cache decode tokens/s of a config (random weights)"),
     "plan": ("gptjax.plan", "per-device memory of a config on a mesh and device"),
     "sweep": ("gptjax.sweep", "model-size scaling sweeps, fits and plots"),
     "finetune": ("gptjax.finetune", "fine-tune on prompt/response JSONL"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,12 +22,11 @@ def abstract_params(c: GPTConfig):
     """Parameter shapes via `jax.eval_shape`: nothing is allocated, even for 175B."""
     tokens = jax.ShapeDtypeStruct((1, min(c.max_seq_len, 8)), jnp.int32)
     variables = jax.eval_shape(lambda t: GPT(c).init(jax.random.key(0), t), tokens)
-    return jax.tree.map(lambda x: x, variables["params"])
+    return nn.unbox(variables["params"])
 
 
 def _size(tree) -> int:
-    leaves = jax.tree.leaves(tree, is_leaf=lambda x: hasattr(x, "unbox"))
-    return int(sum(np.prod(getattr(x, "unbox", lambda: x)().shape) for x in leaves))
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
 def closed_form_params(c: GPTConfig) -> int:
@@ -91,5 +91,6 @@ def run(args):
           f"{c.head_dim}, d_ff {c.d_ff}, vocab {c.vocab_size} (padded {c.padded_vocab})")
     print(f"  params               {stats['params']:>16,}  ({_human(stats['params'])})")
     print(f"  non-embedding params {stats['non_embedding_params']:>16,}")
-    print(f"  FLOPs per token      {stats['flops_per_token']:>16,}  (6N + 12LHQT, T={stats['seq_len']})")
+    print(f"  FLOPs per token      {stats['flops_per_token']:>16,}  "
+          f"(6N + 12LHQT, T={stats['seq_len']})")
     print(f"  params + AdamW state {_human(stats['params_plus_adam_bytes'], 'B'):>16}")

@@ -115,8 +115,21 @@ REMAT_POLICIES = {
 }
 
 
+class _Logical(nn.LogicallyPartitioned):
+    """A logically partitioned param whose constraint is skipped while its rank differs from
+    its names: DenseGeneral builds multi-axis kernels flat and reshapes them after `unbox`
+    (and re-runs that init under `apply` to check shapes, where rules and a mesh are active)."""
+
+    def unbox(self, apply_constraint=True):
+        if getattr(self.value, "ndim", len(self.names)) != len(self.names):
+            return self.value
+        return super().unbox(apply_constraint)
+
+
 def logical(init, names):
-    return nn.with_logical_partitioning(init, names)
+    def boxed_init(*args, **kwargs):
+        return _Logical(init(*args, **kwargs), tuple(names))
+    return boxed_init
 
 
 constrain = nn.with_logical_constraint
@@ -166,6 +179,7 @@ class Attention(nn.Module):
     config: GPTConfig
     window: int = 0
     deterministic: bool = True
+    decode: bool = False  # KV-cache inference: see `cached_attention`
 
     @nn.compact
     def __call__(self, x, positions):
@@ -176,12 +190,15 @@ class Attention(nn.Module):
             kernel_init=logical(nn.initializers.normal(c.init_std), ("embed", None, "heads", "kv")),
             bias_init=logical(nn.initializers.zeros, (None, "heads", "kv")))(x)
         qkv = checkpoint_name(qkv, "qkv")
-        q, k, v = (constrain(qkv[:, :, i], ("batch", "length", "act_heads", "kv")) for i in range(3))
+        names = ("batch", "length", "act_heads", "kv")
+        q, k, v = (constrain(qkv[:, :, i], names) for i in range(3))
         if c.position == "rotary":
             q, k = rotary(q, positions, c.rope_theta), rotary(k, positions, c.rope_theta)
 
         dropout = functools.partial(nn.Dropout(c.attn_dropout), deterministic=self.deterministic)
-        if c.attn_dropout > 0 and not self.deterministic:
+        if self.decode:
+            out = self.cached_attention(q, k, v, positions)
+        elif c.attn_dropout > 0 and not self.deterministic:
             out = explicit_attention(q, k, v, attention_mask(positions, positions, self.window),
                                      dropout, c.dtype)
         else:
@@ -198,6 +215,24 @@ class Attention(nn.Module):
             kernel_init=logical(nn.initializers.normal(proj_std), ("heads", "kv", "embed")),
             bias_init=logical(nn.initializers.zeros, ("embed",)))(out)
         return nn.Dropout(c.resid_dropout)(y, deterministic=self.deterministic)
+
+    def cached_attention(self, q, k, v, positions):
+        """Writes this call's k/v into the 'cache' collection at `positions`, then attends over
+        the whole cache. Keys at cache slots after a query's position are masked, so stale slots
+        (e.g. the right padding of a shorter prompt) are never seen before being overwritten.
+        The cache length is that of the 'cache' passed in (default: max_seq_len)."""
+        c = self.config
+        shape = (q.shape[0], c.max_seq_len, c.num_heads, c.head_dim)
+        names = ("batch", "length", "act_heads", "kv")
+        cached_k = self.variable("cache", "k", jnp.zeros, shape, k.dtype)
+        cached_v = self.variable("cache", "v", jnp.zeros, shape, v.dtype)
+        rows = jnp.arange(q.shape[0])[:, None]
+        cached_k.value = constrain(cached_k.value.at[rows, positions].set(k), names)
+        cached_v.value = constrain(cached_v.value.at[rows, positions].set(v), names)
+        k_pos = jnp.broadcast_to(jnp.arange(cached_k.value.shape[1]),
+                                 (q.shape[0], cached_k.value.shape[1]))
+        mask = attention_mask(positions, k_pos, self.window)
+        return explicit_attention(q, cached_k.value, cached_v.value, mask, lambda p: p, c.dtype)
 
 
 class MLP(nn.Module):
@@ -233,11 +268,12 @@ class Block(nn.Module):
     config: GPTConfig
     window: int = 0
     deterministic: bool = True
+    decode: bool = False
 
     @nn.compact
     def __call__(self, x, positions):
         c = self.config
-        x = x + Attention(c, self.window, self.deterministic, name="attn")(
+        x = x + Attention(c, self.window, self.deterministic, self.decode, name="attn")(
             layer_norm(c, "ln1")(x), positions)
         x = x + MLP(c, self.deterministic, name="mlp")(layer_norm(c, "ln2")(x))
         return constrain(x, ("batch", "length", "act_embed"))
@@ -248,12 +284,14 @@ class BlockGroup(nn.Module):
     alternating dense / locally-banded layers are on)."""
     config: GPTConfig
     deterministic: bool = True
+    decode: bool = False
 
     @nn.compact
     def __call__(self, x, positions):
         c = self.config
         for j in range(c.group_size):
-            x = Block(c, c.window(j), self.deterministic, name=f"block_{j}")(x, positions)
+            x = Block(c, c.window(j), self.deterministic, self.decode, name=f"block_{j}")(
+                x, positions)
         return x, None
 
 
@@ -267,8 +305,12 @@ class GPT(nn.Module):
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, tokens, positions=None, deterministic: bool = True):
-        """tokens [B, T] int -> logits [B, T, padded_vocab] in the compute dtype."""
+    def __call__(self, tokens, positions=None, deterministic: bool = True, decode: bool = False):
+        """tokens [B, T] int -> logits [B, T, padded_vocab] in the compute dtype.
+
+        decode=True reads and updates the key/value cache (collection 'cache', which must be
+        mutable); `positions` then say where in the cache each token goes (gptjax/generate.py).
+        """
         c = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
@@ -291,10 +333,10 @@ class GPT(nn.Module):
                             split_rngs={"params": True, "dropout": True},
                             in_axes=nn.broadcast, length=c.num_layers // c.group_size,
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = stack(c, deterministic, name="layers")(x, positions)
+            x, _ = stack(c, deterministic, decode, name="layers")(x, positions)
         else:
             for i in range(c.num_layers):
-                x = Block(c, c.window(i), deterministic, name=f"layer_{i}")(x, positions)
+                x = Block(c, c.window(i), deterministic, decode, name=f"layer_{i}")(x, positions)
 
         x = layer_norm(c, "ln_f")(x)
         if c.tie_embeddings:

@@ -1,15 +1,18 @@
+# shellcheck shell=bash
 # Sourced by launch/*.sh: creates and activates .venv with gptjax and its dependencies.
-# Re-installs only when pyproject.toml changed. Set GPTJAX_EXTRAS=cuda on a GPU machine.
+# Re-installs only when pyproject.toml changed. Set GPTJAX_EXTRAS=cuda on a GPU machine
+# (tpu on a TPU VM, interop-test for the transformers parity tests).
 PYTHON="${PYTHON:-python3}"
 if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv
 fi
 # shellcheck disable=SC1091
 source .venv/bin/activate
-stamp=".venv/.gptjax-installed"
+extras="dev,interop${GPTJAX_EXTRAS:+,$GPTJAX_EXTRAS}"
+stamp=".venv/.installed-${extras//,/-}"
 if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
-  python -m pip install --quiet --upgrade pip
-  python -m pip install --quiet -e ".[dev${GPTJAX_EXTRAS:+,$GPTJAX_EXTRAS}]"
+  echo "setup: installing gptjax[$extras] into .venv (first run only)" >&2
+  python -m pip install --quiet -e ".[$extras]"
   touch "$stamp"
 fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}" TF_ENABLE_ONEDNN_OPTS=0

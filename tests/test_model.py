@@ -11,8 +11,14 @@ import pytest
 
 from gptjax.config import get_config
 from gptjax.info import closed_form_params, model_stats
-from gptjax.model import GPT, GPTConfig, explicit_attention, attention_mask, layers_to_scanned
-from gptjax.model import scanned_to_layers
+from gptjax.model import (
+    GPT,
+    GPTConfig,
+    attention_mask,
+    explicit_attention,
+    layers_to_scanned,
+    scanned_to_layers,
+)
 
 TINY = GPTConfig.from_config(get_config("configs/smoke.py:tiny").model, backend="cpu")
 
