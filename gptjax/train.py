@@ -179,7 +179,7 @@ def make_train_step(config, mesh, shardings: TrainState, model: GPT | None = Non
         loss, grads = loss_and_grads(state.params, batch, key)
         if inject >= 0:
             grads = jax.tree.map(lambda g: jnp.where(number == inject, jnp.nan, g), grads)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -556,5 +556,6 @@ def run(args):
     if "eval_bits_per_char" in result:
         parts.append(f"{result['eval_bits_per_char']:.3f} bits/char")
     parts.append(f"{result['wall_time']:.0f}s")
-    print("done: " + ", ".join(parts) + f" -> {result['workdir']}")
+    if jax.process_index() == 0:
+        print("done: " + ", ".join(parts) + f" -> {result['workdir']}")
     return 0
