@@ -407,67 +407,63 @@ def _colors(n: int):
     return [cmap(i / max(n - 1, 1)) for i in range(n)]
 
 
-def plot_loss_vs_params(rows, fit: PowerLaw | None, path: str, n_key: str, title: str = ""):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    n = np.array([r[n_key] for r in rows], dtype=np.float64)
-    y = np.array([r["eval_loss"] for r in rows], dtype=np.float64)
-    for ni, yi, r, color in zip(n, y, rows, _colors(len(rows)), strict=True):
-        ax.scatter([ni], [yi], color=color, zorder=3, label=r["name"])
-    if fit is not None:
-        xs = np.exp(np.linspace(np.log(n.min() / 1.5), np.log(n.max() * 1.5), 100))
-        ax.plot(xs, fit(xs), "k--", lw=1,
-                label=f"L = {fit.E:.3g} + {fit.A:.3g}·N^-{fit.alpha:.3f}")
+def _figure():
+    return _plt().subplots(figsize=(6, 4.2))
+
+
+def _fit_line(ax, fit: PowerLaw | None, x, symbol: str):
+    """The fitted power law, drawn a little beyond the measured range of x."""
+    if fit is None:
+        return
+    x = np.asarray(x, dtype=np.float64)
+    xs = np.exp(np.linspace(np.log(x.min() / 1.5), np.log(x.max() * 1.5), 100))
+    ax.plot(xs, fit(xs), "k--", lw=1,
+            label=f"L = {fit.E:.3g} + {fit.A:.3g}·{symbol}^-{fit.alpha:.3f}")
+
+
+def _finish(fig, ax, path: str, xlabel: str, ylabel: str, title: str):
+    """Log-x axes, labels, grid and legend shared by every sweep plot, then save and close."""
     ax.set_xscale("log")
-    ax.set_xlabel("non-embedding parameters N" if n_key == "non_embedding_params"
-                  else "parameters N")
-    ax.set_ylabel("final eval loss (nats/token)")
-    ax.set_title(title or "loss vs model size")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _plt().close(fig)
+
+
+def plot_loss_vs_params(rows, fit: PowerLaw | None, path: str, n_key: str, title: str = ""):
+    fig, ax = _figure()
+    for r, color in zip(rows, _colors(len(rows)), strict=True):
+        ax.scatter([r[n_key]], [r["eval_loss"]], color=color, zorder=3, label=r["name"])
+    _fit_line(ax, fit, [r[n_key] for r in rows], "N")
+    xlabel = ("non-embedding parameters N" if n_key == "non_embedding_params"
+              else "parameters N")
+    _finish(fig, ax, path, xlabel, "final eval loss (nats/token)",
+            title or "loss vs model size")
 
 
 def plot_loss_vs_compute(rows, curves, fit: PowerLaw | None, path: str, title: str = ""):
     """Eval-loss curves against training FLOPs, final points, and the fitted L(C)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = _figure()
     for r, c, color in zip(rows, curves, _colors(len(rows)), strict=True):
         if len(c["flops"]):
             ax.plot(c["flops"], c["loss"], color=color, lw=1, alpha=0.7)
         ax.scatter([r["flops"]], [r["eval_loss"]], color=color, zorder=3, label=r["name"])
-    if fit is not None:
-        f = np.array([r["flops"] for r in rows], dtype=np.float64)
-        xs = np.exp(np.linspace(np.log(f.min() / 1.5), np.log(f.max() * 1.5), 100))
-        ax.plot(xs, fit(xs), "k--", lw=1, label=f"L = {fit.E:.3g} + {fit.A:.3g}·C^-{fit.alpha:.3f}")
-    ax.set_xscale("log")
-    ax.set_xlabel("training compute C (FLOPs)")
-    ax.set_ylabel("eval loss (nats/token)")
-    ax.set_title(title or "loss vs compute")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _fit_line(ax, fit, [r["flops"] for r in rows], "C")
+    _finish(fig, ax, path, "training compute C (FLOPs)", "eval loss (nats/token)",
+            title or "loss vs compute")
 
 
 def plot_training_curves(rows, curves, path: str, title: str = ""):
     """Train (thin) and eval (markers) loss against tokens seen, one colour per size."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = _figure()
     for r, c, color in zip(rows, curves, _colors(len(rows)), strict=True):
         if len(c.get("train_tokens", ())):
             ax.plot(c["train_tokens"], c["train_loss"], color=color, lw=0.8, alpha=0.5)
         if len(c["tokens"]):
             ax.plot(c["tokens"], c["loss"], "o-", color=color, ms=3, lw=1.2, label=r["name"])
-    ax.set_xscale("log")
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("loss (nats/token): train thin, eval with markers")
-    ax.set_title(title or "training curves by model size")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, path, "tokens seen", "loss (nats/token): train thin, eval with markers",
+            title or "training curves by model size")
