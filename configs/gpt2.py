@@ -3,10 +3,10 @@
 T=1024, vocabulary 50257 padded to 50304 (a multiple of 128) for fast matmuls, as nanoGPT does.
 """
 
-from configs.base import base_config
+from gptjax.defaults import base_config
 
 # name: (n_layers, d_model, n_heads)
-SIZES = {
+VARIANTS = {
     "124m": (12, 768, 12),
     "350m": (24, 1024, 16),
     "774m": (36, 1280, 20),
@@ -15,9 +15,7 @@ SIZES = {
 
 
 def get_config(size: str = "124m"):
-    if size not in SIZES:
-        raise ValueError(f"unknown GPT-2 size {size!r}; choose one of {', '.join(SIZES)}")
-    layers, d_model, heads = SIZES[size]
+    layers, d_model, heads = VARIANTS[size]
     c = base_config()
     c.name = f"gpt2-{size}"
     c.model.num_layers = layers

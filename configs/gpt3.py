@@ -6,10 +6,10 @@ Two printed rows do not add up, and are resolved so parameter counts match the t
 Batch sizes are the table's tokens / 2048, rounded to whole sequences (3.2M -> 1536 x 2048).
 """
 
-from configs.base import base_config
+from gptjax.defaults import base_config
 
 # name: (n_layers, d_model, n_heads, d_head, batch tokens, learning rate)
-SIZES = {
+VARIANTS = {
     "small": (12, 768, 12, 64, 0.5e6, 6.0e-4),
     "medium": (24, 1024, 16, 64, 0.5e6, 3.0e-4),
     "large": (24, 1536, 16, 96, 0.5e6, 2.5e-4),
@@ -23,9 +23,7 @@ N_CTX = 2048
 
 
 def get_config(size: str = "small"):
-    if size not in SIZES:
-        raise ValueError(f"unknown GPT-3 size {size!r}; choose one of {', '.join(SIZES)}")
-    layers, d_model, heads, d_head, batch_tokens, lr = SIZES[size]
+    layers, d_model, heads, d_head, batch_tokens, lr = VARIANTS[size]
     c = base_config()
     c.name = f"gpt3-{size}"
     c.model.num_layers = layers

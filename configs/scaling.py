@@ -13,7 +13,8 @@ Presets (see docs/scaling.md):
 
 import os
 
-from configs.base import base_config
+from gptjax.config import load_module
+from gptjax.defaults import base_config
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 AUSTEN = os.path.normpath(os.path.join(_HERE, "..", "..", "shared", "data", "austen", "austen.txt"))
@@ -101,7 +102,8 @@ def _gpu_shards(c):
 
 
 def _gpt3(c):
-    from configs.gpt3 import N_CTX, SIZES
+    gpt3 = load_module(os.path.join(_HERE, "gpt3.py"))
+    N_CTX, SIZES = gpt3.N_CTX, gpt3.VARIANTS
     c.data.seq_len = N_CTX
     c.model.max_seq_len = N_CTX
     c.model.remat = "save_proj"
@@ -115,13 +117,11 @@ def _gpt3(c):
     c.sweep.param_count = "non_embedding"
 
 
-PRESETS = {"austen_cpu": _austen_cpu, "micro": _micro, "gpu_shards": _gpu_shards, "gpt3": _gpt3}
+VARIANTS = {"austen_cpu": _austen_cpu, "micro": _micro, "gpu_shards": _gpu_shards, "gpt3": _gpt3}
 
 
 def get_config(preset: str = "austen_cpu"):
-    if preset not in PRESETS:
-        raise ValueError(f"unknown scaling preset {preset!r}; choose one of {', '.join(PRESETS)}")
     c = base_config()
     c.name = f"scaling-{preset}"
-    PRESETS[preset](c)
+    VARIANTS[preset](c)
     return c

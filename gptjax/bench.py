@@ -54,7 +54,7 @@ def bench(config, steps: int = 10, warmup: int = 2, seed: int = 0) -> dict:
 
     from gptjax import distributed, sharding, train
     from gptjax.errors import UserError
-    from gptjax.info import model_stats
+    from gptjax.flops import model_stats
     from gptjax.metrics import peak_flops, throughput
 
     if steps < 1 or warmup < 0:

@@ -10,7 +10,6 @@ import ast
 import difflib
 import importlib.util
 import os
-import sys
 
 import ml_collections
 
@@ -19,29 +18,45 @@ from gptjax.errors import UserError
 ConfigDict = ml_collections.ConfigDict
 
 
-def load_config(spec: str) -> ConfigDict:
-    """`path/to/file.py[:arg]` -> ConfigDict returned by the file's `get_config(arg)`."""
-    path, _, arg = spec.partition(":")
+def load_module(path: str):
+    """Imports a config file by path (never as a package: `configs` is not installed)."""
+    name = "gptjax_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _resolve(path: str, spec: str) -> str:
     if not path.endswith(".py"):
-        raise UserError(f"--config {spec!r}: expected a Python file like configs/smoke.py[:ARG]")
-    if not os.path.isfile(path):
-        here = os.path.join(os.path.dirname(os.path.dirname(__file__)), path)
-        if os.path.isfile(here):
-            path = here
-        else:
-            raise UserError(f"--config {spec!r}: no such file {path!r}")
-    module_name = "gptjax_config_" + os.path.splitext(os.path.basename(path))[0]
-    spec_obj = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec_obj)
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    sys.path.insert(0, repo_root)  # lets configs import `configs.base` from a source checkout
-    try:
-        spec_obj.loader.exec_module(module)
-    finally:
-        sys.path.remove(repo_root)
+        raise UserError(f"--config {spec!r}: expected a Python file like configs/smoke.py[:VARIANT]")
+    if os.path.isfile(path):
+        return path
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+    if os.path.isfile(here):  # a source checkout, run from elsewhere
+        return here
+    raise UserError(f"--config {spec!r}: no such file {path!r}")
+
+
+def load_config(spec: str) -> ConfigDict:
+    """`path/to/file.py[:VARIANT]` -> the ConfigDict of the file's `get_config([VARIANT])`.
+
+    Every config file has one form: `get_config(variant=DEFAULT)` and, if it has variants, a
+    module-level dict `VARIANTS` whose keys are the variant names (big_vision's `file.py:arg`).
+    """
+    path, _, variant = spec.partition(":")
+    module = load_module(_resolve(path, spec))
     if not hasattr(module, "get_config"):
         raise UserError(f"--config {spec!r}: {path} defines no get_config()")
-    config = module.get_config(arg) if arg else module.get_config()
+    names = list(getattr(module, "VARIANTS", {}))
+    if variant and not names:
+        raise UserError(f"--config {spec!r}: {path} has no variants; use --config {path}")
+    if variant and variant not in names:
+        match = difflib.get_close_matches(variant, names, n=1, cutoff=0.5)
+        hint = f" (did you mean '{match[0]}'?)" if match else ""
+        raise UserError(f"--config {spec!r}: unknown variant {variant!r}{hint}; {path} has "
+                        f"{', '.join(names)}")
+    config = module.get_config(variant) if variant else module.get_config()
     config.lock()  # unknown keys now raise instead of silently adding a field
     return config
 

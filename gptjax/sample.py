@@ -44,8 +44,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args, config) -> dict:
     """config.sample with the command-line flags applied."""
-    from configs.base import base_config
     from gptjax.config import apply_overrides
+    from gptjax.defaults import base_config
     for key, value in base_config().sample.items():  # keys newer than the run's config.json
         if key not in config.sample:
             config.sample[key] = value

@@ -6,7 +6,7 @@ non-negative least-squares solve, and only the exponents are searched (a log gri
 around its minimum). That is exact least squares for L = E + A·N^-α and, with a 2-D search,
 for Chinchilla's L(N, D) = E + A·N^-α + B·D^-β, without an optimiser that needs a good start.
 
-The parameter counts and FLOPs follow `gptjax/info.py` (6·N_matmul + 12·L·H·Q·T per token).
+The parameter counts and FLOPs are `gptjax/flops.py`'s (6·N_matmul + 12·L·H·Q·T per token).
 """
 
 from __future__ import annotations
@@ -80,32 +80,6 @@ def size_family(sweep) -> list[dict]:
     if len(set(names)) != len(names):
         raise UserError(f"sweep: two sizes share a name in {names}")
     return sizes
-
-
-def param_counts(model: dict) -> dict:
-    """Closed-form counts for a dict of `config.model` fields (mirrors gptjax.model.GPT)."""
-    d, ff, layers = model["d_model"], model["d_ff"], model["num_layers"]
-    inner = model["num_heads"] * model["head_dim"]
-    b = int(model.get("use_bias", True))
-    layer = (d * 3 * inner + b * 3 * inner + inner * d + b * d      # attention
-             + d * ff + b * ff + ff * d + b * d                     # MLP
-             + 2 * (d + b * d))                                     # two LayerNorms
-    non_embedding = layers * layer + d + b * d                      # + final LayerNorm
-    m = model.get("vocab_multiple", 128)
-    padded_vocab = (model.get("vocab_size", 50257) + m - 1) // m * m
-    wte = padded_vocab * d
-    tied = model.get("tie_embeddings", True)
-    wpe = model.get("max_seq_len", 1024) * d if model.get("position", "learned") == "learned" else 0
-    total = non_embedding + wte * (1 if tied else 2) + wpe
-    matmul = total - wpe - (0 if tied else wte)
-    return {"params": total, "non_embedding_params": non_embedding, "flops_params": matmul}
-
-
-def flops_per_token(model: dict, seq_len: int) -> int:
-    """Training FLOPs per token: 6·N_matmul + 12·L·H·Q·T (as `gptjax info`)."""
-    counts = param_counts(model)
-    attn = 12 * model["num_layers"] * model["num_heads"] * model["head_dim"] * seq_len
-    return 6 * counts["flops_params"] + attn
 
 
 def token_budget(sweep, n_params: int, flops_tok: int) -> int:

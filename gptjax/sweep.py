@@ -29,7 +29,7 @@ import time
 import ml_collections
 import numpy as np
 
-from gptjax import scaling
+from gptjax import flops, scaling
 from gptjax.errors import UserError
 
 CONFIG_FILE = "sweep_config.json"
@@ -66,8 +66,8 @@ def plan(config, workdir: str) -> list[dict]:
         if batch:
             cfg.train.batch_size = int(batch)
         model = cfg.model.to_dict()
-        counts = scaling.param_counts(model)
-        fpt = scaling.flops_per_token(model, cfg.data.seq_len)
+        counts = flops.param_counts(model)
+        fpt = flops.flops_per_token(model, cfg.data.seq_len)
         tokens = scaling.token_budget(sw, _n_for_budget(sw, counts), fpt)
         step_tokens = cfg.train.batch_size * cfg.data.seq_len
         steps = max(int(sw.min_steps), math.ceil(tokens / step_tokens))
@@ -201,9 +201,9 @@ def _actual_counts(run: dict) -> dict:
         return {}
     with open(path) as f:
         model = json.load(f)["model"]
-    counts = scaling.param_counts(model)
+    counts = flops.param_counts(model)
     seq_len = run["config"].data.seq_len
-    fpt = scaling.flops_per_token(model, seq_len)
+    fpt = flops.flops_per_token(model, seq_len)
     return {"params": counts["params"], "non_embedding_params": counts["non_embedding_params"],
             "vocab_size": model["vocab_size"], "flops_per_token": fpt,
             "flops": float(fpt) * run["tokens"]}

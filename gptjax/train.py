@@ -320,7 +320,7 @@ def _validate_train_config(config) -> None:
 
 
 def _model_stats(config) -> dict:
-    from gptjax.info import model_stats
+    from gptjax.flops import model_stats
     return model_stats(model_config(config), config.data.seq_len, config.optim.state_dtype)
 
 

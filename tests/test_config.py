@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
-from gptjax.config import get_config
+from gptjax.config import get_config, load_module
 from gptjax.errors import UserError
 from gptjax.model import GPTConfig
 
@@ -78,3 +79,31 @@ def test_cli_unknown_command_and_argument():
     assert out.returncode == 2 and "unknown command 'trian'" in out.stderr
     out = run_cli("info", "--config", "configs/smoke.py", "--bogus")
     assert out.returncode == 2 and "--bogus" in out.stderr and len(out.stderr.splitlines()) == 1
+
+
+def _all_variants():
+    specs = []
+    for path in sorted((REPO / "configs").glob("*.py")):
+        names = list(getattr(load_module(str(path)), "VARIANTS", {})) or [None]
+        specs += [f"configs/{path.name}" + (f":{v}" if v else "") for v in names]
+    return specs
+
+
+@pytest.mark.parametrize("spec", _all_variants())
+def test_every_config_variant_loads(spec):
+    c = get_config(spec)
+    GPTConfig.from_config(c.model)  # the model section validates
+    assert c.train.batch_size > 0 and c.data.seq_len > 0
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("configs/gpt3.py:smal", "unknown variant 'smal' (did you mean 'small'?)"),
+    ("configs/smoke.py:tny", "unknown variant 'tny' (did you mean 'tiny'?)"),
+    ("configs/scaling.py:nope", "unknown variant 'nope'"),
+    ("configs/shakespeare_char.py:big", "has no variants"),
+])
+def test_cli_bad_variant_is_one_line(spec, message):
+    out = run_cli("info", "--config", spec)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr

@@ -13,11 +13,13 @@ import time
 import numpy as np
 import pytest
 
-from configs.smoke import get_config
 from gptjax import data
 from gptjax.data import pipeline, sources
 from gptjax.data.store import TokenStore
+from gptjax.config import load_module
 from gptjax.errors import UserError
+
+get_config = load_module("configs/smoke.py").get_config
 
 TRAIN_CHARS = 1_003_854
 
@@ -423,8 +425,9 @@ def test_export_shards_readable_without_tensorflow(shards, char_run):
     assert np.array_equal(store.tokens("train"), data.split_tokens(config, tok, "train"))
     code = f"""
 import sys, json
-from configs.smoke import get_config
 from gptjax import data
+from gptjax.config import load_module
+get_config = load_module("configs/smoke.py").get_config
 c = get_config("tiny")
 c.data.source = "shards"; c.data.shards_dir = {shards!r}; c.data.seq_len = 64
 c.train.batch_size = 8

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from configs.base import base_config
+from gptjax.defaults import base_config
 from gptjax import distributed
 from gptjax.errors import UserError
 
@@ -102,7 +102,7 @@ def test_single_process_helpers():
 
 def test_initialize_after_devices_is_a_user_error(repo_dir):
     code = ("import jax; jax.devices()\n"
-            "from configs.base import base_config\n"
+            "from gptjax.defaults import base_config\n"
             "from gptjax import distributed\n"
             "c = base_config()\n"
             "c.distributed.coordinator_address = 'localhost:1'\n"

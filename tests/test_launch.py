@@ -122,7 +122,7 @@ def test_slurm_one_process_per_node_gets_all_gpus(repo_dir):
 
 def test_slurm_env_reaches_gptjax_distributed():
     """The variables srun sets are the ones gptjax.distributed auto-detects."""
-    from configs.base import base_config
+    from gptjax.defaults import base_config
     from gptjax.distributed import resolve
     srun_env = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_NTASKS": "16",
                 "SLURM_STEP_NUM_TASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1"}

@@ -7,9 +7,11 @@ import os
 import numpy as np
 import pytest
 
-from configs import scaling as presets
 from gptjax import cli, sweep
+from gptjax.config import load_module
 from gptjax.errors import UserError
+
+presets = load_module("configs/scaling.py")
 
 
 def _config(preset="micro", **sweep_overrides):

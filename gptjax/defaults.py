@@ -1,7 +1,9 @@
-"""Every key gptjax reads, with its default. Experiment configs start here and change a few.
+"""Every key gptjax reads, with its default. Experiment configs (`configs/*.py`) start here.
 
-Unknown keys are errors (configs are locked after `get_config`), so this file is also the
-reference of what can be set on the command line as `--config.SECTION.KEY=VALUE`.
+Unknown keys are errors (configs are locked after loading), so this file is also the reference
+of what can be set on the command line as `--config.SECTION.KEY=VALUE`. It lives in the package
+(not in `configs/`) so that config files load by path and `configs` is never an installed
+top-level package.
 """
 
 import ml_collections
@@ -55,7 +57,6 @@ def base_config() -> ml_collections.ConfigDict:
     d.shards_dir = ""               # source=shards: directory written by `gptjax data export`
     d.seq_len = 1024
     d.shuffle = True                # seeded permutation of all windows each epoch (+ random shift)
-    d.shuffle_buffer = 10_000       # unused: the index-based pipeline shuffles all windows exactly
     d.seed = 0
     d.prefetch = 2                  # batches prepared ahead of the training step
     d.loader = "auto"               # auto | tf | numpy (auto: tf.data for tfds/files, numpy else)
@@ -97,7 +98,6 @@ def base_config() -> ml_collections.ConfigDict:
     tr.keep_every = 0               # ... plus every K-th step for good (0 = none)
     tr.async_checkpoint = True      # write checkpoints in the background while training goes on
     tr.nonfinite = "skip"           # skip | stop: what to do when loss or grads are NaN/Inf
-    tr.inject_nan_at = -1           # test hook: make step N's gradients NaN
     tr.plot = True                  # write loss.png in the workdir at the end
 
     # --- partitioning (gptjax/sharding.py) ---
