@@ -22,13 +22,17 @@ import contextlib
 import json
 import logging
 import os
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gptjax import data, sharding
+from gptjax.config import from_dict
 from gptjax.errors import UserError
+from gptjax.state import abstract_train_state, with_shardings
 
 CONFIG_FILE = "config.json"
 # What a failing write raises: OSError (ENOSPC, EACCES, EROFS, ...), tensorstore's ValueError
@@ -218,9 +222,17 @@ def _all_finite(leaves):
 # ----------------------------------------------------------------------------- inference
 
 
+def write_config(workdir: str, config) -> dict:
+    """Writes the run's final config to `WORKDIR/config.json` (primary process); -> its dict."""
+    config_dict = config.to_dict()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+            json.dump(config_dict, f, indent=2)
+    return config_dict
+
+
 def read_config(workdir: str):
     """The run's final config (`WORKDIR/config.json`) as a ConfigDict."""
-    from gptjax.config import from_dict
     path = os.path.join(workdir, CONFIG_FILE)
     if os.path.isfile(workdir):
         raise UserError(f"--workdir {workdir} is a file, not a directory")
@@ -236,9 +248,6 @@ def load_params(workdir: str, config, mesh=None, step: int | None = None):
 
     mesh=None puts every parameter whole on one device. Only the params are read from disk.
     """
-    from gptjax import sharding
-    from gptjax.train import abstract_train_state
-
     ckpt = Checkpointer(workdir, read_only=True, pytree=True)
     step = ckpt.latest_step() if step is None else int(step)
     if step is None:
@@ -249,8 +258,7 @@ def load_params(workdir: str, config, mesh=None, step: int | None = None):
     if mesh is None:
         mesh = sharding.single_device_mesh()
     abstract, shardings = abstract_train_state(config, mesh)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract.params, shardings.params)
+    target = with_shardings(abstract.params, shardings.params)
     saved = ckpt.state_metadata(step)
     saved_params = saved["params"] if isinstance(saved, dict) else saved.params
     check_compatible(saved_params, target, f"{ckpt.directory}/{step}")
@@ -262,13 +270,22 @@ def load_params(workdir: str, config, mesh=None, step: int | None = None):
     return out["state"]["params"], step
 
 
-def load_for_inference(workdir: str, mesh=None, step: int | None = None):
-    """-> (config, params, tokenizer) of a trained workdir; used by sample / eval / convert."""
-    from gptjax import data
-    config = read_config(workdir)
+class Loaded(NamedTuple):
+    config: Any
+    params: Any
+    tokenizer: Any
+    step: int
+
+
+def load_for_inference(workdir: str, mesh=None, step: int | None = None,
+                       config=None) -> Loaded:
+    """-> (config, params, tokenizer, step) of a trained workdir: sample, eval, convert, ...
+
+    `config`: the workdir's config with the caller's overrides applied (default: as saved)."""
+    config = read_config(workdir) if config is None else config
     tokenizer = data.make_tokenizer(config, workdir)
     if tokenizer.vocab_size != config.model.vocab_size:
         raise UserError(f"tokenizer in {workdir} has {tokenizer.vocab_size} tokens but the "
                         f"checkpoint's config.model.vocab_size is {config.model.vocab_size}")
-    params, _ = load_params(workdir, config, mesh=mesh, step=step)
-    return config, params, tokenizer
+    params, step = load_params(workdir, config, mesh=mesh, step=step)
+    return Loaded(config, params, tokenizer, step)

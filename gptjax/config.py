@@ -29,7 +29,8 @@ def load_module(path: str):
 
 def _resolve(path: str, spec: str) -> str:
     if not path.endswith(".py"):
-        raise UserError(f"--config {spec!r}: expected a Python file like configs/smoke.py[:VARIANT]")
+        raise UserError(f"--config {spec!r}: expected a Python file like "
+                        f"configs/smoke.py[:VARIANT]")
     if os.path.isfile(path):
         return path
     here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)

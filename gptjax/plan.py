@@ -127,7 +127,7 @@ def state_bytes(config, mesh: dict) -> dict:
     from gptjax import sharding
     from gptjax.model import GPT
     from gptjax.optim import make_optimizer
-    from gptjax.train import model_config
+    from gptjax.state import model_config
 
     model = GPT(model_config(config))
     rules = sharding.logical_rules(config)
@@ -223,15 +223,16 @@ def measure(config) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from gptjax import sharding, train
+    from gptjax import sharding, steps
+    from gptjax.state import abstract_train_state
     mesh = sharding.make_mesh(config.mesh)
-    abstract, shardings = train.abstract_train_state(config, mesh)
+    abstract, shardings = abstract_train_state(config, mesh)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                          abstract, shardings)
     shape = (config.train.batch_size, config.data.seq_len)
     bs = sharding.batch_sharding(mesh)
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bs) for k in ("inputs", "targets")}
-    step = train.make_train_step(config, mesh, shardings)
+    step = steps.make_train_step(config, mesh, shardings)
     with jax.set_mesh(mesh):
         compiled = step.lower(state, batch).compile()
     ma = compiled.memory_analysis()

@@ -101,26 +101,3 @@ def weight_bytes(params) -> int:
 def bf16_bytes(params) -> int:
     """Bytes the same parameters would occupy in bfloat16: the baseline for int8."""
     return sum((x.q if _is_q(x) else x).size * 2 for x in jax.tree.leaves(params, is_leaf=_is_q))
-
-
-def make_eval_step(config):
-    """Jitted `(quantized params, batch) -> (sum of token losses, token count)`: the eval step
-    of gptjax/train.py with the weights dequantized inside, for `gptjax eval --quantize int8`."""
-    import flax.linen as nn
-    import optax
-
-    from gptjax import sharding
-    from gptjax.model import GPT, GPTConfig
-
-    model = GPT(GPTConfig.from_config(config.model))
-    rules = sharding.logical_rules(config)
-
-    def eval_step(qparams, batch):
-        with nn.logical_axis_rules(rules):
-            logits = model.apply({"params": dequantize(qparams, model.config.dtype)},
-                                 batch["inputs"], deterministic=True)
-        losses = optax.softmax_cross_entropy_with_integer_labels(
-            logits.astype(jnp.float32), batch["targets"])
-        return losses.sum(), jnp.asarray(losses.size, jnp.float32)
-
-    return jax.jit(eval_step)

@@ -70,7 +70,7 @@ def _settings(args, config) -> dict:
 def load(workdir: str, mesh=None, step: int | None = None):
     """-> (config, params, tokenizer); a workdir made from HF GPT-2 uses its saved tokenizer."""
     from gptjax import checkpoint, interop
-    config, params, tokenizer = checkpoint.load_for_inference(workdir, mesh=mesh, step=step)
+    config, params, tokenizer, _ = checkpoint.load_for_inference(workdir, mesh=mesh, step=step)
     hf_tok = interop.saved_hf_tokenizer(workdir)
     return config, params, hf_tok or tokenizer
 

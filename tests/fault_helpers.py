@@ -54,7 +54,8 @@ def subprocess_env(fault: str | None = None, marker: Path | None = None,
 
 
 def train_cmd(workdir: Path, steps: int = STEPS, every: int = EVERY, extra=()) -> list[str]:
-    return [sys.executable, "-m", "gptjax.faults", "train", *TINY, "--workdir", str(workdir),
+    return [sys.executable, str(REPO / "tests" / "faults.py"), "train", *TINY,
+            "--workdir", str(workdir),
             f"--config.train.steps={steps}", f"--config.train.ckpt_every={every}", *extra]
 
 

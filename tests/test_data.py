@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from gptjax import data
+from gptjax.config import load_module
 from gptjax.data import pipeline, sources
 from gptjax.data.store import TokenStore
-from gptjax.config import load_module
 from gptjax.errors import UserError
 
 get_config = load_module("configs/smoke.py").get_config

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax import finetune
+from gptjax import finetune, steps
 from gptjax.config import get_config
 from gptjax.data.tokenizer import CharTokenizer
 from gptjax.errors import UserError
@@ -38,7 +38,9 @@ def test_only_response_targets_carry_loss(shakespeare_lines):
 
     # The loss ignores prompt and padding targets entirely, and sees every response target.
     logits = jax.random.normal(jax.random.key(0), (1, 16, tok.vocab_size))
-    loss = lambda t: float(finetune.masked_loss(logits, jnp.asarray(t)[None], weights[None])[0])
+    def loss(t):
+        total, weight = steps.cross_entropy(logits, jnp.asarray(t)[None], weights[None])
+        return float(total / weight)
     other = targets.copy()
     other[weights == 0] = (other[weights == 0] + 5) % tok.vocab_size
     assert loss(other) == loss(targets)
@@ -93,12 +95,13 @@ def test_finetune_cli_lowers_the_task_loss(pretrained, shakespeare_lines, tmp_pa
         capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert r.returncode == 0, r.stderr
     records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
-    evals = [x["task_loss"] for x in records if x["split"] == "eval"]
+    evals = [x["loss"] for x in records if x["split"] == "eval"]
+    assert [x["step"] for x in records if x["split"] == "eval"] == [0, 60]
     assert evals[-1] < evals[0] - 0.2, evals
     assert "held-out response loss" in r.stdout
 
     # The result is an ordinary workdir: it loads for inference with its tokenizer.
     from gptjax import checkpoint
-    config, params, tok = checkpoint.load_for_inference(str(out))
+    config, params, tok, _ = checkpoint.load_for_inference(str(out))
     assert config.finetune.train_file == str(path) and tok.vocab_size == config.model.vocab_size
     assert int(checkpoint.Checkpointer(str(out), read_only=True).latest_step()) == 60
