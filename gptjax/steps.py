@@ -43,19 +43,30 @@ def uses_dropout(model: GPT) -> bool:
     return max(c.embed_dropout, c.attn_dropout, c.resid_dropout) > 0
 
 
-def make_loss(config, model: GPT | None = None, params_transform: Transform = None):
-    """`(params, batch, key, train) -> (mean loss, (loss sum, weight sum))`."""
+def make_forward(config, model: GPT | None = None, params_transform: Transform = None):
+    """`(params, inputs_bt, key=None, train=False) -> logits_btv`: the model as every step runs
+    it (logical axis rules, params transform, dropout only when training)."""
     model = model or GPT(model_config(config))
     rules = sharding.logical_rules(config)
     dropout = uses_dropout(model)
 
-    def loss(params, batch, key=None, train=False):
+    def forward(params, inputs_bt, key=None, train=False):
         if params_transform is not None:
             params = params_transform(params)
         with nn.logical_axis_rules(rules):
-            logits_btv = model.apply({"params": params}, batch["inputs"],
-                                     deterministic=not (train and dropout),
-                                     rngs={"dropout": key} if train and dropout else None)
+            return model.apply({"params": params}, inputs_bt,
+                               deterministic=not (train and dropout),
+                               rngs={"dropout": key} if train and dropout else None)
+
+    return forward
+
+
+def make_loss(config, model: GPT | None = None, params_transform: Transform = None):
+    """`(params, batch, key, train) -> (mean loss, (loss sum, weight sum))`."""
+    forward = make_forward(config, model, params_transform)
+
+    def loss(params, batch, key=None, train=False):
+        logits_btv = forward(params, batch["inputs"], key, train)
         total, weight = cross_entropy(logits_btv, batch["targets"], batch.get("weights"))
         return total / jnp.maximum(weight, 1.0), (total, weight)
 
