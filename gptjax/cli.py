@@ -23,6 +23,7 @@ COMMANDS = {
     "bench": ("gptjax.bench", "time the real train step on synthetic data (no TensorFlow)"),
     "bench-decode": ("gptjax.generate", "KV-cache decode tokens/s of a config (random weights)"),
     "plan": ("gptjax.plan", "per-device memory of a config on a mesh and device"),
+    "compile": ("gptjax.compile", "compile the train step for a TPU slice here: memory, FLOPs"),
     "sweep": ("gptjax.sweep", "model-size scaling sweeps, fits and plots"),
     "finetune": ("gptjax.finetune", "fine-tune on prompt/response JSONL"),
     "convert": ("gptjax.interop", "import / export Hugging Face GPT-2 weights"),

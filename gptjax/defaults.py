@@ -31,7 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.embed_dropout = 0.0
     m.attn_dropout = 0.0
     m.resid_dropout = 0.0
-    m.attention = "auto"            # auto | xla | cudnn
+    m.attention = "auto"            # auto | xla | cudnn | splash (auto: splash on TPU, cudnn on
+                                    # GPU, xla on CPU; gptjax/attention.py)
     m.local_window = 0              # > 0: sliding-window causal attention of this many tokens...
     m.local_every = 2               # ...on every `local_every`-th layer (GPT-3's alternating bands)
     m.init_std = 0.02
@@ -87,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
     tr = c.train = ml_collections.ConfigDict()
     tr.batch_size = 8               # global batch, in sequences
     tr.grad_accum = 1               # micro-batches per step (batch_size must divide evenly)
+    tr.loss_chunk = 256             # cross-entropy in blocks of this many positions: no float32
+                                    # [B, T, vocab] logits live at once (0 = one block)
     tr.steps = 1000
     tr.seed = 0                     # parameter init and dropout (key of step s = fold_in(key, s))
     tr.log_every = 10               # fetch metrics from the device (the only per-interval sync)

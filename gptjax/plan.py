@@ -249,7 +249,7 @@ def measure(config) -> dict:
     return out
 
 
-def _human(n: float) -> str:
+def human_bytes(n: float) -> str:
     for unit, scale in (("GiB", GiB), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
         if abs(n) >= scale:
             return f"{n / scale:.2f} {unit}"
@@ -302,17 +302,17 @@ def run(args):
             ("logits (float32)", p.logits_bytes), ("embedding grads", p.embedding_grad_bytes),
             ("total per device", p.total_bytes)]
     for label, value in rows:
-        print(f"  {label:<18} {_human(value):>12}")
+        print(f"  {label:<18} {human_bytes(value):>12}")
     if p.device_bytes:
         verdict = "fits" if p.fits else "does NOT fit"
-        print(f"  {p.device}: {_human(p.device_bytes)}, plan within {USABLE_FRACTION:.0%} = "
-              f"{_human(p.usable_bytes)} -> {verdict}")
+        print(f"  {p.device}: {human_bytes(p.device_bytes)}, plan within {USABLE_FRACTION:.0%} = "
+              f"{human_bytes(p.usable_bytes)} -> {verdict}")
         if not p.fits:
             print("  try: --config.model.remat=full, a larger fsdp axis, "
                   "--config.optim.state_dtype=bfloat16, or a smaller batch with grad_accum")
     if args.measure:
         ms = result["measured"]
         err = 100.0 * (p.total_bytes - ms["peak_bytes"]) / ms["peak_bytes"]
-        print(f"  measured (XLA, {ms['device_kind']}): {_human(ms['peak_bytes'])} "
+        print(f"  measured (XLA, {ms['device_kind']}): {human_bytes(ms['peak_bytes'])} "
               f"(estimate {err:+.1f}%)")
     return 0

@@ -19,6 +19,7 @@ import math
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gptjax.errors import UserError
@@ -62,6 +63,14 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
     kwargs = {}
     if hasattr(jax.sharding, "AxisType"):
         kwargs["axis_types"] = (jax.sharding.AxisType.Auto,) * len(AXES)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices > 1:  # multislice: data parallelism over the slower links between slices
+        if shape[0] % slices:
+            raise UserError(f"config.mesh.data={shape[0]} must be a multiple of the {slices} "
+                            f"slices (data parallelism spans slices)")
+        grid = mesh_utils.create_hybrid_device_mesh(
+            (shape[0] // slices, *shape[1:]), (slices, 1, 1), devices)
+        return Mesh(grid, AXES, **kwargs)
     try:
         return jax.make_mesh(shape, AXES, devices=devices, **kwargs)
     except (TypeError, ValueError, NotImplementedError):
