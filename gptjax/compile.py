@@ -127,6 +127,7 @@ def topology_devices(s: Slice) -> list:
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{s.generation}-{math.prod(s.shape) * cores}")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no TPU is held: compiles may overlap
     try:
         from jax.experimental import topologies  # lazy: libtpu's compiler, only for `compile`
     except ImportError as e:
@@ -173,13 +174,13 @@ def _compile(fn, args, mesh, what: str, s: Slice, name: str):
     try:
         with jax.set_mesh(mesh):
             compiled = fn.lower(*args).compile()
-    except Exception as e:  # XlaRuntimeError: RESOURCE_EXHAUSTED ... Used X of Y hbm
-        used = re.search(r"Used ([\d.]+\w?) of ([\d.]+\w?) hbm", str(e))
-        if used is None:
+    except Exception as e:  # JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory ... HBM
+        text = str(e)
+        if "RESOURCE_EXHAUSTED" not in text:
             raise
-        raise UserError(f"{name} does not fit {s.name}: the TPU compiler needs {used.group(1)} "
-                        f"of {used.group(2)} HBM per chip for the {what}; use a larger slice, "
-                        f"--config.model.remat=full, a larger fsdp axis or "
+        why = text.split("RESOURCE_EXHAUSTED:", 1)[1].strip().splitlines()[0].rstrip(".")
+        raise UserError(f"{name} does not fit {s.name} (the TPU compiler, {what}: {why}); use "
+                        f"a larger slice, --config.model.remat=full, a larger fsdp axis or "
                         f"--config.train.grad_accum") from None
     return compiled, time.time() - t0
 
@@ -209,11 +210,16 @@ def compile_config(config, s: Slice, eval_step: bool = True) -> dict:
     bs = sharding.batch_sharding(mesh)
     shape = (int(config.train.batch_size), int(config.data.seq_len))
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bs) for k in ("inputs", "targets")}
+    held = {"params_bytes": _shard_bytes(abstract.params, shardings.params),
+            "optimizer_bytes": _shard_bytes(abstract.opt_state, shardings.opt_state)}
+    if sum(held.values()) > s.hbm_bytes:  # no need to ask the compiler
+        raise UserError(f"{config.name} does not fit {s.name}: its parameters and optimizer "
+                        f"state alone take {human_bytes(sum(held.values()))} per chip of "
+                        f"{human_bytes(s.hbm_bytes)} HBM (mesh {dict(mesh.shape)}); use a larger "
+                        f"slice or shard them with --mesh data=1,fsdp=-1")
     step = steps.make_train_step(config, mesh, shardings, model, tx)
     compiled, seconds = _compile(step, (state, batch), mesh, "train step", s, config.name)
-    memory = _memory(compiled)
-    memory["params_bytes"] = _shard_bytes(abstract.params, shardings.params)
-    memory["optimizer_bytes"] = _shard_bytes(abstract.opt_state, shardings.opt_state)
+    memory = {**_memory(compiled), **held}
     stats = hlo.analyze(compiled.as_text())
     report = {
         "name": config.name, "topology": s.name, "generation": s.generation,
