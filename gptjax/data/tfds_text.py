@@ -207,7 +207,7 @@ def _first_line(e: BaseException) -> str:
 def files_builder(config):
     """gptjax's TFDS builder over data.files, prepared (built once per file set)."""
     tfds = import_tfds()
-    from gptjax.data import local_text   # imports tensorflow_datasets: lazy, like it
+    from gptjax.data import local_text  # imports tensorflow_datasets: lazy, like it
     spec = files_spec(config)
     builder = local_text.make_builder(spec, data_dir(config))
     _prepare(tfds, builder, config, f"data.files={config.data.files!r}", downloads=False)

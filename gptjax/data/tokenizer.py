@@ -168,15 +168,14 @@ def make_tokenizer(config, workdir: str | None = None):
     It is then saved in `workdir`, so every later call loads the same one.
     """
     t = config.data.tokenizer
-    source = registry.get(config.data.source)
     if t.kind not in KINDS:
         raise UserError(f"data.tokenizer.kind={t.kind!r}: choose one of {', '.join(KINDS)}")
-    if workdir:
+    if workdir:   # needs no source: sample / eval load a run's tokenizer from here
         tok = load_tokenizer(workdir, t.kind)
         if tok is not None:
             _check_kind(tok, t.kind, f"workdir {workdir}")
             return _remember(tok, workdir)
-    source.check(config)
+    source = registry.of(config)
     tok = source.tokenizer(config) if source.tokenizer is not None else None
     if tok is None:
         tok = _from_file(t) if t.kind in ("path", "hf") else _trained(config, source, workdir)
