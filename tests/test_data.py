@@ -536,7 +536,7 @@ def test_eval_split_smaller_than_a_batch_repeats_windows(tmp_path):
 def test_registry_lists_the_builtin_sources():
     assert data.source_names()[:4] == ["tfds", "files", "shards", "synthetic"]
     provides = {name: data.get_source(name).provides for name in data.source_names()[:4]}
-    assert provides == {"tfds": "documents", "files": "documents", "shards": "store_dir",
+    assert provides == {"tfds": "documents", "files": "documents", "shards": "tokens",
                         "synthetic": "batches"}
     assert data.get_source("tfds").trains_tokenizer
     assert not data.get_source("shards").trains_tokenizer
@@ -553,7 +553,7 @@ def test_registry_lists_the_builtin_sources():
         data.register_source(data.Source(name="both", help="", batches=iter, store_dir=str))
 
 
-def test_unknown_source_is_one_line_exit_2(repo_dir):
+def test_cli_unknown_source_is_one_line_and_sources_lists_them(repo_dir):
     out = _gptjax("data", "bench", "--config", "configs/smoke.py:tiny",
                   "--config.data.source=tfsd", cwd=repo_dir)
     assert out.returncode == 2, out.stderr
@@ -561,6 +561,11 @@ def test_unknown_source_is_one_line_exit_2(repo_dir):
     assert "\n" not in line and "Traceback" not in line
     assert "data.source='tfsd'" in line and "did you mean 'tfds'" in line
     assert "tfds, files, shards, synthetic" in line
+    listing = _gptjax("data", "sources", "--json", cwd=repo_dir)
+    assert listing.returncode == 0, listing.stderr
+    sources_json = json.loads(listing.stdout)
+    assert list(sources_json)[:4] == ["tfds", "files", "shards", "synthetic"]
+    assert sources_json["shards"]["required"] == ["shards_dir"]
 
 
 TOY_DOCS = {"train": [f"toy document {i}: the cat sat on mat number {i}.\n" for i in range(40)],

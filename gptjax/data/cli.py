@@ -1,5 +1,6 @@
-"""`gptjax data tokenizer|export|bench|info`: the input pipeline from the command line.
+"""`gptjax data sources|tokenizer|export|bench|info`: the input pipeline from the command line.
 
+  sources    the registered data sources: what each provides and the config keys it reads
   tokenizer  train (or load) the run's tokenizer and show how it splits a text
   export     tokenize the train / eval splits into a shards directory (numpy-readable, no TF)
   bench      tokens/s the pipeline delivers from pre-tokenized data (numpy and tf.data loaders)
@@ -24,6 +25,10 @@ from gptjax.errors import UserError
 def add_args(parser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
     sub.required = True
+
+    p = sub.add_parser("sources", help="the registered data sources (values of data.source)")
+    add_config_arg(p, required=False)   # a config file may register more
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("tokenizer", help="train or load the tokenizer; encode a sample text")
     add_config_arg(p)
@@ -53,7 +58,7 @@ def add_args(parser) -> None:
 
 
 def run(args) -> int:
-    return {"tokenizer": _tokenizer, "export": _export, "bench": _bench,
+    return {"sources": _sources, "tokenizer": _tokenizer, "export": _export, "bench": _bench,
             "info": _info}[args.data_command](args)
 
 
@@ -68,6 +73,18 @@ def _splits(config, text: str) -> list[str]:
     if text:
         return [s.strip() for s in text.split(",") if s.strip()]
     return [s for s in (config.data.train_split, config.data.eval_split) if s]
+
+
+def _sources(args) -> int:
+    result, lines = {}, []
+    for name in registry.names():
+        source = registry.get(name)
+        result[name] = {"help": source.help, "provides": source.provides,
+                        "keys": list(source.keys), "required": list(source.required)}
+        keys = f" [data.{', data.'.join(source.keys)}]" if source.keys else ""
+        lines.append(f"{name:10s} {source.provides:9s} {source.help}{keys}")
+    _print(args, result, lines)
+    return 0
 
 
 def _tokenizer(args) -> int:

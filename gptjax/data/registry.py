@@ -24,7 +24,7 @@ from gptjax.config import did_you_mean
 from gptjax.errors import UserError
 
 LOADERS = ("tf", "numpy")
-_PROVIDERS = ("documents", "store_dir", "batches")
+_PROVIDERS = {"documents": "documents", "store_dir": "tokens", "batches": "batches"}  # field: what
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -45,7 +45,8 @@ class Source:
 
     @property
     def provides(self) -> str:
-        return next(p for p in _PROVIDERS if getattr(self, p) is not None)
+        """'documents' (text), 'tokens' (a ready token store) or 'batches'."""
+        return next(what for field, what in _PROVIDERS.items() if getattr(self, field) is not None)
 
     @property
     def trains_tokenizer(self) -> bool:
@@ -96,7 +97,7 @@ class Source:
         """The documents of one split, at most data.max_documents of them (0 = all)."""
         if self.documents is None:
             raise UserError(f"data.source={self.name!r} has no documents to read; it provides "
-                            f"{'tokens' if self.store_dir else 'batches'} directly")
+                            f"{self.provides} directly")
         docs = self.documents(config, split)
         limit = int(config.data.max_documents)
         return itertools.islice(docs, limit) if limit else iter(docs)

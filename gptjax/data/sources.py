@@ -50,7 +50,7 @@ def _files_key(config) -> dict:
 
 
 registry.register(Source(
-    name="tfds", help="any TFDS text dataset (data.tfds_name, its splits and text feature)",
+    name="tfds", help="any TFDS text dataset (lm1b, c4/en, tiny_shakespeare, ...)",
     keys=("tfds_name", "text_key", "data_dir", "manual_dir", "max_documents"),
     required={"tfds_name": "NAME (e.g. tiny_shakespeare)"},
     documents=tfds_text.tfds_documents, cache_key=_tfds_key,
