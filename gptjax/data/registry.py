@@ -32,7 +32,7 @@ class Source:
     """One value of `data.source` (see the module docstring for the three kinds)."""
 
     name: str
-    help: str                                   # one line: what it reads (docs, error messages)
+    help: str                                   # one line for `gptjax data sources`
     keys: tuple[str, ...] = ()                  # config.data keys it reads; keys[0] names the data
     required: dict[str, str] = dataclasses.field(default_factory=dict)  # key -> 'VALUE (hint)'
     documents: Callable[..., Iterable[str]] | None = None   # (config, split) -> documents

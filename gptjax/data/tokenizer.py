@@ -191,8 +191,7 @@ def _remember(tok, workdir):
 
 def _from_file(t):
     if not t.path:
-        what = "FILE.model" if t.kind == "path" else "tokenizer.json (or a workdir holding " \
-            f"{HF_FILE})"
+        what = "FILE.model" if t.kind == "path" else f"tokenizer.json (or {HF_FILE} in the workdir)"
         raise UserError(f"data.tokenizer.kind={t.kind} needs data.tokenizer.path={what}")
     load = SentencePieceTokenizer.load if t.kind == "path" else HFTokenizer.load
     return load(os.path.expanduser(t.path))
