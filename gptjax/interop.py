@@ -24,8 +24,9 @@ import os
 import jax
 import numpy as np
 
+from gptjax import checkpoint
+from gptjax.config import load_config
 from gptjax.data.hf_tokenizer import HFTokenizer
-from gptjax.data.tokenizer import load_tokenizer
 from gptjax.errors import UserError
 from gptjax.model import GPTConfig, layers_to_scanned, scanned_to_layers
 
@@ -252,18 +253,11 @@ def hf_tokenizer(source: str) -> HFTokenizer:
     return HFTokenizer(file)
 
 
-def saved_hf_tokenizer(workdir: str) -> HFTokenizer | None:
-    return load_tokenizer(workdir, kind="hf")
-
-
 def save_params_workdir(config, workdir: str, params, step: int = 0) -> None:
     """A workdir that `load_for_inference` reads: config.json + checkpoints/<step>/ holding
     only the params (a train run would start its optimizer afresh from them)."""
-    from gptjax import checkpoint
     os.makedirs(workdir, exist_ok=True)
-    config_dict = config.to_dict()
-    with open(os.path.join(workdir, checkpoint.CONFIG_FILE), "w") as f:
-        json.dump(config_dict, f, indent=2)
+    config_dict = checkpoint.write_config(workdir, config)
     ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False)
     ckpt.save(step, {"params": params}, {}, config_dict)
     ckpt.close()
@@ -288,8 +282,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def import_to_workdir(source: str, workdir: str, base_config: str = "configs/gpt2.py") -> dict:
     """Writes WORKDIR/config.json and a step-0 checkpoint holding the imported params (and
     hf_tokenizer.json when the checkpoint has a tokenizer.json)."""
-    from gptjax.config import load_config
-
     hf_config, state = load_hf(source)
     config = load_config(base_config)
     model_keys = config_from_hf(hf_config, int(config.model.vocab_multiple))
@@ -322,7 +314,6 @@ def run(args) -> int:
         print(f"imported {args.hf} -> {info['workdir']} ({info['layers']} layers, d_model "
               f"{info['d_model']}, vocab {info['vocab_size']})")
         return 0
-    from gptjax import checkpoint
     config = checkpoint.read_config(args.workdir)
     c = GPTConfig.from_config(config.model)
     params, step = checkpoint.load_params(args.workdir, config)

@@ -17,7 +17,7 @@ import time
 import flax.linen as nn
 import jax
 
-from gptjax import checkpoint, generate, interop, quant, sharding
+from gptjax import checkpoint, generate, quant, sharding
 from gptjax.config import apply_overrides
 from gptjax.defaults import base_config
 from gptjax.errors import UserError
@@ -70,10 +70,9 @@ def _settings(args, config) -> dict:
 
 
 def load(workdir: str, mesh=None, step: int | None = None):
-    """-> (config, params, tokenizer); a workdir made from HF GPT-2 uses its saved tokenizer."""
+    """-> (config, params, tokenizer) of a trained, fine-tuned or imported workdir."""
     config, params, tokenizer, _ = checkpoint.load_for_inference(workdir, mesh=mesh, step=step)
-    hf_tok = interop.saved_hf_tokenizer(workdir)
-    return config, params, hf_tok or tokenizer
+    return config, params, tokenizer
 
 
 def sample(workdir: str, args) -> list[str]:

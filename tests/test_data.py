@@ -10,18 +10,14 @@ import subprocess
 import sys
 import time
 
-import flax.linen as nn
-import jax
 import numpy as np
-import optax
 import pytest
 
-from gptjax import data
+from gptjax import data, train
 from gptjax.config import load_module
 from gptjax.data import pipeline, sources
 from gptjax.data.store import TokenStore
 from gptjax.errors import UserError
-from gptjax.model import GPT, GPTConfig
 
 get_config = load_module("configs/smoke.py").get_config
 
@@ -588,29 +584,6 @@ def toy_source():
         data.unregister_source("toy")
 
 
-def _train_steps(config, batches) -> list[float]:
-    """Plain Adam on the GPT of `config`, one step per batch: the losses."""
-    model = GPT(GPTConfig.from_config(config.model))
-    params = nn.unbox(model.init(jax.random.key(0), batches[0]["inputs"])["params"])
-    tx = optax.adam(1e-2)
-
-    @jax.jit
-    def step(params, opt_state, batch):
-        def loss_fn(p):
-            logits = model.apply({"params": p}, batch["inputs"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                                   batch["targets"]).mean()
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    opt_state, losses = tx.init(params), []
-    for batch in batches:
-        params, opt_state, loss = step(params, opt_state, batch)
-        losses.append(float(loss))
-    return losses
-
-
 def test_registered_toy_source_trains_end_to_end(toy_source, tmp_path):
     workdir = str(tmp_path / "run")
     config = _config(**{"data.source": "toy", "data.tokenizer.kind": "char"})
@@ -632,9 +605,13 @@ def test_registered_toy_source_trains_end_to_end(toy_source, tmp_path):
     assert _same(_take(again, 2), _take(it, 2))
     assert len(data.make_eval_batches(config, tok)) == config.train.eval_batches
     with config.unlocked():
-        config.model.vocab_size = tok.vocab_size
-    losses = _train_steps(config, batches)
-    assert losses[-1] < losses[0] - 0.5, losses
+        config.optim.lr, config.train.steps, config.train.eval_every = 1e-2, 30, 0
+        config.train.plot, config.train.log_every = False, 10
+    result = train.train(config, str(tmp_path / "trained"))   # the one training loop
+    losses = [r["loss"] for r in map(json.loads, open(tmp_path / "trained" / "metrics.jsonl"))
+              if r["split"] == "train"]
+    assert result["step"] == 30 and losses[-1] < losses[0] - 0.5, losses
+    assert result["eval_loss"] < losses[0]
 
 
 def test_hf_tokenizer_kind_is_independent_of_the_source(toy_source, tmp_path):

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from gptjax import checkpoint, train
+from gptjax import state as state_lib
 from gptjax.config import get_config
 from gptjax.errors import UserError
-from gptjax import state as state_lib
 from gptjax.state import abstract_train_state, model_config
 
 
