@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from gptjax.config import get_config
 from gptjax.errors import UserError
 
 COMMANDS = {
@@ -79,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, unknown = _split_overrides(rest)
         if unknown:
             raise UserError(f"unrecognised arguments: {' '.join(unknown)}")
-        if getattr(args, "config", None) is not None:
-            from gptjax.config import get_config
-            args.config = get_config(args.config, args.overrides)
-        elif args.overrides and not hasattr(args, "workdir"):
-            raise UserError("--config.KEY=VALUE overrides need --config FILE.py first")
         module = importlib.import_module(COMMANDS[selected][0])
+        if getattr(args, "config", None) is not None:
+            args.config = get_config(args.config, args.overrides)
+        elif args.overrides and not getattr(module, "APPLIES_OVERRIDES", False):
+            raise UserError(f"`gptjax {selected}` takes no --config.KEY=VALUE overrides "
+                            f"(got {args.overrides[0]})")
         return int(module.run(args) or 0)
     except UserError as e:
         print(f"gptjax: error: {e}", file=sys.stderr)

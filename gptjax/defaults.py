@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # --- data (gptjax/data; docs/data.md) ---
     d = c.data = ml_collections.ConfigDict()
-    d.source = "tfds"               # tfds | files | synthetic | shards
+    d.source = "tfds"               # a registered source: tfds | files | shards | synthetic | ...
     d.tfds_name = "tiny_shakespeare"  # any TFDS text dataset: lm1b, c4/en, wikipedia/20230601.en
     d.train_split = "train"         # TFDS split syntax works: "train[:10%]"
     d.eval_split = "validation"     # source=files always has train and validation
@@ -60,11 +60,11 @@ def base_config() -> ml_collections.ConfigDict:
     d.shuffle = True                # seeded permutation of all windows each epoch (+ random shift)
     d.seed = 0
     d.prefetch = 2                  # batches prepared ahead of the training step
-    d.loader = "auto"               # auto | tf | numpy (auto: tf.data for tfds/files, numpy else)
+    d.loader = "auto"               # auto | tf | numpy (auto: as the source says; numpy if no TF)
     d.cache_dir = ""                # tokenized shards cache ('' = WORKDIR/data or ~/.cache/gptjax)
     t = d.tokenizer = ml_collections.ConfigDict()
-    t.kind = "bpe"                  # char | bpe | unigram | path
-    t.path = ""                     # kind=path: an existing sentencepiece .model
+    t.kind = "bpe"                  # char | bpe | unigram | path | hf
+    t.path = ""                     # kind=path: a sentencepiece .model; kind=hf: tokenizer.json
     t.vocab_size = 8192             # bpe / unigram (char: the corpus decides)
     t.byte_fallback = True          # unknown characters -> byte pieces instead of <unk>
     t.add_eos = True                # EOS after every document (char: only if a split has several)

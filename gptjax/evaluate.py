@@ -18,6 +18,8 @@ from gptjax.config import apply_overrides
 from gptjax.errors import UserError
 from gptjax.state import model_config
 
+APPLIES_OVERRIDES = True  # e.g. --config.train.eval_batches=50 on the saved config
+
 
 def prepare_eval_batches(config, tokenizer, mesh) -> list:
     """The first `train.eval_batches` held-out batches, as global arrays on `mesh`."""

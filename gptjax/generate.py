@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax import quant
+from gptjax.cli import add_config_arg
 from gptjax.errors import UserError
 from gptjax.model import GPT, GPTConfig
 
@@ -243,7 +244,6 @@ def measure_copy_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    from gptjax.cli import add_config_arg
     add_config_arg(parser)
     parser.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
     parser.add_argument("--prompt-len", type=int, default=16)

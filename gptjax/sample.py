@@ -17,9 +17,13 @@ import time
 import flax.linen as nn
 import jax
 
-from gptjax import generate, quant, sharding
+from gptjax import checkpoint, generate, quant, sharding
+from gptjax.config import apply_overrides
+from gptjax.defaults import base_config
 from gptjax.errors import UserError
 from gptjax.model import GPT, GPTConfig
+
+APPLIES_OVERRIDES = True  # --config.sample.KEY=VALUE (and any other key) apply to this run
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +48,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args, config) -> dict:
     """config.sample with the command-line flags applied."""
-    from gptjax.config import apply_overrides
-    from gptjax.defaults import base_config
     for key, value in base_config().sample.items():  # keys newer than the run's config.json
         if key not in config.sample:
             config.sample[key] = value
@@ -68,15 +70,12 @@ def _settings(args, config) -> dict:
 
 
 def load(workdir: str, mesh=None, step: int | None = None):
-    """-> (config, params, tokenizer); a workdir made from HF GPT-2 uses its saved tokenizer."""
-    from gptjax import checkpoint, interop
+    """-> (config, params, tokenizer) of a trained, fine-tuned or imported workdir."""
     config, params, tokenizer, _ = checkpoint.load_for_inference(workdir, mesh=mesh, step=step)
-    hf_tok = interop.saved_hf_tokenizer(workdir)
-    return config, params, hf_tok or tokenizer
+    return config, params, tokenizer
 
 
 def sample(workdir: str, args) -> list[str]:
-    from gptjax import checkpoint
     config = checkpoint.read_config(workdir)
     mesh = sharding.make_mesh(config.mesh) if args.shard else None
     config, params, tokenizer = load(workdir, mesh, args.step)

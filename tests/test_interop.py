@@ -135,3 +135,22 @@ def test_convert_cli_import_then_export(tmp_path):
     assert_trees_equal(interop.hf_to_params(state, model.config), params)
     bad = cli("import", "--hf", tmp_path / "missing", "--workdir", tmp_path / "x")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_import_with_a_tokenizer_sets_tokenizer_kind_hf(tmp_path):
+    pytest.importorskip("safetensors", reason="pip install 'gptjax[interop]'")
+    tokenizers = pytest.importorskip("tokenizers", reason="pip install 'gptjax[interop]'")
+    from gptjax import checkpoint
+    model, params = gptjax_tiny(seed=4)
+    interop.save_hf(str(tmp_path / "hf"), params, model.config)
+    vocab = {"<|endoftext|>": 0, "[UNK]": 1, **{f"w{i}": i + 2 for i in range(59)}}  # 61 ids
+    hf_tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    hf_tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    hf_tok.save(str(tmp_path / "hf" / "tokenizer.json"))
+    interop.import_to_workdir(str(tmp_path / "hf"), str(tmp_path / "run"))
+    with open(tmp_path / "run" / "config.json") as f:
+        saved = json.load(f)["data"]
+    assert saved["tokenizer"]["kind"] == "hf" and saved["source"] != "synthetic"
+    config, _, tok = checkpoint.load_for_inference(str(tmp_path / "run"))
+    assert tok.kind == "hf" and tok.vocab_size == config.model.vocab_size == 61
+    assert tok.encode("w3 w7 nope") == [5, 9, 1] and tok.eos_id == 0

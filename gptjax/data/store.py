@@ -5,7 +5,8 @@ Layout of a store directory (the token cache and `gptjax data export` write the 
     index.json          {"format", "dtype", "vocab_size", "eos_id", "tokenizer", "source"}
     <split>.bin         raw little-endian uint16 (vocab <= 65536) or uint32 tokens
     <split>.meta.json   {"split", "file", "num_tokens", "num_documents"}; written last
-    tokenizer.model | tokenizer.chars.json   (exported stores: the tokenizer that made the ids)
+    tokenizer.model | tokenizer.chars.json | hf_tokenizer.json   (exported stores: the
+                        tokenizer that made the ids)
 
 Every document is followed by the tokenizer's EOS (when it has one and data.tokenizer.add_eos),
 so the array is doc0 EOS doc1 EOS ...; training windows run across those boundaries.
@@ -19,18 +20,27 @@ import hashlib
 import json
 import os
 import re
-import socket
 import sys
 import time
-import uuid
 
 import numpy as np
 
+from gptjax.data.fileio import atomic_write, tmp_name
 from gptjax.errors import UserError
 
 FORMAT = "gptjax-tokens/1"
 INDEX = "index.json"
 META = ".meta.json"
+
+
+def cache_root(config, workdir: str | None) -> str:
+    """Where token stores and tokenizers are cached: data.cache_dir, else WORKDIR/data, else
+    ~/.cache/gptjax."""
+    if config.data.cache_dir:
+        return os.path.abspath(os.path.expanduser(config.data.cache_dir))
+    if workdir and "://" not in workdir:   # a gs:// workdir: memmaps need a local disk
+        return os.path.join(os.path.abspath(workdir), "data")
+    return os.path.join(os.path.expanduser("~"), ".cache", "gptjax")
 
 
 def split_file(split: str) -> str:
@@ -44,16 +54,8 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 1 << 16 else np.uint32
 
 
-def _tmp_name(path: str) -> str:
-    """Unique per host and process: several hosts may build one store on a shared disk."""
-    return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
 def _write_json(path: str, obj) -> None:
-    tmp = _tmp_name(path)
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 class TokenStore:
@@ -121,7 +123,7 @@ class TokenStore:
         """Tokenizes `docs` (an iterable of str) into <split>.bin, in parallel batches."""
         name = split_file(split)
         final = os.path.join(self.directory, name + ".bin")
-        tmp = _tmp_name(final)
+        tmp = tmp_name(final)
         eos = tok.eos_id if add_eos else None
         eos_arr = np.array([eos], self.dtype) if eos is not None else None
         n_tokens = n_docs = 0
