@@ -23,6 +23,7 @@ Slices are named as `gcloud` names accelerator types (docs/tpu.md):
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -35,11 +36,11 @@ import jax.numpy as jnp
 
 from gptjax import hlo, sharding, steps
 from gptjax.cli import add_config_arg
+from gptjax.devices import DEVICES, human_bytes
 from gptjax.errors import UserError
 from gptjax.flops import flops_per_token, param_counts
 from gptjax.model import GPT, GPTConfig
 from gptjax.optim import make_optimizer
-from gptjax.plan import DEVICES, human_bytes, parse_mesh
 from gptjax.state import abstract_train_state, with_shardings
 
 # generation: (libtpu's name, TensorCores per chip counted in "-N", grid dimensions)
@@ -117,6 +118,16 @@ def parse_topology(text: str, num_slices: int = 1) -> Slice:
             raise UserError(f"--topology {text!r}: gptjax lays out power-of-two {gen} slices "
                             f"only; give the grid explicitly, e.g. {gen}:4x4x12")
     return Slice(text, gen, shape, num_slices)
+
+
+def slice_for(device: str, chips: int) -> Slice | None:
+    """The slice of `chips` chips of TPU generation `device` (plan's --device), where libtpu is
+    installed and the slice has a standard layout; else None."""
+    if device not in GENERATIONS or importlib.util.find_spec("libtpu") is None:
+        return None
+    _, cores, dims = GENERATIONS[device]
+    shape = grid(chips, dims)
+    return Slice(f"{device}-{chips * cores}", device, shape) if shape else None
 
 
 def topology_devices(s: Slice) -> list:
@@ -303,7 +314,7 @@ def run(args):
     s = parse_topology(args.topology, args.num_slices)
     if args.mesh:
         with config.unlocked():
-            config.mesh.update(parse_mesh(args.mesh))
+            config.mesh.update(sharding.parse_mesh(args.mesh))
     report = compile_config(config, s, eval_step=not args.no_eval)
     print(json.dumps(report) if args.json else format_report(report))
     if not report["fits"]:
