@@ -16,6 +16,8 @@ def base_config() -> ml_collections.ConfigDict:
     # --- model (gptjax/model.py) ---
     m = c.model = ml_collections.ConfigDict()
     m.vocab_size = 50257            # real vocabulary; the embedding is padded to vocab_multiple
+    m.vocab_from_tokenizer = True   # train sets vocab_size to the tokenizer's; False: a
+                                    # mismatch is an error (configs/gpt2.py, gpt3.py)
     m.vocab_multiple = 128
     m.num_layers = 12
     m.d_model = 768

@@ -50,14 +50,29 @@ class Pretraining:
 
     def prepare(self, config, workdir: str, mesh) -> RunData:
         tokenizer = data.make_tokenizer(config, workdir)
-        if tokenizer.vocab_size != config.model.vocab_size:
-            config.model.vocab_size = int(tokenizer.vocab_size)
+        check_vocab(config, tokenizer)
         batches = data.make_train_iter(config, tokenizer, jax.process_index(),
                                        jax.process_count())
         return RunData(config, tokenizer, batches,
                        lambda: prepare_eval_batches(config, tokenizer, mesh),
                        lambda cfg, mesh, model, tx, sh: create_train_state(cfg, mesh, model, tx,
                                                                             sh))
+
+
+def check_vocab(config, tokenizer) -> None:
+    """model.vocab_size must be the tokenizer's, unless model.vocab_from_tokenizer says the
+    tokenizer decides (then it is set here, and the start line shows it)."""
+    have, want = int(tokenizer.vocab_size), int(config.model.vocab_size)
+    if have == want:
+        return
+    if config.model.vocab_from_tokenizer:
+        config.model.vocab_size = have
+        return
+    raise UserError(f"config.model.vocab_size={want} but the {tokenizer.kind} tokenizer has "
+                    f"{have} tokens; give data.tokenizer settings that make {want} (GPT-2's own "
+                    f"files: data.tokenizer.kind=gpt2, data.tokenizer.path=DIR with vocab.json "
+                    f"and merges.txt), or let the tokenizer decide with "
+                    f"--config.model.vocab_from_tokenizer=true")
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -226,7 +241,8 @@ def train(config, workdir: str, task=None) -> dict:
     primary = jax.process_index() == 0
     writer = MetricsWriter(workdir, tr.steps, start, enabled=primary)
     stats = model_stats(model.config, config.data.seq_len, config.optim.state_dtype)
-    writer.print(f"gptjax train: {config.name}{run.describe}, {stats['params']:,} params, mesh "
+    writer.print(f"gptjax train: {config.name}{run.describe}, {stats['params']:,} params "
+                 f"(vocabulary {config.model.vocab_size}), mesh "
                  f"{dict(mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}, "
                  f"batch {tr.batch_size} x {config.data.seq_len} tokens"
                  + (f", resumed at step {start}" if start else ""))

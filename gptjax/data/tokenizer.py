@@ -8,6 +8,8 @@ from):
     path              an existing sentencepiece .model (data.tokenizer.path)
     hf                a Hugging Face tokenizer.json (hf_tokenizer.py): the workdir's
                       hf_tokenizer.json, else data.tokenizer.path
+    gpt2              GPT-2's byte-level BPE (gpt2_bpe.py): GPT-2's vocab.json + merges.txt
+                      from data.tokenizer.path, or one trained on the source's train split
 
 A run's tokenizer is made once, saved in the workdir (`tokenizer.model`, `tokenizer.chars.json`
 or `hf_tokenizer.json`) and from then on loaded from there, so train, eval, sample and resumed
@@ -27,7 +29,7 @@ import os
 
 import numpy as np
 
-from gptjax.data import fileio, registry
+from gptjax.data import fileio, gpt2_bpe, registry
 from gptjax.data.hf_tokenizer import FILE as HF_FILE
 from gptjax.data.hf_tokenizer import HFTokenizer
 from gptjax.data.spm import FILE as SPM_FILE
@@ -36,7 +38,7 @@ from gptjax.data.store import cache_root
 from gptjax.data.synthetic import SyntheticTokenizer
 from gptjax.errors import UserError
 
-KINDS = ("char", "bpe", "unigram", "path", "hf")
+KINDS = ("char", "bpe", "unigram", "path", "hf", "gpt2")
 CHAR_FILE = "tokenizer.chars.json"  # not HF's tokenizer.json
 TOKENIZER_FILES = (SPM_FILE, CHAR_FILE, HF_FILE)   # what load_tokenizer looks for, in order
 
@@ -130,7 +132,7 @@ def load_tokenizer(directory: str, kind: str | None = None):
     `tokenizer.model` / `tokenizer.chars.json` for the others.
     """
     files = TOKENIZER_FILES if kind is None else (
-        (HF_FILE,) if kind == "hf" else (SPM_FILE, CHAR_FILE))
+        (HF_FILE,) if kind in ("hf", "gpt2") else (SPM_FILE, CHAR_FILE))
     for name in files:
         path = fileio.join(directory, name)
         if fileio.isfile(path):
@@ -178,7 +180,8 @@ def make_tokenizer(config, workdir: str | None = None):
     source = registry.of(config)
     tok = source.tokenizer(config) if source.tokenizer is not None else None
     if tok is None:
-        tok = _from_file(t) if t.kind in ("path", "hf") else _trained(config, source, workdir)
+        from_file = t.kind in ("path", "hf") or (t.kind == "gpt2" and t.path)
+        tok = _from_file(t) if from_file else _trained(config, source, workdir)
     if workdir:
         tok.save(workdir)
     return _remember(tok, workdir)
@@ -193,7 +196,8 @@ def _from_file(t):
     if not t.path:
         what = "FILE.model" if t.kind == "path" else f"tokenizer.json (or {HF_FILE} in the workdir)"
         raise UserError(f"data.tokenizer.kind={t.kind} needs data.tokenizer.path={what}")
-    load = SentencePieceTokenizer.load if t.kind == "path" else HFTokenizer.load
+    load = {"path": SentencePieceTokenizer.load, "gpt2": gpt2_bpe.load}.get(t.kind,
+                                                                          HFTokenizer.load)
     return load(os.path.expanduser(t.path))
 
 
@@ -218,6 +222,8 @@ def _train(config, source):
         # nanoGPT builds the character set from the whole text; train + eval splits here.
         splits = [d.train_split] + ([d.eval_split] if d.eval_split else [])
         return CharTokenizer.train((source.read(config, s) for s in splits), eos=t.add_eos)
+    if t.kind == "gpt2":
+        return gpt2_bpe.train(source.read(config, d.train_split), int(t.vocab_size))
     return train_sentencepiece(source.read(config, d.train_split), t)
 
 
