@@ -2,6 +2,8 @@
 # Train on a Cloud TPU pod slice: every worker (host) runs the same gptjax command, and
 # jax.distributed finds its peers from the TPU metadata (gptjax/distributed.py).
 #
+#   launch/tpu_pod.sh [--dry-run] check ARGS...     # here, no TPU: gptjax compile ARGS for
+#                                                   # ACCELERATOR (fits? memory, FLOPs)
 #   launch/tpu_pod.sh [--dry-run] create            # create the TPU VM slice
 #   launch/tpu_pod.sh [--dry-run] setup             # copy this checkout, install, mount GCS
 #   launch/tpu_pod.sh [--dry-run] train ARGS...     # gptjax train ARGS on all workers
@@ -14,9 +16,10 @@
 # shared), TPU_VERSION (the TPU software version; derived from ACCELERATOR).
 # Example:
 #   export TPU_NAME=gpt ZONE=us-east5-a ACCELERATOR=v5p-32 BUCKET=gs://my-bucket
+#   launch/tpu_pod.sh check --config configs/gpt3.py:xl    # needs libtpu here: pip install -e '.[tpu]'
 #   launch/tpu_pod.sh create && launch/tpu_pod.sh setup
-#   launch/tpu_pod.sh train --config configs/gpt3.py:xl --config.mesh.fsdp=-1 \
-#       --config.mesh.data=1 --config.data.data_dir=gs://my-bucket/tfds --workdir /mnt/gcs/runs/xl
+#   launch/tpu_pod.sh train --config configs/gpt3.py:xl \
+#       --config.data.data_dir=gs://my-bucket/tfds --workdir /mnt/gcs/runs/xl
 # --dry-run prints the gcloud commands instead of running them.
 set -euo pipefail
 
@@ -82,6 +85,12 @@ cmd_create() {
   gcloud_tpu create "$TPU_NAME" --accelerator-type="$ACCELERATOR" --version="$version"
 }
 
+cmd_check() {  # runs here: the TPU compiler on the slice ACCELERATOR describes
+  need ACCELERATOR
+  [[ $# -gt 0 ]] || die "check needs gptjax compile arguments, e.g. --config configs/gpt3.py:xl"
+  run env JAX_PLATFORMS=cpu "${PYTHON:-python3}" -m gptjax compile --topology "$ACCELERATOR" "$@"
+}
+
 cmd_setup() {
   need TPU_NAME ZONE
   local repo archive
@@ -139,16 +148,17 @@ cmd_delete() {
 
 main() {
   local cmd="${1:-}"
-  [[ -n "$cmd" ]] || die "usage: launch/tpu_pod.sh [--dry-run] create|setup|train|run|delete [ARGS]"
+  [[ -n "$cmd" ]] || die "usage: launch/tpu_pod.sh [--dry-run] check|create|setup|train|run|delete [ARGS]"
   shift
   case "$cmd" in
+    check) cmd_check "$@" ;;
     create) cmd_create "$@" ;;
     setup) cmd_setup "$@" ;;
     train) cmd_train "$@" ;;
     run) cmd_run "$@" ;;
     delete) cmd_delete "$@" ;;
-    -h | --help) sed -n '2,22p' "$0" ;;
-    *) die "unknown command '$cmd': choose create, setup, train, run or delete" ;;
+    -h | --help) sed -n '2,25p' "$0" ;;
+    *) die "unknown command '$cmd': choose check, create, setup, train, run or delete" ;;
   esac
 }
 
