@@ -6,9 +6,10 @@ matmul FLOPs and collectives per device, with every loop body counted as often a
 
 `compiled.cost_analysis()` counts the body of a `while` loop (a scanned layer stack, gradient
 accumulation, the chunked loss) once; here each body is weighted by its trip count, read from
-the loop's condition (`counter < N`). Matmuls are XLA's `dot` and `convolution` instructions
-(TPU lowers dots to convolutions), counted the way XLA's cost analysis counts them: 2 FLOPs per
-multiply-add over the window positions that fall inside the input. Custom calls (Pallas
+the loop's `known_trip_count` or else its counter (`for (i = start; i < N; i += step)`).
+Matmuls are XLA's `dot` and `convolution` instructions (TPU lowers dots to convolutions),
+counted the way XLA's cost analysis counts them: 2 FLOPs per multiply-add over the window
+positions that fall inside the input. Custom calls (Pallas
 kernels such as splash attention) are opaque to XLA: they are counted, not costed.
 """
 
@@ -40,24 +41,29 @@ def _bytes(shape: str) -> int:
 
 
 def parse(text: str) -> tuple[dict, str]:
-    """-> ({computation: [(name, shape, opcode, rest)]}, entry computation name)."""
-    comps, entry, current = {}, None, None
+    """-> ({computation: [(name, shape, opcode, rest)], its ROOT last}, entry computation)."""
+    comps, roots, entry, current = {}, {}, None, None
     for line in text.splitlines():
         header = _HEADER.match(line)
         if header:
-            current = comps.setdefault(header.group(1), [])
+            current = header.group(1)
+            comps.setdefault(current, [])
             if line.startswith("ENTRY"):
-                entry = header.group(1)
+                entry = current
             continue
         m = _INSTR.match(line) if current is not None else None
-        if m:
-            current.append(m.groups())
+        if m and line.lstrip().startswith("ROOT "):
+            roots[current] = m.groups()
+        elif m:
+            comps[current].append(m.groups())
+    for comp, root in roots.items():
+        comps[comp].append(root)
     return comps, entry
 
 
 def _conv_flops(out_shape: str, rest: str, shapes: dict) -> float:
     """2 x output batch x output features x input features x valid window positions."""
-    operands = re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
+    operands = _operands(rest)
     labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", rest)
     if len(operands) < 2 or not labels:
         return 0.0
@@ -82,28 +88,78 @@ def _conv_flops(out_shape: str, rest: str, shapes: dict) -> float:
 
 
 def _dot_flops(out_shape: str, rest: str, shapes: dict) -> float:
-    operands = re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
+    operands = _operands(rest)
     contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
     lhs = _dims(shapes.get(operands[0], "")) if operands else []
     k = math.prod(lhs[int(i)] for i in contracting.group(1).split(",") if i) if contracting else 1
     return 2.0 * math.prod(_dims(out_shape)) * k
 
 
-def _trip_count(cond: list) -> int:
-    """N of a loop whose condition is `counter < N` (scan, fori_loop); 1 if not of that form."""
-    constants = {name: re.match(r"(-?\d+)", rest) for name, _, op, rest in cond if op == "constant"}
+def _operands(rest: str) -> list[str]:
+    return re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
+
+
+def _constant(name: str, instrs: dict) -> int | None:
+    """The integer a scalar constant (or a copy / convert of one) holds, else None."""
+    for _ in range(4):
+        found = instrs.get(name)
+        if found is None:
+            return None
+        _, op, rest = found
+        if op == "constant":
+            m = re.match(r"(-?\d+)", rest)
+            return int(m.group(1)) if m else None
+        if op not in ("copy", "convert", "bitcast") or not _operands(rest):
+            return None
+        name = _operands(rest)[0]
+    return None
+
+
+def _unwrap(op: str, rest: str, comps: dict) -> tuple[str, str]:
+    """A fusion around a single scalar op (XLA:CPU wraps compare / add) -> (that op, its
+    attributes with the fusion's operands)."""
+    called = re.search(r"calls=%([\w.\-]+)", rest)
+    if op != "fusion" or not called or not comps.get(called.group(1)):
+        return op, rest
+    _, _, inner_op, inner_rest = comps[called.group(1)][-1]
+    return inner_op, "(" + ", ".join(f"%{o}" for o in _operands(rest)) + ")" + \
+        inner_rest.split(")", 1)[-1]
+
+
+def _trip_count(loop_rest: str, comps: dict, instrs: dict) -> int:
+    """Iterations of a `while`: its known_trip_count, else those of `for (i = start; i < limit;
+    i += step)` read from the condition's compare, the body's update of tuple element 0 and
+    the initial tuple. 1 if the loop is of neither form."""
+    known = re.search(r'"known_trip_count":\{"n":"(\d+)"', loop_rest)
+    if known:
+        return int(known.group(1))
+    cond = comps.get(re.search(r"condition=%([\w.\-]+)", loop_rest).group(1), [])
+    body = comps.get(re.search(r"body=%([\w.\-]+)", loop_rest).group(1), [])
+    limit = None
     for _, _, op, rest in cond:
+        op, rest = _unwrap(op, rest, comps)
         if op == "compare" and "direction=LT" in rest:
-            for ref in re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0]):
-                if constants.get(ref):
-                    return int(constants[ref].group(1))
-    return 1
+            limit = next((v for v in (_constant(r, instrs) for r in _operands(rest))
+                          if v is not None), None)
+    if limit is None:
+        return 1
+    step, start = 1, 0
+    if body and body[-1][2] == "tuple" and _operands(body[-1][3]):  # parse() puts ROOT last
+        update = instrs.get(_operands(body[-1][3])[0])
+        op, rest = _unwrap(update[1], update[2], comps) if update else ("", "")
+        if op == "add":
+            step = next((v for v in (_constant(r, instrs) for r in _operands(rest)) if v), 1)
+    initial = instrs.get((_operands(loop_rest) or [""])[0])
+    if initial and initial[1] == "tuple" and _operands(initial[2]):
+        start = _constant(_operands(initial[2])[0], instrs) or 0
+    return max(1, -(-(limit - start) // step))
 
 
 def analyze(text: str) -> dict:
     """Per-device matmul FLOPs, collectives by kind and custom calls of one HLO module."""
     comps, entry = parse(text)
-    shapes = {name: shape for instrs in comps.values() for name, shape, _, _ in instrs}
+    instrs = {name: (shape, op, rest) for body in comps.values() for name, shape, op, rest in body}
+    shapes = {name: shape for name, (shape, _, _) in instrs.items()}
     weight = defaultdict(float)
 
     def visit(comp: str, times: float, depth: int = 0) -> None:
@@ -113,8 +169,7 @@ def analyze(text: str) -> dict:
         for _, _, op, rest in comps[comp]:
             if op == "while":
                 body = re.search(r"body=%([\w.\-]+)", rest).group(1)
-                cond = re.search(r"condition=%([\w.\-]+)", rest).group(1)
-                visit(body, times * _trip_count(comps.get(cond, [])), depth + 1)
+                visit(body, times * _trip_count(rest, comps, instrs), depth + 1)
             elif op in ("fusion", "call", "conditional", "async-start") or op.endswith("-start"):
                 for group in _CALLS.findall(rest):
                     for callee in re.findall(r"%([\w.\-]+)", group):

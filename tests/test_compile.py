@@ -72,11 +72,12 @@ def _check(report, generation):
     assert report["kernels"]["tpu_custom_call"] >= 3  # splash forward, dq, dkv
 
 
-@pytest.mark.parametrize("topology,generation", [("v5p-8", "v5p"), ("v5e-4", "v5e")])
-def test_compile_smoke(topology, generation):
-    report = compile_config(get_config("configs/smoke.py"), parse_topology(topology))
+@pytest.mark.parametrize("topology,generation,slices", [("v5p-8", "v5p", 1), ("v5e-4", "v5e", 2)])
+def test_compile_smoke(topology, generation, slices):
+    """Two generations; the second as two slices (multislice: data parallel across them)."""
+    report = compile_config(get_config("configs/smoke.py"), parse_topology(topology, slices))
     _check(report, generation)
-    assert report["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+    assert report["mesh"] == {"data": 4 * slices, "fsdp": 1, "tensor": 1}
     assert set(report["collectives"]) == {"all-reduce"}  # data parallel: gradients only
     assert report["eval"]["memory"]["total_bytes"] > 0
 
