@@ -34,9 +34,10 @@ def gpt3(size, *overrides, label=""):
 
 # (label, config, topology, overrides), measured in this order
 ROWS = [
-    gpt3("small"), gpt3("xl"), gpt3("2.7b"), gpt3("175b"),
+    gpt3("small"), gpt3("xl"),
     gpt3("small", "--config.train.loss_chunk=0", label="small, loss_chunk=0"),
     gpt3("small", "--config.model.attention=xla", label="small, attention=xla"),
+    gpt3("2.7b"), gpt3("175b"),
     ("gpt2-124m", "configs/gpt2.py:124m", "v5e-8", []),
     ("smoke", "configs/smoke.py", "v6e-4", []),
     gpt3("medium"), gpt3("large"), gpt3("6.7b"), gpt3("13b"),
