@@ -151,6 +151,6 @@ def test_import_with_a_tokenizer_sets_tokenizer_kind_hf(tmp_path):
     with open(tmp_path / "run" / "config.json") as f:
         saved = json.load(f)["data"]
     assert saved["tokenizer"]["kind"] == "hf" and saved["source"] != "synthetic"
-    config, _, tok = checkpoint.load_for_inference(str(tmp_path / "run"))
+    config, _, tok, _ = checkpoint.load_for_inference(str(tmp_path / "run"))
     assert tok.kind == "hf" and tok.vocab_size == config.model.vocab_size == 61
     assert tok.encode("w3 w7 nope") == [5, 9, 1] and tok.eos_id == 0
