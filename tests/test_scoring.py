@@ -6,9 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax import generate, scoring, sharding, state
-from gptjax.config import get_config
-from gptjax.data.tokenizer import CharTokenizer
+from eval_helpers import tiny_scorer
+from gptjax import generate, scoring
 
 WINDOW = 24
 
@@ -18,23 +17,9 @@ def text(shakespeare_manual_dir):
     return (shakespeare_manual_dir / "input.txt").read_text()
 
 
-def make_scorer(text, mesh_devices=None, batch_size=16, **model):
-    """A random-init char model (large init: peaked, not uniform, predictions)."""
-    tok = CharTokenizer(sorted(set(text)), eos=False)
-    overrides = {"vocab_size": tok.vocab_size, "max_seq_len": WINDOW, "init_std": 0.5,
-                 "d_model": 32, "head_dim": 16, **model}
-    config = get_config("configs/smoke.py:tiny", [f"--config.model.{k}={v}"
-                                                  for k, v in overrides.items()])
-    config.data.seq_len = WINDOW
-    mesh = (sharding.make_mesh(config.mesh) if mesh_devices is None
-            else sharding.single_device_mesh())
-    params = state.create_train_state(config, mesh).params
-    return scoring.Scorer(config, params, tok, mesh, batch_size)
-
-
 @pytest.fixture(scope="module")
 def scorer(text):
-    return make_scorer(text)
+    return tiny_scorer(text, WINDOW)
 
 
 def direct_loglikelihood(scorer, tokens, n):
@@ -102,7 +87,7 @@ def test_loglikelihood_equals_a_direct_full_forward(scorer, text):
 
 def test_batched_equals_unbatched(scorer, text):
     pairs = requests(text)
-    one = make_scorer(text, mesh_devices=1, batch_size=1)
+    one = tiny_scorer(text, WINDOW, single_device=True, batch_size=1)
     batched = scorer.loglikelihood(pairs)
     single = [one.loglikelihood([p])[0] for p in pairs]
     np.testing.assert_allclose([b[0] for b in batched], [s[0] for s in single], atol=1e-4)
