@@ -18,10 +18,12 @@ left-truncation to the model's window) are the scorer's. Needs the optional extr
 
 from __future__ import annotations
 
+import os
 import sys
 
-from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
+import lm_eval.models  # noqa: F401  the built-in models first: the registry imports them
+from lm_eval.api.model import LM  # only while it is empty, so registering ours first would
+from lm_eval.api.registry import register_model  # hide them (e.g. --model hf)
 
 from gptjax import scoring
 from gptjax.errors import UserError
@@ -82,8 +84,12 @@ class GPTJaxLM(LM):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`lm_eval ARGS` with the gptjax model registered (this module's import did that)."""
+    """`lm_eval ARGS` with the gptjax model registered (this module's import did that).
+
+    The harness bootstraps standard errors in forked worker processes unless
+    DISABLE_MULTIPROC is set; forking a process that runs JAX can deadlock, so it is set."""
     from lm_eval.__main__ import cli_evaluate
+    os.environ.setdefault("DISABLE_MULTIPROC", "1")
     sys.argv = ["lm_eval", *(sys.argv[1:] if argv is None else argv)]
     try:
         cli_evaluate()
