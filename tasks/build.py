@@ -9,10 +9,11 @@
 Only held-out text is used: tiny_shakespeare's test split (the last 5% of characters) gives the
 eval examples and its validation split (the 5% before) the few-shot examples; for Austen, the
 last 5% of austen.txt (what `data.holdout_fraction=0.05` holds out) gives few-shot examples from
-its first quarter and eval examples from the rest. Distractors are lines / sentences of similar length from the same split, so a model
-cannot win by preferring short choices. Every text is limited to tiny_shakespeare's 65
-characters (Austen's double quotes become single quotes, underscores are dropped, anything else
-outside the set drops the example), so the quickstart's character model can read all tasks.
+its first quarter and eval examples from the rest. Distractors are lines / sentences of similar
+length from the same split, so a model cannot win by preferring short choices. Every text is
+limited to tiny_shakespeare's 65 characters (Austen's double quotes become single quotes,
+underscores are dropped, anything else outside the set drops the example), so the quickstart's
+character model can read all tasks.
 Deterministic: the same corpora always give the same files (tests/test_tasks.py checks).
 """
 

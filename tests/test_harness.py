@@ -11,10 +11,11 @@ import tempfile
 
 import numpy as np
 import pytest
-
 from eval_helpers import tiny_workdir
-from gptjax import interop, tasks
+from test_interop import _random_hf_model
 from test_tasks import local_tasks
+
+from gptjax import interop, tasks
 
 # Offline: the harness reads the local JSONL through the `json` dataset loader only.
 HF_ENV = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -72,20 +73,6 @@ def _bpe_tokenizer(text, transformers):
         tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
 
 
-def _random_gpt2(vocab, eos, torch, transformers):
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=vocab, bos_token_id=eos, eos_token_id=eos,
-                                     n_positions=64, n_embd=32, n_layer=2,
-                                     n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
-                                     attn_pdrop=0.0, initializer_range=0.2)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():  # perturb norms and biases too (they start at 1 and 0)
-        for name, p in model.named_parameters():
-            if "ln_" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
 def _rolling_task(root, text):
     """Documents longer than the 64-token window: several rolling windows each."""
     os.makedirs(root, exist_ok=True)
@@ -118,12 +105,17 @@ def test_loglikelihoods_match_transformers_gpt2(tmp_path, shakespeare_manual_dir
     torch = pytest.importorskip("torch", reason="pip install 'gptjax[interop-test]'")
     transformers = pytest.importorskip("transformers", reason="pip install "
                                                               "'gptjax[interop-test]'")
-    import gptjax.harness  # noqa: F401  registers --model gptjax
+    pytest.importorskip("accelerate", reason="pip install 'gptjax[eval-test]'")
     from lm_eval.tasks import TaskManager
+
+    import gptjax.harness  # noqa: F401  registers --model gptjax
     text = (shakespeare_manual_dir / "input.txt").read_text()[:30000]
     hf_dir = tmp_path / "hf"
     tokenizer = _bpe_tokenizer(text, transformers)
-    _random_gpt2(len(tokenizer), tokenizer.eos_token_id, torch, transformers).save_pretrained(hf_dir)
+    eos = tokenizer.eos_token_id
+    model = _random_hf_model(torch, transformers, vocab_size=len(tokenizer), n_positions=64,
+                             n_layer=2, bos_token_id=eos, eos_token_id=eos)
+    model.save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
     # configs/gpt2.py pads the vocabulary to a multiple of 128: padded columns are masked.
     interop.import_to_workdir(str(hf_dir), str(tmp_path / "run"),

@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from eval_helpers import tiny_scorer
+
 from gptjax import generate, scoring
 
 WINDOW = 24

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from eval_helpers import tiny_workdir
+
 from gptjax import tasks
 from gptjax.errors import UserError
 
@@ -30,11 +30,13 @@ def local_tasks(root, text):
     cloze = [{"context": ln.rsplit(" ", 1)[0], "target": " " + ln.rsplit(" ", 1)[1]}
              for ln in lines[:60]]
     choice = [{"context": a, "choices": ["\n" + b, "\n" + c, "\n" + d], "answer": i % 3}
-              for i, (a, b, c, d) in enumerate(zip(lines, lines[1:], lines[7:], lines[13:60]))]
+              for i, (a, b, c, d) in enumerate(
+                  zip(lines, lines[1:], lines[7:], lines[13:60], strict=False))]
     for row in choice:  # the true next line at index `answer`
         true = row["choices"].pop(0)
         row["choices"].insert(row["answer"], true)
-    completion = [{"context": a + "\n", "target": b[:6]} for a, b in zip(lines, lines[1:60])]
+    completion = [{"context": a + "\n", "target": b[:6]} for a, b in zip(lines, lines[1:60],
+                                                                      strict=False)]
     return [write_task(os.path.join(root, "cloze"), "cloze", cloze[20:], cloze[:20]),
             write_task(os.path.join(root, "choice"), "choice", choice[10:], choice[:10]),
             write_task(os.path.join(root, "completion"), "completion", completion[10:],
