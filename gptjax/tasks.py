@@ -38,7 +38,7 @@ FORMATS = {"cloze": ("context", "target"), "choice": ("context", "choices", "ans
 SPEC_KEYS = {"name", "format", "description", "eval", "fewshot", "separator", "seed", "until",
              "max_tokens", "source"}
 TASK_DIR = "tasks"
-MAIN_METRIC = {"cloze": "acc", "choice": "acc", "completion": "exact_match"}
+MAIN_METRIC = {"cloze": "acc", "choice": "acc_norm", "completion": "exact_match"}
 
 
 @dataclasses.dataclass
