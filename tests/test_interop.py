@@ -76,10 +76,11 @@ def test_bad_inputs_are_user_errors(tmp_path):
         interop.hf_to_params(state, model.config)
 
 
-def _random_hf_model(torch, transformers):
+def _random_hf_model(torch, transformers, **overrides):
+    """HF_TINY (with `overrides`), random weights; tests/test_harness.py uses it too."""
     torch.manual_seed(0)
-    config = transformers.GPT2Config(**{k: v for k, v in HF_TINY.items() if k != "model_type"},
-                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    keys = {**{k: v for k, v in HF_TINY.items() if k != "model_type"}, **overrides}
+    config = transformers.GPT2Config(**keys, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                      initializer_range=0.2)  # logits of order 1, not 0.01
     model = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():  # perturb norms and biases too (they start at 1 and 0)
