@@ -18,6 +18,7 @@ COMMANDS = {
     "info": ("gptjax.info", "parameter count, training FLOPs per token and memory of a config"),
     "train": ("gptjax.train", "train a model in a workdir (resumes if it holds a checkpoint)"),
     "eval": ("gptjax.evaluate", "held-out loss / perplexity of a trained workdir"),
+    "evaluate-tasks": ("gptjax.tasks", "zero/one/few-shot in-context tasks (GPT-3 style)"),
     "sample": ("gptjax.sample", "generate text from a trained workdir"),
     "plot": ("gptjax.metrics", "draw the loss curves of a workdir to loss.png"),
     "data": ("gptjax.data.cli", "tokenizers, exporting shards, input-pipeline benchmark"),

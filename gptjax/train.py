@@ -206,17 +206,21 @@ def _start(run: RunData, workdir: str, mesh, model, tx):
     config = run.config
     abstract, shardings = abstract_train_state(config, mesh, model, tx)
     ckpt = checkpoint.Checkpointer.from_config(workdir, config)
-    latest = ckpt.latest_step()
-    if latest is None:
-        return ckpt, run.init_state(config, mesh, model, tx, shardings), shardings, None
-    saved_vocab = ckpt.restore_config(latest)["model"]["vocab_size"]
-    if saved_vocab != config.model.vocab_size:
-        raise UserError(f"checkpoint {ckpt.directory}/{latest} was trained with a vocabulary of "
-                        f"{saved_vocab} tokens but this run has {config.model.vocab_size}; use a "
-                        f"new --workdir")
-    state, data_state = ckpt.restore(latest, with_shardings(abstract, shardings))
-    run.batches.set_state(data_state)
-    return ckpt, state, shardings, latest
+    try:
+        latest = ckpt.latest_step()
+        if latest is None:
+            return ckpt, run.init_state(config, mesh, model, tx, shardings), shardings, None
+        saved_vocab = ckpt.restore_config(latest)["model"]["vocab_size"]
+        if saved_vocab != config.model.vocab_size:
+            raise UserError(f"checkpoint {ckpt.directory}/{latest} was trained with a vocabulary "
+                            f"of {saved_vocab} tokens but this run has "
+                            f"{config.model.vocab_size}; use a new --workdir")
+        state, data_state = ckpt.restore(latest, with_shardings(abstract, shardings))
+        run.batches.set_state(data_state)
+        return ckpt, state, shardings, latest
+    except BaseException:
+        ckpt.close()  # its background clean-up must not outlive the process mid-flight
+        raise
 
 
 def train(config, workdir: str, task=None) -> dict:

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Sourced by launch/*.sh: creates and activates .venv with gptjax and its dependencies.
 # Re-installs only when pyproject.toml changed. Set GPTJAX_EXTRAS=cuda on a GPU machine
-# (tpu on a TPU VM, interop-test for the transformers parity tests).
+# (tpu on a TPU VM, interop-test for the transformers parity tests, eval for lm-eval-harness,
+# eval-test for its tests); several: GPTJAX_EXTRAS=interop-test,eval-test.
 PYTHON="${PYTHON:-python3}"
 if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv

@@ -83,9 +83,9 @@ def test_size_families_grow_monotonically(preset):
     sizes = scaling.size_family(config.sweep)
     model = config.model.to_dict()
     counts = [flops.param_counts({**model, **s})["non_embedding_params"] for s in sizes]
-    flops = [flops.flops_per_token({**model, **s}, config.data.seq_len) for s in sizes]
+    per_token = [flops.flops_per_token({**model, **s}, config.data.seq_len) for s in sizes]
     assert counts == sorted(counts) and len(set(counts)) == len(counts)
-    assert flops == sorted(flops)
+    assert per_token == sorted(per_token)
     if preset in ("austen_cpu", "gpu_shards", "gpt3"):
         assert len(sizes) >= 6 and counts[-1] / counts[0] >= 30
 
