@@ -29,29 +29,31 @@ other with `gptjax compile --config configs/gpt3.py:SIZE --topology TYPE`.
 
 from gptjax.defaults import base_config
 
-# name: (n_layers, d_model, n_heads, d_head, batch (sequences of 2048), learning rate)
+N_CTX = 2048
+# name: (n_layers, d_model, n_heads, d_head, batch tokens, learning rate); the paper's 0.5M /
+# 1M / 2M / 3.2M tokens are 256 / 512 / 1024 / 1536 sequences of N_CTX tokens.
 VARIANTS = {
-    "small": (12, 768, 12, 64, 256, 6.0e-4),
-    "medium": (24, 1024, 16, 64, 256, 3.0e-4),
-    "large": (24, 1536, 16, 96, 256, 2.5e-4),
-    "xl": (24, 2048, 16, 128, 512, 2.0e-4),
-    "2.7b": (32, 2560, 32, 80, 512, 1.6e-4),
-    "6.7b": (32, 4096, 32, 128, 1024, 1.2e-4),
-    "13b": (40, 5120, 40, 128, 1024, 1.0e-4),
-    "175b": (96, 12288, 96, 128, 1536, 0.6e-4),
+    "small": (12, 768, 12, 64, 256 * N_CTX, 6.0e-4),
+    "medium": (24, 1024, 16, 64, 256 * N_CTX, 3.0e-4),
+    "large": (24, 1536, 16, 96, 256 * N_CTX, 2.5e-4),
+    "xl": (24, 2048, 16, 128, 512 * N_CTX, 2.0e-4),
+    "2.7b": (32, 2560, 32, 80, 512 * N_CTX, 1.6e-4),
+    "6.7b": (32, 4096, 32, 128, 1024 * N_CTX, 1.2e-4),
+    "13b": (40, 5120, 40, 128, 1024 * N_CTX, 1.0e-4),
+    "175b": (96, 12288, 96, 128, 1536 * N_CTX, 0.6e-4),
 }
 # The TPU slice each size compiles and fits on as shipped (`gptjax compile`, docs/tpu.md).
 SLICES = {"small": "v5p-8", "medium": "v5p-8", "large": "v5p-16", "xl": "v5p-32",
           "2.7b": "v5p-32", "6.7b": "v5p-64", "13b": "v5p-128", "175b": "v5p-1024"}
 FSDP_FROM = "xl"            # this size and larger: FSDP over the slice and full remat
-N_CTX = 2048
 WARMUP_TOKENS = 375e6
 DECAY_TOKENS = 260e9
 TRAIN_TOKENS = 300e9
 
 
 def get_config(size: str = "small"):
-    layers, d_model, heads, d_head, batch, lr = VARIANTS[size]
+    layers, d_model, heads, d_head, batch_tokens, lr = VARIANTS[size]
+    batch = batch_tokens // N_CTX
     c = base_config()
     c.name = f"gpt3-{size}"
     c.model.vocab_size = 50257      # GPT-2's tokenizer, as counted by `gptjax info`

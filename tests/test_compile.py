@@ -101,4 +101,4 @@ def test_gpt3_compiles_and_fits_on_its_documented_slice(size, capsys):
             "--json", "--no-eval"]
     assert cli.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["fits"] is True and report["batch"] == GPT3.VARIANTS[size][4]
+    assert report["fits"] is True and report["batch"] * 2048 == GPT3.VARIANTS[size][4]
