@@ -65,7 +65,7 @@ def init_cache(model: GPT, params, batch: int, cache_len: int):
 
 
 def _weights(model: GPT, params):
-    # int8 weights (gptjax/quant.py) are dequantized here, at their point of use inside the
+    # Quantized weights (gptjax/quant.py) are dequantized here, at their point of use inside the
     # step, so they stay int8 in device memory; float params pass through unchanged.
     return quant.dequantize(params, model.config.dtype)
 
@@ -249,7 +249,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch size")
-    parser.add_argument("--quantize", choices=("none", "int8"), default="none")
+    parser.add_argument("--quantize", choices=quant.MODES, default="none")
     parser.add_argument("--bandwidth", type=float, default=0.0,
                         help="memory bandwidth in GB/s for the roofline (0 = measure a copy)")
 
@@ -261,10 +261,8 @@ def run(args) -> int:
     params = jax.jit(lambda r: nn.unbox(model.init(r, jnp.zeros((1, 1), jnp.int32))["params"]))(
         jax.random.key(0))
     params = cast_params(params, c.dtype)
+    model, params = quant.prepare(model, params, args.quantize)
     weight_bytes = quant.weight_bytes(params)
-    if args.quantize == "int8":
-        params = quant.quantize(params)
-        weight_bytes = quant.weight_bytes(params)
     bandwidth = args.bandwidth * 1e9 or measure_copy_bandwidth()
     print(f"{args.config.name}: {c.num_layers} layers, d_model {c.d_model}, weights "
           f"{weight_bytes / 1e6:.1f} MB ({args.quantize}, compute {jnp.dtype(c.dtype).name}), "
