@@ -242,6 +242,27 @@ def measure_copy_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
     return 2 * n * 4 * repeats / (time.perf_counter() - t0)
 
 
+def time_decode(model: GPT, params, batch: int, prompt_len: int = 16, new_tokens: int = 128,
+                repeats: int = 3) -> tuple[float, float, float]:
+    """-> (tokens/s, steps/s, compile + first run s): the best of `repeats` timed generations
+    of `new_tokens` per row (top-k 50 sampling) after a `prompt_len`-token prompt."""
+    s = Sampling(max_new_tokens=new_tokens, temperature=1.0, top_k=50)
+    prompts, lengths, cache_len = pad_prompts([[1] * prompt_len] * batch, new_tokens,
+                                              model.config)
+    fn = make_generate(model, s, cache_len)
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(params, prompts, lengths, jax.random.key(1)))
+    compile_s = time.perf_counter() - t0
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        out, steps = fn(params, prompts, lengths, jax.random.key(2 + r))
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    return batch * int(steps) / best, int(steps) / best, compile_s
+
+
 def add_args(parser: argparse.ArgumentParser) -> None:
     from gptjax.cli import add_config_arg
     add_config_arg(parser)
@@ -267,26 +288,13 @@ def run(args) -> int:
     print(f"{args.config.name}: {c.num_layers} layers, d_model {c.d_model}, weights "
           f"{weight_bytes / 1e6:.1f} MB ({args.quantize}, compute {jnp.dtype(c.dtype).name}), "
           f"device {jax.devices()[0].device_kind}, bandwidth {bandwidth / 1e9:.1f} GB/s")
-    s = Sampling(max_new_tokens=args.new_tokens, temperature=1.0, top_k=50)
     for batch in (int(b) for b in args.batch.split(",")):
-        prompts, lengths, cache_len = pad_prompts([[1] * args.prompt_len] * batch,
-                                                  args.new_tokens, c)
-        fn = make_generate(model, s, cache_len)
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(params, prompts, lengths, jax.random.key(1)))
-        compile_s = time.perf_counter() - t0
-        times = []
-        for r in range(args.repeats):
-            t0 = time.perf_counter()
-            out, steps = fn(params, prompts, lengths, jax.random.key(2 + r))
-            jax.block_until_ready(out)
-            times.append(time.perf_counter() - t0)
-        best = min(times)
-        tok_s = batch * int(steps) / best
+        tok_s, steps_s, compile_s = time_decode(model, params, batch, args.prompt_len,
+                                                args.new_tokens, args.repeats)
         # Each step reads every weight once: the bound is bandwidth / weight bytes (steps/s).
         bound = bandwidth / weight_bytes
-        print(f"batch {batch:3d}: {tok_s:10.1f} tokens/s ({int(steps) / best:8.1f} steps/s, "
-              f"{100 * int(steps) / best / bound:5.1f}% of the weight-bandwidth bound "
+        print(f"batch {batch:3d}: {tok_s:10.1f} tokens/s ({steps_s:8.1f} steps/s, "
+              f"{100 * steps_s / bound:5.1f}% of the weight-bandwidth bound "
               f"{bound:.1f} steps/s; compile+first run {compile_s:.1f} s)")
     return 0
 

@@ -229,9 +229,7 @@ def prune_workdir(args) -> tuple[str, bool]:
 def run(args):
     out, masked = prune_workdir(args)
     if args.recover_steps > 0:
-        result = surgery.recover(out, args.recover_out or out.rstrip("/") + "-recovered",
-                                 args.recover_steps, args.recover_lr, masked)
-        print(f"recovered: {result['step']} steps, held-out loss "
-              f"{result.get('eval_start_loss', float('nan')):.4f} -> "
-              f"{result.get('eval_loss', float('nan')):.4f} -> {result['workdir']}")
+        print(surgery.recovered_line(surgery.recover(
+            out, args.recover_out or out.rstrip("/") + "-recovered", args.recover_steps,
+            args.recover_lr, masked)))
     return 0

@@ -45,7 +45,7 @@ DEFAULT_GROUP = {"int8": 0, "int4": 32}
 QUANTIZED_FILE = "quantized.npz"  # a quantized workdir's weights (no checkpoints/ needed)
 
 
-def _is_q(x) -> bool:
+def is_qarray(x) -> bool:
     return isinstance(x, qwix.QArray)
 
 
@@ -108,12 +108,12 @@ def quantize(params, mode: str = "int8", group: int | None = None):
 def dequantize(params, dtype):
     """QArray leaves -> `dtype` arrays; float trees (and w8a8's Qwix params) pass through."""
     def one(x):
-        return qwix.dequantize(x).astype(dtype) if _is_q(x) else x
-    return jax.tree.map(one, params, is_leaf=lambda x: _is_q(x) or isinstance(x, WithAux))
+        return qwix.dequantize(x).astype(dtype) if is_qarray(x) else x
+    return jax.tree.map(one, params, is_leaf=lambda x: is_qarray(x) or isinstance(x, WithAux))
 
 
 def is_quantized(params) -> bool:
-    return any(_is_q(x) for x in jax.tree.leaves(params, is_leaf=_is_q))
+    return any(is_qarray(x) for x in jax.tree.leaves(params, is_leaf=is_qarray))
 
 
 def _bits(x) -> int:
@@ -129,8 +129,8 @@ def weight_bytes(params) -> int:
 
 def bf16_bytes(params) -> int:
     """Bytes the same parameters would occupy in bfloat16: the baseline for int8."""
-    return sum((x.qvalue if _is_q(x) else x).size * 2
-               for x in jax.tree.leaves(params, is_leaf=_is_q))
+    return sum((x.qvalue if is_qarray(x) else x).size * 2
+               for x in jax.tree.leaves(params, is_leaf=is_qarray))
 
 
 def prepare(model: nn.Module, params, mode: str = "none", group: int | None = None):
@@ -195,7 +195,7 @@ def save(directory: str, params, info: dict) -> str:
     `info` (mode, group, step) is kept beside the arrays. -> the file's path."""
     arrays, leaves = {}, {}
     for i, (path, x) in enumerate(traverse.flatten_dict(params, sep="/").items()):
-        if _is_q(x):
+        if is_qarray(x):
             q = np.asarray(x.qvalue)
             bits = _bits(x.qvalue)
             arrays[f"q{i}"] = _pack_int4(q) if bits == 4 else q

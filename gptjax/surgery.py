@@ -188,10 +188,23 @@ def sparsity(params) -> float:
 def recover(source: str, out: str, steps: int, lr: float, masked: bool) -> dict:
     """A short recovery fine-tune of workdir `source` into `out` (train's result dict): its
     own config and data, `steps` steps at peak `lr`, evaluated before and after."""
-    config = checkpoint.read_config(source)
+    config = short_run(checkpoint.read_config(source), steps, lr)
+    return train(config, out, Continued(source, masked=masked))
+
+
+def short_run(config, steps: int, lr: float | None = None):
+    """`config` set for a short run of `steps` steps (recovery, the report's distillation):
+    evaluated and checkpointed at the end, warmup a tenth, cosine over the run."""
     tr = config.train
     tr.steps, tr.eval_every, tr.ckpt_every, tr.plot = int(steps), 0, int(steps), False
     tr.log_every = max(1, min(int(tr.log_every), int(steps)))
-    config.optim.lr, config.optim.decay_steps = float(lr), 0
+    if lr is not None:
+        config.optim.lr = float(lr)
+    config.optim.decay_steps = 0
     config.optim.warmup_steps = max(1, int(steps) // 10)
-    return train(config, out, Continued(source, masked=masked))
+    return config
+
+
+def recovered_line(r: dict) -> str:
+    return (f"recovered: {r['step']} steps, held-out loss {r.get('eval_start_loss', np.nan):.4f}"
+            f" -> {r.get('eval_loss', np.nan):.4f} -> {r['workdir']}")

@@ -34,8 +34,8 @@ def test_scales_are_per_output_channel_and_error_is_bounded():
     assert layer["mlp"]["fc"]["kernel"].scale.shape == (g, 1, 512)
     assert q["head"]["kernel"].scale.shape == (1, 72)
     assert q["wte"]["embedding"].scale.shape == (72, 1)
-    assert not quant._is_q(q["wpe"])  # norms / biases / positions stay float
-    assert not quant._is_q(layer["ln1"]["scale"])
+    assert not quant.is_qarray(q["wpe"])  # norms / biases / positions stay float
+    assert not quant.is_qarray(layer["ln1"]["scale"])
     fc = params["layers"]["block_0"]["mlp"]["fc"]["kernel"]
     for w, qt in [(fc, layer["mlp"]["fc"]["kernel"]), (params["wte"]["embedding"],
                                                        q["wte"]["embedding"])]:
