@@ -1,24 +1,20 @@
 """Distillation: zero KL when the teacher is the student at T=1, a run through the training loop
 that resumes, and a clear error for a student with another vocabulary."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compress_helpers import tiny, tiny_config, train_tiny
 
 from gptjax import checkpoint, distill, surgery
-from gptjax.config import get_config
 from gptjax.data.tokenizer import SyntheticTokenizer
 from gptjax.errors import UserError
 from gptjax.model import GPT
-from gptjax.state import model_config
 
 
 def test_student_equal_to_teacher_at_t1_has_zero_kl():
-    config = get_config("configs/compress.py:tiny")
-    c = model_config(config)
-    params = nn.unbox(GPT(c).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+    config, c, params = tiny(noisy=False)
     tokens = jax.random.randint(jax.random.key(1), (4, 17), 0, c.vocab_size)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
     lag = distill.objective(config, temperature=1.0, alpha=1.0)(config, GPT(c), None)
@@ -37,16 +33,12 @@ def test_student_equal_to_teacher_at_t1_has_zero_kl():
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    from gptjax import train
-    workdir = tmp_path_factory.mktemp("distill") / "teacher"
-    train.train(get_config("configs/compress.py:tiny"), str(workdir))
-    return workdir
+    return train_tiny(tmp_path_factory, "distill")
 
 
 def student_config(teacher, steps, **distill_keys):
-    config = get_config("configs/compress.py:tiny", [
-        "--config.model.num_layers=1", f"--config.train.steps={steps}",
-        f"--config.distill.teacher={teacher}", "--config.train.ckpt_every=2"])
+    config = tiny_config("--config.model.num_layers=1", f"--config.train.steps={steps}",
+                         f"--config.distill.teacher={teacher}", "--config.train.ckpt_every=2")
     config.distill.update(distill_keys)
     return config
 
@@ -64,9 +56,7 @@ def test_distill_runs_through_the_loop_and_resumes(teacher, tmp_path):
 
 def test_student_with_another_vocabulary_is_refused(teacher, tmp_path):
     from gptjax import train
-    config = get_config("configs/compress.py:tiny", ["--config.model.vocab_size=50"])
-    c = model_config(config)
-    params = nn.unbox(GPT(c).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+    config, _, params = tiny(noisy=False, vocab_size=50)
     other = surgery.write_workdir(str(tmp_path / "v50"), config, SyntheticTokenizer(50), params)
     with pytest.raises(UserError, match="vocabulary of 50 tokens.*100"):
         train.train(student_config(teacher, 2, init_from=other), str(tmp_path / "s"),

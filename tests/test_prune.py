@@ -3,34 +3,15 @@ zero through a recovery fine-tune and a checkpoint round trip, clear errors."""
 
 import argparse
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compress_helpers import logits, tiny, train_tiny
 
 from gptjax import checkpoint, prune, surgery
-from gptjax.config import get_config
 from gptjax.errors import UserError
-from gptjax.model import GPT
 from gptjax.state import model_config
-
-
-def tiny(scan: bool = True, **model):
-    config = get_config("configs/compress.py:tiny", [f"--config.model.scan_layers={scan}"])
-    config.model.update(model)
-    c = model_config(config)
-    params = nn.unbox(GPT(c).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
-    # Random biases too, so a pruned head or neuron would show through them.
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    params = jax.tree.unflatten(tree, [x + 0.02 * jax.random.normal(k, x.shape)
-                                       for x, k in zip(leaves, keys, strict=True)])
-    return config, c, params
-
-
-def logits(c, params, tokens):
-    return GPT(c).apply({"params": params}, tokens)
 
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
@@ -85,10 +66,7 @@ def test_bad_amounts_are_user_errors():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from gptjax import train
-    workdir = tmp_path_factory.mktemp("prune") / "run"
-    train.train(get_config("configs/compress.py:tiny"), str(workdir))
-    return workdir
+    return train_tiny(tmp_path_factory, "prune")
 
 
 def args(workdir, out, **kw):
