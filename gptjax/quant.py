@@ -250,7 +250,7 @@ def run(args):
     from gptjax import checkpoint, surgery
     config, params, tokenizer, step = checkpoint.load_for_inference(args.workdir, step=args.step)
     q = quantize(params, args.mode, args.group)
-    out = surgery.start_workdir(args.out, config, tokenizer)
+    out = surgery.start_workdir(args.out, config, tokenizer, args.workdir)
     group = DEFAULT_GROUP[args.mode] if args.group is None else args.group
     path = save(out, q, {"mode": args.mode, "group": group, "step": step,
                          "source": os.path.abspath(args.workdir)})

@@ -84,6 +84,8 @@ def sample(workdir: str, args) -> list[str]:
     config, params, tokenizer = load(workdir, mesh, args.step)
     s = _settings(args, config)
     c = GPTConfig.from_config(config.model)
+    weights = s["quantize"] if s["quantize"] != "none" else (
+        "quantized" if quant.is_quantized(params) else "float")
     model, params = quant.prepare(GPT(c), generate.cast_params(params, c.dtype), s["quantize"])
 
     eos = tokenizer.eos_id if (s["stop_at_eos"] and tokenizer.eos_id is not None) else -1
@@ -103,7 +105,7 @@ def sample(workdir: str, args) -> list[str]:
         streamer.finish()
     texts = [tokenizer.decode(ids) for ids in out]
     print(f"[{len(rows)} samples, {sum(map(len, out))} tokens in {seconds:.1f}s (incl. "
-          f"compile), {s['quantize']} weights]", file=sys.stderr)
+          f"compile), {weights} weights]", file=sys.stderr)
     prompts = [p for p in s["prompts"] for _ in range(s["num_samples"])]
     return [prompt + text for prompt, text in zip(prompts, texts, strict=True)]
 

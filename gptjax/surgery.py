@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from gptjax import checkpoint, data, sharding, steps
+from gptjax.data import sources
 from gptjax.errors import UserError
 from gptjax.evaluate import prepare_eval_batches
 from gptjax.model import GPTConfig, layers_to_scanned, scanned_to_layers
@@ -67,11 +68,14 @@ def source_data_state(workdir: str, step: int) -> dict:
         ckpt.close()
 
 
-def start_workdir(out: str, config, tokenizer) -> str:
-    """Creates `out` (which must hold no run yet) with config.json and the tokenizer."""
+def start_workdir(out: str, config, tokenizer, source: str | None = None) -> str:
+    """Creates `out` (which must hold no run yet) with config.json and the tokenizer; its data
+    cache is the source run's (the tokenized splits are reused, not tokenized again)."""
     out = prepare_workdir(out)
     if os.path.exists(os.path.join(out, checkpoint.CONFIG_FILE)):
         raise UserError(f"--out {out} already holds a run; choose a new directory")
+    if source and not config.data.cache_dir:
+        config.data.cache_dir = sources.cache_root(config, source)
     checkpoint.write_config(out, config)
     if hasattr(tokenizer, "save"):
         tokenizer.save(out)
@@ -81,7 +85,7 @@ def start_workdir(out: str, config, tokenizer) -> str:
 def write_workdir(out: str, config, tokenizer, params, source: str | None = None,
                   step: int = 0) -> str:
     """Writes a derived model (params of `config.model`'s shapes) as a workdir; -> its path."""
-    out = start_workdir(out, config, tokenizer)
+    out = start_workdir(out, config, tokenizer, source)
     mesh = sharding.single_device_mesh()
     state = state_from_params(config, mesh, params)
     data_state = source_data_state(source, step) if source else {}

@@ -93,6 +93,27 @@ def test_w8a8_through_qwix_is_close_to_float():
         quant.prepare(model, quant.quantize(params), "int8")
 
 
+def test_qwix_model_ptq_limits():
+    """What docs/inference.md says Qwix's model-level PTQ cannot do (so gptjax works around it):
+    one scale for all scanned layers, and no quantized embedding lookup."""
+    import qwix
+    model, params = init()
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    rule = qwix.QuantizationRule(module_path="layers/.*", weight_qtype=jnp.int8)
+    qmodel = qwix.quantize_model(model, qwix.PtqProvider([rule]))
+    abstract = jax.eval_shape(qmodel.init, jax.random.key(0), tokens)["params"]
+    naive = qwix.quantize_params(params, abstract)
+    assert naive["layers"]["block_0"]["mlp"]["fc"]["kernel"].array.scale.shape[0] == 1
+    ours = quant.quantize_w8a8(model, params)[1]
+    assert ours["layers"]["block_0"]["mlp"]["fc"]["kernel"].array.scale.shape[0] == 2
+    everything = qwix.quantize_model(model, qwix.PtqProvider([qwix.QuantizationRule(
+        module_path=".*", weight_qtype=jnp.int8)]))
+    whole = qwix.quantize_params(params, jax.eval_shape(everything.init, jax.random.key(0),
+                                                        tokens)["params"])
+    with pytest.raises(TypeError, match="take requires ndarray"):
+        everything.apply({"params": whole}, tokens)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shakespeare_manual_dir):
     from gptjax import train
