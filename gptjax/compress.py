@@ -14,13 +14,17 @@ unfinished fine-tunes), then measures every variant the same way:
     tasks              evaluation-task accuracy, when gptjax/harness.py provides
                        `score_workdir(workdir) -> {task: accuracy}` (else empty)
     tok/s b1, b16      KV-cache decode speed at batch 1 and 16 (gptjax/generate.py): the
-                       best of --repeats generations of --decode-tokens after 16 prompt tokens
+                       best of --repeats generations of --decode-tokens after 16 prompt tokens,
+                       per second of wall clock and per second of this process's CPU time
+                       (the one other jobs on a shared machine barely change)
 
 Methods (METHODS): float, int8, int4 (weight-only, grouped scales), w8a8 (int8 weights and
 activations, evaluation only), sparse50 / sparse80 (unstructured magnitude pruning), heads25 /
 neurons25 (structured, first-order scores), drop2 (two layers), distill (a student of half the
-layers). Pruned and trimmed variants are measured before and after a short recovery fine-tune
-(--recover-steps). Writes OUT/results.md, OUT/results.csv, OUT/compression.png.
+layers: the teacher trimmed, then trained on its soft targets and, for comparison, on hard
+labels). Pruned and trimmed variants are measured before and after a short recovery fine-tune
+(--recover-steps); the float model after the same continued training is their baseline.
+Writes OUT/results.md, OUT/results.csv and OUT/compression.png.
 """
 
 from __future__ import annotations
@@ -60,9 +64,12 @@ def _prune(ctx, name: str, **kw) -> list[tuple]:
 
 
 def _with_recovery(ctx, name: str, out: str, masked: bool) -> list[tuple]:
+    """The variant, and the variant after the recovery fine-tune (float: the same continued
+    training of the unpruned model, the fair baseline of every '+recovery' row)."""
     rows = [(name, out, "none")]
     if ctx.recover_steps > 0:
-        rec = surgery.recover(out, out + "-recovered", ctx.recover_steps, ctx.recover_lr, masked)
+        rec = surgery.recover(out, os.path.join(ctx.scratch, f"{name}-recovered"),
+                              ctx.recover_steps, ctx.recover_lr, masked)
         rows.append((f"{name} +recovery", rec["workdir"], "none"))
     return rows
 
@@ -84,19 +91,28 @@ def _drop2(ctx) -> list[tuple]:
 
 
 def _distill(ctx) -> list[tuple]:
-    """A student of half the teacher's layers, trained on its soft targets."""
-    config = checkpoint.read_config(ctx.workdir)
-    with config.unlocked():
-        config.distill = base_config().distill  # a workdir's config.json may predate it
-        config.distill.teacher = ctx.workdir
-        config.model.num_layers = max(1, int(config.model.num_layers) // 2)
-    out = os.path.join(ctx.scratch, "distill")
-    train(surgery.short_run(config, ctx.distill_steps), out, Distillation())
-    return [(f"distill ({config.model.num_layers} layers)", out, "none")]
+    """A student of half the teacher's layers (the teacher trimmed to its most important half,
+    as DistilBERT starts from its teacher's layers) trained on the teacher's soft targets, and
+    the same start trained as long on the hard labels alone (alpha 0): what the teacher adds."""
+    layers = int(checkpoint.read_config(ctx.workdir).model.num_layers)
+    half = os.path.join(ctx.scratch, "half")
+    if not _exists(half):
+        trim.trim_workdir(argparse.Namespace(workdir=ctx.workdir, out=half, vocab=False,
+                                             drop_layers=layers - layers // 2, eval_batches=4))
+    rows = [(f"half ({layers // 2} layers)", half, "none")]
+    for name, alpha in (("half +distill", 0.5), ("half +hard labels", 0.0)):
+        config = checkpoint.read_config(ctx.workdir)
+        with config.unlocked():
+            config.distill = base_config().distill  # a workdir's config.json may predate it
+        config.distill.update(teacher=ctx.workdir, init_from=half, alpha=alpha)
+        out = os.path.join(ctx.scratch, name.replace(" +", "-").replace(" ", "-"))
+        train(surgery.short_run(config, ctx.distill_steps, ctx.recover_lr), out, Distillation())
+        rows.append((name, out, "none"))
+    return rows
 
 
 METHODS = {
-    "float": lambda ctx: [("float", ctx.workdir, "none")],
+    "float": lambda ctx: _with_recovery(ctx, "float", ctx.workdir, masked=False),
     "int8": lambda ctx: _quantized(ctx, "int8"),
     "int4": lambda ctx: _quantized(ctx, "int4"),
     "w8a8": lambda ctx: [("w8a8 (Qwix)", ctx.workdir, "w8a8")],
@@ -152,10 +168,12 @@ def measure(name: str, workdir: str, mode: str, ctx) -> dict:
     new = min(ctx.decode_tokens, c.max_seq_len - 1)
     prompt = max(1, min(16, c.max_seq_len - new))
     for batch in ctx.decode_batches:
-        row[f"tok_s_b{batch}"] = generate.time_decode(model, run_params, batch, prompt, new,
-                                                      ctx.repeats)[0]
+        timing = generate.time_decode(model, run_params, batch, prompt, new, ctx.repeats)
+        row[f"tok_s_b{batch}"] = timing.tokens_per_s
+        row[f"tok_cpu_s_b{batch}"] = timing.tokens_per_cpu_s
     print(f"  {name}: loss {loss:.4f}, {row['mb_memory']:.2f} MB, " + ", ".join(
-        f"b{b} {row[f'tok_s_b{b}']:.0f} tok/s" for b in ctx.decode_batches), flush=True)
+        f"b{b} {row[f'tok_s_b{b}']:.0f} tok/s ({row[f'tok_cpu_s_b{b}']:.0f} per CPU-s)"
+        for b in ctx.decode_batches), flush=True)
     return row
 
 
@@ -165,7 +183,8 @@ def measure(name: str, workdir: str, mode: str, ctx) -> dict:
 def table(rows: list[dict], batches) -> str:
     base = rows[0]["eval_loss"]
     head = ["variant", "layers x heads, d_ff", "params", "nonzero", "MB disk", "MB memory",
-            "held-out loss", "Δ loss", *[f"tok/s b{b}" for b in batches], "tasks"]
+            "held-out loss", "Δ loss", *[f"tok/s b{b}" for b in batches],
+            *[f"tok/CPU-s b{b}" for b in batches], "tasks"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         disk = "—" if np.isnan(r["mb_disk"]) else f"{r['mb_disk']:.2f}"
@@ -173,7 +192,7 @@ def table(rows: list[dict], batches) -> str:
         cells = [r["variant"], f"{r['layers']} x {r['heads']}, {r['d_ff']}", f"{r['params']:,}",
                  nonzero, disk, f"{r['mb_memory']:.2f}", f"{r['eval_loss']:.4f}",
                  f"{r['eval_loss'] - base:+.4f}", *[f"{r[f'tok_s_b{b}']:,.0f}" for b in batches],
-                 r["tasks"] or "—"]
+                 *[f"{r[f'tok_cpu_s_b{b}']:,.0f}" for b in batches], r["tasks"] or "—"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -184,8 +203,8 @@ def draw(rows: list[dict], batches, path: str) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=90)
     for ax, key, label in ((axes[0], "mb_memory", "weights in memory (MB)"),
-                           (axes[1], f"tok_s_b{batches[0]}",
-                            f"decode tokens/s at batch {batches[0]}")):
+                           (axes[1], f"tok_cpu_s_b{batches[0]}",
+                            f"decode tokens per CPU-second at batch {batches[0]}")):
         for r in rows:
             ax.scatter(r[key], r["eval_loss"], s=18)
             ax.annotate(r["variant"], (r[key], r["eval_loss"]), fontsize=7,
@@ -225,7 +244,7 @@ def add_args(parser):
     parser.add_argument("--recover-steps", type=int, default=100,
                         help="recovery fine-tune of pruned / trimmed variants (0 = none)")
     parser.add_argument("--recover-lr", type=float, default=1e-3)
-    parser.add_argument("--distill-steps", type=int, default=300)
+    parser.add_argument("--distill-steps", type=int, default=200)
     parser.add_argument("--eval-batches", type=int, default=20)
     parser.add_argument("--decode-batches", default="1,16")
     parser.add_argument("--decode-tokens", type=int, default=96)

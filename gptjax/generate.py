@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import functools
 import time
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -242,10 +243,18 @@ def measure_copy_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
     return 2 * n * 4 * repeats / (time.perf_counter() - t0)
 
 
+class DecodeTiming(NamedTuple):
+    tokens_per_s: float        # wall clock, the fastest run
+    steps_per_s: float
+    compile_s: float           # compile + first run
+    tokens_per_cpu_s: float    # per second of this process's CPU time (all threads), the best
+                               # run: what other jobs on a shared machine barely change
+
+
 def time_decode(model: GPT, params, batch: int, prompt_len: int = 16, new_tokens: int = 128,
-                repeats: int = 3) -> tuple[float, float, float]:
-    """-> (tokens/s, steps/s, compile + first run s): the best of `repeats` timed generations
-    of `new_tokens` per row (top-k 50 sampling) after a `prompt_len`-token prompt."""
+                repeats: int = 3) -> DecodeTiming:
+    """The best of `repeats` timed generations of `new_tokens` per row (top-k 50 sampling)
+    after a `prompt_len`-token prompt."""
     s = Sampling(max_new_tokens=new_tokens, temperature=1.0, top_k=50)
     prompts, lengths, cache_len = pad_prompts([[1] * prompt_len] * batch, new_tokens,
                                               model.config)
@@ -253,14 +262,16 @@ def time_decode(model: GPT, params, batch: int, prompt_len: int = 16, new_tokens
     t0 = time.perf_counter()
     jax.block_until_ready(fn(params, prompts, lengths, jax.random.key(1)))
     compile_s = time.perf_counter() - t0
-    times = []
+    wall, cpu = [], []
     for r in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out, steps = fn(params, prompts, lengths, jax.random.key(2 + r))
         jax.block_until_ready(out)
-        times.append(time.perf_counter() - t0)
-    best = min(times)
-    return batch * int(steps) / best, int(steps) / best, compile_s
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    steps = int(steps)
+    return DecodeTiming(batch * steps / min(wall), steps / min(wall), compile_s,
+                        batch * steps / max(min(cpu), 1e-9))
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -289,8 +300,8 @@ def run(args) -> int:
           f"{weight_bytes / 1e6:.1f} MB ({args.quantize}, compute {jnp.dtype(c.dtype).name}), "
           f"device {jax.devices()[0].device_kind}, bandwidth {bandwidth / 1e9:.1f} GB/s")
     for batch in (int(b) for b in args.batch.split(",")):
-        tok_s, steps_s, compile_s = time_decode(model, params, batch, args.prompt_len,
-                                                args.new_tokens, args.repeats)
+        tok_s, steps_s, compile_s, _ = time_decode(model, params, batch, args.prompt_len,
+                                                   args.new_tokens, args.repeats)
         # Each step reads every weight once: the bound is bandwidth / weight bytes (steps/s).
         bound = bandwidth / weight_bytes
         print(f"batch {batch:3d}: {tok_s:10.1f} tokens/s ({steps_s:8.1f} steps/s, "

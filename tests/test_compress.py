@@ -60,9 +60,9 @@ def test_the_report_end_to_end(trained, tmp_path):
     assert f"-> {out}/results.md" in r.stdout
     rows = list(csv.DictReader(open(out / "results.csv")))
     names = [row["variant"] for row in rows]
-    assert names[:4] == ["float", "int8", "int4", "w8a8 (Qwix)"]
+    assert names[:5] == ["float", "float +recovery", "int8", "int4", "w8a8 (Qwix)"]
     assert "sparse80 +recovery" in names and "drop2 +recovery" in names
-    assert names[-1].startswith("distill (1 layers)")
+    assert names[-3:] == ["half (1 layers)", "half +distill", "half +hard labels"]
     by = {row["variant"]: row for row in rows}
     assert float(by["int4"]["mb_memory"]) < float(by["int8"]["mb_memory"]) < float(
         by["float"]["mb_memory"])
