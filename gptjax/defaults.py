@@ -137,7 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
     s.top_p = 1.0                   # nucleus sampling: smallest set with this mass (1 = off)
     s.seed = 0
     s.stop_at_eos = True            # stop a sample at the tokenizer's EOS (if it has one)
-    s.quantize = "none"             # none | int8: weight-only int8 (gptjax/quant.py)
+    s.quantize = "none"             # none | int8 | int4 | w8a8 (gptjax/quant.py)
 
     # --- fine-tuning on prompt/response JSONL (gptjax/finetune.py; configs/finetune.py) ---
     ft = c.finetune = ml_collections.ConfigDict()
@@ -148,6 +148,13 @@ def base_config() -> ml_collections.ConfigDict:
     ft.prompt_key = "prompt"
     ft.response_key = "response"
     ft.add_eos = True               # end every response with EOS (if the tokenizer has one)
+
+    # --- distillation (gptjax/distill.py; docs/compression.md) ---
+    ds = c.distill = ml_collections.ConfigDict()
+    ds.teacher = ""                 # the teacher's gptjax workdir (its newest checkpoint)
+    ds.temperature = 2.0            # soft targets: softmax(logits / T) of teacher and student
+    ds.alpha = 0.5                  # loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE
+    ds.init_from = ""               # start the student from this workdir's params ('' = fresh)
 
     # --- multi-host (gptjax/distributed.py) ---
     dist = c.distributed = ml_collections.ConfigDict()

@@ -43,6 +43,11 @@ class RunData:
     init_state: Callable                # (config, mesh, model, tx, shardings) -> TrainState
     describe: str = ""                  # one phrase for the start line
     eval_first: bool = False            # also evaluate the starting params (fine-tuning)
+    # A task's own objective: (config, model, param_shardings) -> loss_and_grads(params, batch,
+    # key, frozen); None = next-token loss. `frozen`: arrays it reads but never trains (a
+    # distillation teacher, pruning masks), already placed on the mesh.
+    objective: Callable | None = None
+    frozen: object = None
 
 
 class Pretraining:
@@ -255,12 +260,12 @@ def train(config, workdir: str, task=None) -> dict:
     step, stopped, compile_time = start, False, 0.0
     try:
         with jax.set_mesh(mesh), loop.StopFlag(agree_every=tr.log_every) as stop:
-            step_fn = steps.make_train_step(config, mesh, shardings, model, tx)
+            step_fn = _train_step(run, mesh, shardings, model, tx)
             if step < tr.steps:
                 t0 = time.time()
                 batches = _global(run.batches, mesh)
                 first = next(batches)
-                step_fn = step_fn.lower(state, first).compile()
+                step_fn = _compile(step_fn, state, first, run.frozen)
                 compile_time = time.time() - t0
                 writer.print(f"compiled the train step in {compile_time:.1f}s")
                 if evaluation is not None and run.eval_first and step == 0:
@@ -294,6 +299,20 @@ def train(config, workdir: str, task=None) -> dict:
         if evaluation.first is not None:
             result["eval_start_loss"] = evaluation.first["loss"]
     return result
+
+
+def _train_step(run: RunData, mesh, shardings, model, tx):
+    objective = run.objective and run.objective(run.config, model, shardings.params)
+    return steps.make_train_step(run.config, mesh, shardings, model, tx,
+                                 loss_and_grads=objective, frozen=run.frozen)
+
+
+def _compile(step_fn, state, batch, frozen):
+    """-> the compiled `(state, batch) -> (state, metrics)` (frozen arrays bound)."""
+    if frozen is None:
+        return step_fn.lower(state, batch).compile()
+    compiled = step_fn.lower(state, batch, frozen).compile()
+    return lambda state, batch: compiled(state, batch, frozen)
 
 
 def _hooks(run: RunData, mesh, model, shardings, writer, stats: dict, saving: Saving):
