@@ -98,6 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
     tr.keep_every = 0               # ... plus every K-th step for good (0 = none)
     tr.async_checkpoint = True      # write checkpoints in the background while training goes on
     tr.nonfinite = "skip"           # skip | stop: what to do when loss or grads are NaN/Inf
+    tr.inject_nan_at = -1           # test hook: make step N's gradients NaN
     tr.plot = True                  # write loss.png in the workdir at the end
 
     # --- partitioning (gptjax/sharding.py) ---
