@@ -43,6 +43,8 @@ class GPTConfig:
     local_window: int = 0
     local_every: int = 2
     init_std: float = 0.02
+    mup: bool = False           # maximal update parametrisation (see `width_mult`)
+    mup_base_width: int = 64    # muP: the d_model whose init and learning rates stay as set
     param_dtype: jnp.dtype = jnp.float32
     dtype: jnp.dtype = jnp.float32
     scan_layers: bool = True
@@ -58,6 +60,23 @@ class GPTConfig:
     def group_size(self) -> int:
         """Layers per scanned group: a dense+local pair when GPT-3's banded attention is on."""
         return self.local_every if self.local_window > 0 else 1
+
+    @property
+    def width_mult(self) -> float:
+        """d_model / mup_base_width under muP (Yang et al. 2021, "Tensor Programs V", Table 3),
+        else 1. Hidden matrices start with std / sqrt(width_mult) (variance 1 / fan_in) and
+        `gptjax.optim` gives them the learning rate lr / width_mult; the logits are multiplied
+        by 1 / width_mult; attention divides q·k by head_dim instead of sqrt(head_dim).
+        Embeddings, norms and biases keep their init and learning rate."""
+        return self.d_model / self.mup_base_width if self.mup else 1.0
+
+    @property
+    def hidden_std(self) -> float:
+        return self.init_std / math.sqrt(self.width_mult)
+
+    @property
+    def attn_scale(self) -> float:
+        return 1.0 / (self.head_dim if self.mup else math.sqrt(self.head_dim))
 
     def window(self, layer: int) -> int:
         """Attention window of a layer; 0 means full causal attention."""
@@ -167,9 +186,11 @@ def attention_mask(q_pos, k_pos, window):
     return mask[:, None]
 
 
-def explicit_attention(q, k, v, mask, dropout, dtype):
-    """Softmax attention written out; used with attention dropout and for the KV cache."""
-    scores = jnp.einsum("bqnh,bknh->bnqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
+def explicit_attention(q, k, v, mask, dropout, dtype, scale=None):
+    """Softmax attention written out; used with attention dropout and for the KV cache.
+    `scale` multiplies q·k (default 1 / sqrt(head_dim))."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = jnp.einsum("bqnh,bknh->bnqk", q, k).astype(jnp.float32) * scale
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = dropout(jax.nn.softmax(scores, axis=-1)).astype(dtype)
     return jnp.einsum("bnqk,bknh->bqnh", probs, v)
@@ -187,7 +208,8 @@ class Attention(nn.Module):
         qkv = nn.DenseGeneral(
             features=(3, c.num_heads, c.head_dim), use_bias=c.use_bias, dtype=c.dtype,
             param_dtype=c.param_dtype, name="qkv",
-            kernel_init=logical(nn.initializers.normal(c.init_std), ("embed", None, "heads", "kv")),
+            kernel_init=logical(nn.initializers.normal(c.hidden_std),
+                                ("embed", None, "heads", "kv")),
             bias_init=logical(nn.initializers.zeros, (None, "heads", "kv")))(x)
         qkv = checkpoint_name(qkv, "qkv")
         names = ("batch", "length", "act_heads", "kv")
@@ -200,15 +222,15 @@ class Attention(nn.Module):
             out = self.cached_attention(q, k, v, positions)
         elif c.attn_dropout > 0 and not self.deterministic:
             out = explicit_attention(q, k, v, attention_mask(positions, positions, self.window),
-                                     dropout, c.dtype)
+                                     dropout, c.dtype, c.attn_scale)
         else:
             out = jax.nn.dot_product_attention(
-                q, k, v, is_causal=True, implementation=c.attention,
+                q, k, v, scale=c.attn_scale, is_causal=True, implementation=c.attention,
                 local_window_size=(self.window - 1, 0) if self.window else None)
         out = checkpoint_name(constrain(out, ("batch", "length", "act_heads", "kv")), "attn_out")
 
         # Residual projections start smaller (GPT-2): std / sqrt(2 * num_layers).
-        proj_std = c.init_std / math.sqrt(2 * c.num_layers)
+        proj_std = c.hidden_std / math.sqrt(2 * c.num_layers)
         y = nn.DenseGeneral(
             features=c.d_model, axis=(-2, -1), use_bias=c.use_bias, dtype=c.dtype,
             param_dtype=c.param_dtype, name="proj",
@@ -232,7 +254,8 @@ class Attention(nn.Module):
         k_pos = jnp.broadcast_to(jnp.arange(cached_k.value.shape[1]),
                                  (q.shape[0], cached_k.value.shape[1]))
         mask = attention_mask(positions, k_pos, self.window)
-        return explicit_attention(q, cached_k.value, cached_v.value, mask, lambda p: p, c.dtype)
+        return explicit_attention(q, cached_k.value, cached_v.value, mask, lambda p: p, c.dtype,
+                                  c.attn_scale)
 
 
 class MLP(nn.Module):
@@ -245,11 +268,11 @@ class MLP(nn.Module):
         dense = functools.partial(nn.Dense, use_bias=c.use_bias, dtype=c.dtype,
                                   param_dtype=c.param_dtype)
         h = dense(c.d_ff, name="fc",
-                  kernel_init=logical(nn.initializers.normal(c.init_std), ("embed", "mlp")),
+                  kernel_init=logical(nn.initializers.normal(c.hidden_std), ("embed", "mlp")),
                   bias_init=logical(nn.initializers.zeros, ("mlp",)))(x)
         h = checkpoint_name(constrain(h, ("batch", "length", "act_mlp")), "mlp_hidden")
         h = nn.gelu(h, approximate=True)
-        proj_std = c.init_std / math.sqrt(2 * c.num_layers)
+        proj_std = c.hidden_std / math.sqrt(2 * c.num_layers)
         y = dense(c.d_model, name="proj",
                   kernel_init=logical(nn.initializers.normal(proj_std), ("mlp", "embed")),
                   bias_init=logical(nn.initializers.zeros, ("embed",)))(h)
@@ -346,6 +369,8 @@ class GPT(nn.Module):
                               param_dtype=c.param_dtype, name="head",
                               kernel_init=logical(nn.initializers.normal(c.init_std),
                                                   ("embed", "vocab")))(x)
+        if c.mup:  # muP's readout: an O(1) weight times 1 / width_mult
+            logits = logits / c.width_mult
         return constrain(logits, ("batch", "length", "act_vocab"))
 
 
