@@ -90,8 +90,8 @@ def markdown(path: pathlib.Path, only: list[str]) -> None:
           "compile s | plan GiB | plan / compiler |")
     print("|---" * 16 + "|")
     rows = {json.loads(ln)["label"]: json.loads(ln) for ln in path.read_text().splitlines()}
-    for label in only or list(rows):
-        r = rows.get(label, {"label": label, "error": "not measured"})
+    for label in [x for x in only or list(rows) if x in rows]:
+        r = rows[label]
         if "error" in r:
             print(f"| {r['label']} | {r['topology'] if 'topology' in r else ''} | error: "
                   f"{r['error']} |")
