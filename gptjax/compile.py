@@ -264,8 +264,9 @@ def _libtpu() -> str:
 def format_report(r: dict) -> str:
     m, mesh = r["memory"], r["mesh"]
     slices = f" x {r['num_slices']} slices" if r["num_slices"] > 1 else ""
+    hosts = f"{r['hosts']} host" + ("s" if r["hosts"] > 1 else "")
     lines = [f"{r['name']} on {r['topology']} ({r['chips']} chips {r['grid']}{slices}, "
-             f"{r['device_kind']}, {r['hosts']} hosts): mesh data={mesh['data']} "
+             f"{r['device_kind']}, {hosts}): mesh data={mesh['data']} "
              f"fsdp={mesh['fsdp']} tensor={mesh['tensor']}, batch {r['batch']} x "
              f"{r['seq_len']}, {r['params']:,} params, {r['dtype']}, remat {r['remat']}, "
              f"attention {r['attention']}",

@@ -1,7 +1,7 @@
 """Measures docs/tpu.md's tables with `gptjax compile --json` (and `gptjax plan --json`).
 
     python launch/tpu_tables.py run [LABEL ...]   # compile the rows -> docs/tpu/compile.jsonl
-    python launch/tpu_tables.py markdown          # the table, from that file
+    python launch/tpu_tables.py markdown [LABEL ...]  # the table (those rows), from that file
 
 Each row is one `gptjax compile --no-eval --json` subprocess (and `gptjax plan --estimate
 --json` for the same mesh); rows already in the file are skipped, so an interrupted run resumes
@@ -83,13 +83,15 @@ def _gib(n) -> str:
     return f"{n / 2 ** 30:.1f}"
 
 
-def markdown(path: pathlib.Path) -> None:
+def markdown(path: pathlib.Path, only: list[str]) -> None:
+    """The rows of `path` (only those labelled `only`, in that order, if given) as a table."""
     print("| row | slice | mesh (d,f,t) | batch/chip | remat | attention | params GiB | "
           "optimizer GiB | temporaries GiB | total GiB | HBM GiB | fits | XLA / formula | "
           "compile s | plan GiB | plan / compiler |")
     print("|---" * 16 + "|")
-    for ln in path.read_text().splitlines():
-        r = json.loads(ln)
+    rows = {json.loads(ln)["label"]: json.loads(ln) for ln in path.read_text().splitlines()}
+    for label in [x for x in only or list(rows) if x in rows]:
+        r = rows[label]
         if "error" in r:
             print(f"| {r['label']} | {r['topology'] if 'topology' in r else ''} | error: "
                   f"{r['error']} |")
@@ -104,7 +106,7 @@ def markdown(path: pathlib.Path) -> None:
                  f"{r['compile_seconds']:.0f}", _gib(plan) if plan else "-",
                  f"{plan / m['total_bytes']:.2f}" if plan else "-"]
         print("| " + " | ".join(cells) + " |")
-    r = json.loads(path.read_text().splitlines()[-1])
+    r = next(r for r in rows.values() if "jax" in r)
     print(f"\nMeasured {r['date']} on {r['machine']} (Python {r['python']}, jax {r['jax']}, "
           f"libtpu {r['libtpu']}).")
 
@@ -115,4 +117,4 @@ if __name__ == "__main__":
         OUT.mkdir(parents=True, exist_ok=True)
         run(out, sys.argv[2:])
     else:
-        markdown(out)
+        markdown(out, sys.argv[2:])
