@@ -50,6 +50,18 @@ def test_bad_input_is_one_line(trained, tmp_path, capsys, args, message):
     assert __import__("re").search(message, err), err
 
 
+def test_quantized_workdir_loads_without_the_float_checkpoint(trained, tmp_path, capsys):
+    from gptjax.evaluate import evaluate_workdir
+    out = tmp_path / "int4"
+    assert main(["quantize", "--workdir", str(trained), "--out", str(out), "--mode", "int4",
+                 "--group", "0"]) == 0
+    assert f"-> {out}/quantized.npz" in capsys.readouterr().out
+    assert not (out / "checkpoints").exists()
+    float_loss = evaluate_workdir(str(trained), batches=1)["loss"]
+    result = evaluate_workdir(str(out), batches=1)
+    assert result["step"] == 10 and abs(result["loss"] - float_loss) < 0.05
+
+
 @pytest.mark.slow
 def test_the_report_end_to_end(trained, tmp_path):
     out = tmp_path / "report"
