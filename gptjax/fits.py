@@ -1,7 +1,7 @@
 """Scaling-law fits with confidence intervals, on scipy.
 
-    profile = fit_profile(C, n, d, loss)        # one IsoFLOP profile: parabola in log N
-    iso = isoflop_analysis(profiles)            # N_opt ∝ C^a, D_opt ∝ C^b, L(N) frontier, CIs
+    profile = fit_profile(C, n, loss)           # one IsoFLOP profile: parabola in ln N
+    iso = isoflop_analysis({C: (n, loss)}, fpt) # N_opt ∝ C^a, D_opt ∝ C^b, L(N) frontier, CIs
     law = fit_power_law(x, y)                   # y = E + A·x^-alpha (least squares)
     out = bootstrap_power_law(x, y)             # ... and percentile CIs of E, A, alpha
 
@@ -139,9 +139,6 @@ class PowerLaw:
 
     def __call__(self, x):
         return self.E + self.A * np.asarray(x, dtype=np.float64) ** -self.alpha
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def fit_power_law(x, y, fit_e: bool = True, start: PowerLaw | None = None) -> PowerLaw:

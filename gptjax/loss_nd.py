@@ -57,9 +57,6 @@ class NDLaw:
         n = math.exp(res.x)
         return float(n), float(compute / flops_per_token(n))
 
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def _nd_prepare(n, d, loss):
     n, d, y = (np.asarray(v, np.float64) for v in (n, d, loss))

@@ -275,7 +275,8 @@ def select(runs: list[dict], only) -> list[dict]:
 
 
 def run_sweep(config, workdir: str, train_fn=None, only=None, isolate=None, log=print) -> list:
-    """Runs every unfinished run (or those in `only`), in plan order; returns the results."""
+    """Runs every unfinished run (or those in `only`), in plan order; returns the results
+    (None for a run not finished). A run stopped by SIGTERM / Ctrl-C stops the sweep."""
     runs = select(plan(config, workdir), only)
     isolate = config.sweep.isolate if isolate is None else isolate
     if isolate:  # the subprocesses read the config from the workdir
@@ -289,6 +290,9 @@ def run_sweep(config, workdir: str, train_fn=None, only=None, isolate=None, log=
             results.append(read_result(run["workdir"]))
         else:
             results.append(run_one(run, train_fn, log))
+            if results[-1] is None:  # stopped by a signal: the whole sweep stops with it
+                results += [None] * (len(runs) - len(results))
+                break
     if failed:
         raise UserError(f"sweep: run(s) {', '.join(failed)} failed (see their output above); "
                         f"rerun the same command to resume them")
