@@ -15,14 +15,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import errno
-import os
 import time
 from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
 
-from gptjax import checkpoint, data, distributed, loop, sharding, steps
+from gptjax import checkpoint, data, distributed, loop, paths, sharding, steps
 from gptjax.cli import add_config_arg
 from gptjax.errors import UserError
 from gptjax.evaluate import eval_metrics, evaluate, prepare_eval_batches
@@ -61,15 +60,8 @@ class Pretraining:
 
 
 def prepare_workdir(workdir: str) -> str:
-    if not workdir:
-        raise UserError("--workdir is required")
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UserError(f"--workdir {workdir} is a file; give a directory (it is created)")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create --workdir {workdir}: {e.strerror}") from None
-    return os.path.abspath(workdir)
+    """The resolved workdir (local or a bucket URL), checked to be writable now."""
+    return paths.prepare_dir(workdir, "--workdir")
 
 
 def validate(config) -> None:
@@ -168,8 +160,9 @@ class Saving:
     the one on a stop signal are waited for)."""
 
     def __init__(self, ckpt: checkpoint.Checkpointer, batches, config_dict: dict,
-                 saved: int | None):
+                 saved: int | None, writer: MetricsWriter):
         self.ckpt, self.batches, self.config_dict, self.saved = ckpt, batches, config_dict, saved
+        self.writer = writer
 
     def __call__(self, info: loop.StepInfo) -> None:
         if self.saved != info.step:
@@ -177,6 +170,7 @@ class Saving:
                 raise UserError(f"step {info.step}: parameters are not finite; not saving a "
                                 f"checkpoint (lower config.optim.lr or set "
                                 f"config.train.nonfinite=skip)")
+            self.writer.flush()  # a run resumed from this checkpoint finds all its records
             self.ckpt.save(info.step, info.state, self.batches.get_state(), self.config_dict)
             self.saved = info.step
         if info.stopping:
@@ -231,7 +225,7 @@ def train(config, workdir: str, task=None) -> dict:
                  f"batch {tr.batch_size} x {config.data.seq_len} tokens"
                  + (f", resumed at step {start}" if start else ""))
     hooks, evaluation = _hooks(run, mesh, model, shardings, writer, stats,
-                               Saving(ckpt, run.batches, config_dict, latest))
+                               Saving(ckpt, run.batches, config_dict, latest, writer))
     step, stopped, compile_time = start, False, 0.0
     try:
         with jax.set_mesh(mesh), loop.StopFlag(agree_every=tr.log_every) as stop:
@@ -324,10 +318,13 @@ def storage_errors(fn, workdir: str):
     try:
         return fn()
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+        local_error = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                  errno.EPERM)
+        if not (local_error or paths.is_url(workdir)):  # a bucket: gcsfs's HTTP errors
             raise
-        raise UserError(f"cannot write in --workdir {workdir}: {e}; its checkpoints are "
-                        f"unchanged: fix the storage and rerun the same command") from None
+        raise UserError(f"cannot write in --workdir {workdir}: {paths.first_line(e)}; its "
+                        f"checkpoints are unchanged: fix the storage and rerun the same "
+                        f"command") from None
 
 
 def summary(result: dict) -> str:

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
 import sys
 import threading
 
 import numpy as np
 
+from gptjax import paths
 from gptjax.data import sources
 from gptjax.data.store import TokenStore
 from gptjax.errors import UserError
@@ -56,7 +56,7 @@ def token_store(config, tok, workdir: str | None = None) -> TokenStore:
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     label = (d.tfds_name.replace("/", "_").replace(":", "_") if d.source == "tfds" else "files")
     root = sources.cache_root(config, workdir or getattr(tok, "workdir", None))
-    return TokenStore.create(os.path.join(root, "tokens", f"{label}-{key}"), tok, source)
+    return TokenStore.create(paths.join(root, "tokens", f"{label}-{key}"), tok, source)
 
 
 def split_tokens(config, tok, split: str, workdir: str | None = None) -> np.ndarray:

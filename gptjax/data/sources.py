@@ -22,6 +22,7 @@ import sys
 import threading
 import urllib.parse
 
+from gptjax import paths
 from gptjax.errors import UserError
 
 MANUAL_DIR_ENV = "GPTJAX_MANUAL_DIR"
@@ -31,11 +32,11 @@ OFFLINE_ENV = "GPTJAX_OFFLINE"   # =1: never try the network (fail fast if a dow
 # ----------------------------------------------------------------------------- locations
 
 def cache_root(config, workdir: str | None) -> str:
-    """data.cache_dir, else WORKDIR/data, else ~/.cache/gptjax."""
+    """data.cache_dir, else WORKDIR/data, else ~/.cache/gptjax (any of them may be gs://)."""
     if config.data.cache_dir:
-        return os.path.abspath(os.path.expanduser(config.data.cache_dir))
-    if workdir and "://" not in workdir:   # a gs:// workdir: memmaps need a local disk
-        return os.path.join(os.path.abspath(workdir), "data")
+        return paths.resolve(config.data.cache_dir)
+    if workdir:
+        return paths.join(paths.resolve(workdir), "data")
     return os.path.join(os.path.expanduser("~"), ".cache", "gptjax")
 
 

@@ -17,10 +17,11 @@ import io
 import json
 import os
 import re
-import uuid
+import sys
 
 import numpy as np
 
+from gptjax import paths
 from gptjax.errors import UserError
 
 SPM_FILE = "tokenizer.model"
@@ -77,8 +78,8 @@ class CharTokenizer:
         return cls(d["chars"], d["eos"])
 
     def save(self, directory: str) -> str:
-        path = _join(directory, CHAR_FILE)
-        _atomic_write(path, self.to_bytes())
+        path = paths.join(directory, CHAR_FILE)
+        paths.write_bytes(path, self.to_bytes())
         return path
 
     def encode_array(self, text: str) -> np.ndarray:
@@ -119,17 +120,17 @@ class SentencePieceTokenizer:
 
     @classmethod
     def load(cls, path: str) -> SentencePieceTokenizer:
-        if not _isfile(path):
+        if not paths.isfile(path):
             raise UserError(f"tokenizer file {path!r} does not exist")
-        data = _read(path)
+        data = paths.read_bytes(path)
         try:
             return cls(data)
         except RuntimeError as e:
             raise UserError(f"{path!r} is not a sentencepiece model ({_first_line(e)})") from None
 
     def save(self, directory: str) -> str:
-        path = _join(directory, SPM_FILE)
-        _atomic_write(path, self.model_bytes)
+        path = paths.join(directory, SPM_FILE)
+        paths.write_bytes(path, self.model_bytes)
         return path
 
     def encode(self, text: str) -> list[int]:
@@ -183,46 +184,6 @@ def _opt_id(i: int) -> int | None:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[-1] if text else type(e).__name__
-
-
-def _join(directory: str, name: str) -> str:
-    if _is_url(directory):
-        return directory.rstrip("/") + "/" + name
-    return os.path.join(directory, name)
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
-def _isfile(path: str) -> bool:
-    if _is_url(path):  # gs:// workdirs on TPU pods: TensorFlow's file system layer
-        import tensorflow as tf
-        return tf.io.gfile.exists(path)
-    return os.path.isfile(path)
-
-
-def _read(path: str) -> bytes:
-    if _is_url(path):
-        import tensorflow as tf
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    if _is_url(path):
-        import tensorflow as tf
-        tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
-        with tf.io.gfile.GFile(path, "wb") as f:
-            f.write(data)
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _split_lines(text: str, size: int) -> list[str]:
@@ -335,12 +296,12 @@ def train_sentencepiece(texts, tcfg) -> SentencePieceTokenizer:
 
 def load_tokenizer(directory: str):
     """The tokenizer saved in a workdir or shards directory, or None if it holds none."""
-    spm_path = _join(directory, SPM_FILE)
-    char_path = _join(directory, CHAR_FILE)
-    if _isfile(spm_path):
+    spm_path = paths.join(directory, SPM_FILE)
+    char_path = paths.join(directory, CHAR_FILE)
+    if paths.isfile(spm_path):
         return SentencePieceTokenizer.load(spm_path)
-    if _isfile(char_path):
-        return CharTokenizer.from_bytes(_read(char_path))
+    if paths.isfile(char_path):
+        return CharTokenizer.from_bytes(paths.read_bytes(char_path))
     return None
 
 
@@ -392,12 +353,14 @@ def make_tokenizer(config, workdir: str | None = None):
             raise UserError("data.tokenizer.kind=path needs data.tokenizer.path=FILE.model")
         tok = SentencePieceTokenizer.load(os.path.expanduser(t.path))
     if tok is None:
-        cache = None if workdir else os.path.join(sources.cache_root(config, None), "tokenizers",
-                                                   tokenizer_cache_key(config))
+        cache = None if workdir else paths.join(sources.cache_root(config, None), "tokenizers",
+                                                tokenizer_cache_key(config))
         if cache:
             tok = load_tokenizer(cache)
         if tok is None:
             tok = _train(config)
+            print(f"gptjax: trained a {tok.kind} tokenizer of {tok.vocab_size} tokens",
+                  file=sys.stderr, flush=True)
             if cache:
                 tok.save(cache)
     if workdir:
