@@ -105,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
     mesh.data = -1                  # -1 = all devices left over; data x fsdp x tensor = devices
     mesh.fsdp = 1                   # batch split over data x fsdp; params over fsdp ('embed')
     mesh.tensor = 1                 # heads, MLP and vocab split (num_heads % tensor == 0)
+    mesh.dcn_data = 1               # of each axis, the factor across TPU slices (multislice, DCN)
+    mesh.dcn_fsdp = 1               # or across processes on GPU / CPU; the rest stays inside
+    mesh.dcn_tensor = 1             # (docs/multihost.md)
     # logical axis -> mesh axes. The model only ever names logical axes.
     mesh.rules = (
         ("batch", ("data", "fsdp")),

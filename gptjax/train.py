@@ -48,11 +48,12 @@ class Pretraining:
     """Next-token prediction on `config.data` (gptjax.data)."""
 
     def prepare(self, config, workdir: str, mesh) -> RunData:
+        rows = sharding.host_rows(mesh, config.train.batch_size)  # mesh-aware per-host data
         tokenizer = data.make_tokenizer(config, workdir)
         if tokenizer.vocab_size != config.model.vocab_size:
             config.model.vocab_size = int(tokenizer.vocab_size)
         batches = data.make_train_iter(config, tokenizer, jax.process_index(),
-                                       jax.process_count())
+                                       jax.process_count(), rows=rows)
         return RunData(config, tokenizer, batches,
                        lambda: prepare_eval_batches(config, tokenizer, mesh),
                        lambda cfg, mesh, model, tx, sh: create_train_state(cfg, mesh, model, tx,
@@ -232,7 +233,7 @@ def train(config, workdir: str, task=None) -> dict:
             step_fn = steps.make_train_step(config, mesh, shardings, model, tx)
             if step < tr.steps:
                 t0 = time.time()
-                batches = _global(run.batches, mesh)
+                batches = _global(run.batches, mesh, tr.batch_size)
                 first = next(batches)
                 step_fn = step_fn.lower(state, first).compile()
                 compile_time = time.time() - t0
@@ -286,9 +287,9 @@ def _hooks(run: RunData, mesh, model, shardings, writer, stats: dict, saving: Sa
     return hooks, evaluation
 
 
-def _global(batches: Iterator, mesh) -> Iterator:
+def _global(batches: Iterator, mesh, batch_size: int) -> Iterator:
     for batch in batches:
-        yield sharding.global_batch(batch, mesh)
+        yield sharding.global_batch(batch, mesh, batch_size)
 
 
 def _prepend(first, rest: Iterator) -> Iterator:
