@@ -78,6 +78,16 @@ def test_two_processes_match_one(runs):
     assert len(set(np.round(ref, 6))) > 1  # the losses move: the comparison means something
 
 
+@pytest.mark.parametrize("mesh", [FSDP_ACROSS, TENSOR_ACROSS], ids=["fsdp", "tensor"])
+def test_global_batch_rows_match_one_process(repo_dir, tmp_path, mesh):
+    """The first global batch, gathered row by row, is the one a single process reads."""
+    out = _launch(repo_dir, ["-n", "2", "--devices", "4", "--", sys.executable,
+                             "tests/mp_batch.py", str(tmp_path), *mesh,
+                             "--config.distributed.initialization_timeout=120"], timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("batch ok") == 2, out.stdout
+
+
 def test_tensor_across_processes_matches_one(runs, repo_dir, tmp_path):
     """Both processes hold replicas of the same rows (tensor=2 spans them): both must be fed
     the same rows, all B of them, not B/2 different ones each."""
