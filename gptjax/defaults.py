@@ -156,6 +156,7 @@ def base_config() -> ml_collections.ConfigDict:
     dist.heartbeat_timeout = 100    # s a silent peer is tolerated during the run
     dist.auto_detect = True         # initialise on TPU pods / multi-task SLURM steps unasked
     dist.local_device_ids = ""      # e.g. '0,1': devices of this process ('' = JAX's choice)
+    dist.prepare_timeout = 7200     # s the other processes wait for process 0 to prepare the data
 
     # --- model-size scaling sweeps (gptjax/sweep.py, gptjax/scaling.py; configs/scaling.py) ---
     sw = c.sweep = ml_collections.ConfigDict()

@@ -49,13 +49,21 @@ class Pretraining:
 
     def prepare(self, config, workdir: str, mesh) -> RunData:
         rows = sharding.host_rows(mesh, config.train.batch_size)  # mesh-aware per-host data
-        tokenizer = data.make_tokenizer(config, workdir)
-        if tokenizer.vocab_size != config.model.vocab_size:
-            config.model.vocab_size = int(tokenizer.vocab_size)
-        batches = data.make_train_iter(config, tokenizer, jax.process_index(),
-                                       jax.process_count(), rows=rows)
-        return RunData(config, tokenizer, batches,
-                       lambda: prepare_eval_batches(config, tokenizer, mesh),
+
+        def load():  # trains the tokenizer and tokenizes the splits where nothing is cached
+            tokenizer = data.make_tokenizer(config, workdir)
+            if tokenizer.vocab_size != config.model.vocab_size:
+                config.model.vocab_size = int(tokenizer.vocab_size)
+            batches = data.make_train_iter(config, tokenizer, jax.process_index(),
+                                           jax.process_count(), rows=rows)
+            evals = (prepare_eval_batches(config, tokenizer, mesh)
+                     if config.train.eval_every >= 0 else [])
+            return tokenizer, batches, evals
+
+        # Process 0 prepares the data, the others then read the same files.
+        tokenizer, batches, evals = distributed.once(
+            "prepare the data", load, config.distributed.prepare_timeout)
+        return RunData(config, tokenizer, batches, lambda: evals,
                        lambda cfg, mesh, model, tx, sh: create_train_state(cfg, mesh, model, tx,
                                                                             sh))
 
@@ -229,7 +237,7 @@ def train(config, workdir: str, task=None) -> dict:
                                Saving(ckpt, run.batches, config_dict, latest, writer))
     step, stopped, compile_time = start, False, 0.0
     try:
-        with jax.set_mesh(mesh), loop.StopFlag(agree_every=tr.log_every) as stop:
+        with jax.set_mesh(mesh), loop.StopFlag() as stop:
             step_fn = steps.make_train_step(config, mesh, shardings, model, tx)
             if step < tr.steps:
                 t0 = time.time()
@@ -245,7 +253,8 @@ def train(config, workdir: str, task=None) -> dict:
                                                 step, tr.steps, stop, tr.max_inflight)
             if stopped:
                 writer.print(f"stopped by signal {stop.name} after step {step}; checkpoint "
-                             f"saved, rerun the same command to resume")
+                             f"saved in {time.time() - stop.agreed_at:.1f}s, rerun the same "
+                             f"command to resume")
             elif evaluation is not None and evaluation.last is None:
                 evaluation(loop.StepInfo(step, state, {}, True, False, 0.0))
     finally:

@@ -2,8 +2,8 @@
 `gcs` fixture (tests/gcs_emulator.py, tests/gcs_helpers.py).
 
 Train with a gs:// workdir, kill -9 inside a checkpoint save, resume bit-identically, restore
-on another mesh, eval, sample and plot from the bucket; a missing bucket and a 403 as one line
-at start.
+on another mesh, eval, sample and plot from the bucket; two processes sharing a gs:// workdir
+(data prepared once, preemption timed); a missing bucket and a 403 as one line at start.
 None of these can pass with local paths in disguise: every run starts in an empty directory
 with HOME in the test's tmp dir, the tests read what they check over the emulator's own HTTP
 API (not through gcsfs / tensorstore, the clients under test), and they assert that nothing
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,6 +36,7 @@ from gcs_helpers import (  # noqa: E402
     DENIED,
     MISSING,
     Emulator,
+    children,
     committed_steps,
     local_files,
     read_losses,
@@ -192,3 +195,62 @@ def test_missing_bucket_or_permission_error_is_one_line_at_start(gcs, tmp_path, 
     assert "Traceback" not in proc.stderr and "compiled" not in proc.stdout, output(proc)
     assert MISSING not in gcs.buckets()        # gcsfs would create a missing bucket: not us
     print(f"{bucket}: {elapsed:.1f}s to the error")
+
+
+def _corpus(path) -> None:
+    rng = np.random.default_rng(0)
+    words = ["the", "gcs", "bucket", "holds", "every", "shard", "of", "a", "run", "and", "its"]
+    lines = [" ".join(rng.choice(words, 12)) for _ in range(1500)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_two_processes_share_a_gcs_workdir_and_stop_on_sigterm(gcs, tmp_path):
+    """2 processes x 4 CPU devices, one gs:// workdir, text files: process 0 alone trains the
+    tokenizer and tokenizes (into the bucket); SIGTERM to process 1 only stops both after the
+    same step with a committed checkpoint. Prints the time from SIGTERM to the commit."""
+    corpus = tmp_path / "corpus.txt"
+    _corpus(corpus)
+    prefix = f"mp-{uuid.uuid4().hex[:8]}"
+    url = f"gs://{BUCKET}/{prefix}"
+    cmd = [sys.executable, "launch/multiprocess.py", "-n", "2", "--devices", "4", "--timeout",
+           "120", "--", "gptjax", "train", *TINY, "--config.data.source=files",
+           f"--config.data.files={corpus}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+           "--config.train.steps=100000", "--config.train.ckpt_every=0",
+           "--config.train.log_every=10", "--config.train.eval_every=-1", "--workdir", url]
+    log = tmp_path / "log.txt"
+    env = _env(gcs, tmp_path / "home")
+    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(k, None)
+    with open(log, "w") as f:
+        launcher = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "[p0] step 20/" in log.read_text(), RUN_TIMEOUT, "step 20", launcher)
+        pids = children(launcher.pid)
+        assert sorted(pids) == [0, 1], pids
+        t0 = time.monotonic()
+        os.kill(pids[1], signal.SIGTERM)          # the preemption notice reaches one host
+        t1 = wait_until(lambda: committed_steps(gcs, prefix), 120, "a committed checkpoint",
+                        launcher)
+        rc = launcher.wait(timeout=RUN_TIMEOUT)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    text = log.read_text()
+    assert rc == 0, text
+    stops = re.findall(r"\[p(\d)\] .*stopped by signal SIGTERM after step (\d+); checkpoint "
+                       r"saved in ([\d.]+)s", text)
+    assert len(stops) == 1 and stops[0][0] == "0", text   # process 0 reports, once
+    step, save_s = int(stops[0][1]), float(stops[0][2])
+    assert committed_steps(gcs, prefix) == [step]
+    names = gcs.objects(f"{prefix}/")
+    for i in (0, 1):
+        assert f"{prefix}/checkpoints/{step}/data/process_{i}.json" in names
+    assert f"{prefix}/tokenizer.chars.json" in names
+    assert any(n.startswith(f"{prefix}/data/tokens/") and n.endswith("/train.bin")
+               for n in names), names
+    assert len(re.findall(r"\[p\d\] gptjax: trained a char tokenizer", text)) == 1, text
+    assert "[p0] gptjax: trained a char tokenizer" in text
+    assert not re.search(r"\[p1\] gptjax: tokenized", text), text
+    print(f"preemption: SIGTERM to process 1 -> both stopped after step {step}, its checkpoint "
+          f"committed in the bucket {t1 - t0:.1f}s after the signal ({t1 - t0 - save_s:.1f}s "
+          f"to agree on the step, {save_s:.1f}s to save and commit)")
