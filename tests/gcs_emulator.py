@@ -5,8 +5,11 @@
 
 serves the GCS JSON API (what gcsfs and tensorstore speak) with the bucket `runs`, and answers
 every request about the bucket `locked` with 403 Forbidden, as GCS does for an account that may
-not use that bucket (the emulator itself has no permissions). Prints `ready` when it listens.
-Nothing is written to disk. The fixture in tests/gcs_helpers.py starts and stops it.
+not use that bucket (the emulator itself has no permissions). Downloads carry the object's
+generation in `x-goog-generation`, as GCS's do: tensorstore (Orbax) keeps that generation and
+sends it back in conditional requests, which it rejects as "Malformed StorageGeneration" when
+the header is missing. Prints `ready` when it listens. Nothing is written to disk. The fixture
+in tests/gcs_helpers.py starts and stops it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from http import server as http_server
 from urllib.parse import urlparse
 
 from gcp_storage_emulator import server
-from gcp_storage_emulator.handlers import buckets
+from gcp_storage_emulator.exceptions import NotFound
+from gcp_storage_emulator.handlers import buckets, objects
 
 
 def _forbid(handler, bucket: str) -> bool:
@@ -40,6 +44,29 @@ def _forbid(handler, bucket: str) -> bool:
     return True
 
 
+def _with_generation(download):
+    def handler(request, response, storage, *args, **kwargs):
+        download(request, response, storage, *args, **kwargs)
+        if response.status.value in (200, 206):
+            try:
+                obj = storage.get_file_obj(request.params["bucket_name"],
+                                           request.params["object_id"])
+            except NotFound:
+                return
+            response["x-goog-generation"] = str(obj["generation"])
+            response["x-goog-metageneration"] = str(obj["metageneration"])
+    return handler
+
+
+def _patch_downloads() -> None:
+    download = objects.download
+    objects.download = _with_generation(download)   # objects.get (alt=media) calls it
+    for _, methods in server.HANDLERS:
+        for method, handler in methods.items():
+            if handler is download:
+                methods[method] = objects.download
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
@@ -48,6 +75,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     # Orbax / tensorstore open many connections at once: a longer accept queue than 5.
     http_server.HTTPServer.request_queue_size = 256
+    _patch_downloads()
     if args.denied:
         handle = server.Router.handle
 
