@@ -23,11 +23,13 @@ only one on machines without TensorFlow).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import queue
 import sys
 import threading
+import weakref
 
 import numpy as np
 
@@ -37,6 +39,16 @@ from gptjax.data.store import TokenStore
 from gptjax.errors import UserError
 
 LOADERS = ("auto", "tf", "numpy")
+_PREFETCHING: weakref.WeakSet = weakref.WeakSet()   # iterators whose prefetch thread runs
+
+
+@atexit.register
+def _stop_prefetching() -> None:
+    """Stops the prefetch threads before the interpreter finalizes: a daemon thread caught
+    inside numpy's C++ code then aborts the process ("terminate called without an active
+    exception") after the program has already finished."""
+    for it in list(_PREFETCHING):
+        it.close()
 
 
 # ----------------------------------------------------------------------------- token arrays
@@ -251,6 +263,7 @@ class TrainIterator:
                 except queue.Empty:
                     pass
             self._thread = None
+        _PREFETCHING.discard(self)
 
     def __del__(self):
         try:
@@ -282,6 +295,7 @@ class TrainIterator:
                 pos += self.global_batch
         self._thread = threading.Thread(target=work, daemon=True, name="gptjax-data")
         self._thread.start()
+        _PREFETCHING.add(self)
 
     def _tf_iterator(self, position: int):
         import tensorflow as tf
