@@ -49,8 +49,8 @@ def shards_dir(config) -> str:
     if not d:
         raise UserError("data.source=shards needs data.shards_dir=DIR "
                         "(a directory written by `gptjax data export`)")
-    d = os.path.expanduser(d)
-    if not os.path.isdir(d):
+    d = paths.resolve(d)   # a local directory or a bucket URL (copied there after export)
+    if not paths.isdir(d):
         raise UserError(f"data.shards_dir={d!r} does not exist; write it with `gptjax data export`")
     return d
 
