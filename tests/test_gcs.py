@@ -3,7 +3,8 @@
 
 Train with a gs:// workdir, kill -9 inside a checkpoint save, resume bit-identically, restore
 on another mesh, eval, sample and plot from the bucket; two processes sharing a gs:// workdir
-(data prepared once, preemption timed); a missing bucket and a 403 as one line at start.
+(data prepared once, preemption timed); a missing bucket and a 403 as one line at start; a
+token store in a bucket.
 None of these can pass with local paths in disguise: every run starts in an empty directory
 with HOME in the test's tmp dir, the tests read what they check over the emulator's own HTTP
 API (not through gcsfs / tensorstore, the clients under test), and they assert that nothing
@@ -254,3 +255,32 @@ def test_two_processes_share_a_gcs_workdir_and_stop_on_sigterm(gcs, tmp_path):
     print(f"preemption: SIGTERM to process 1 -> both stopped after step {step}, its checkpoint "
           f"committed in the bucket {t1 - t0:.1f}s after the signal ({t1 - t0 - save_s:.1f}s "
           f"to agree on the step, {save_s:.1f}s to save and commit)")
+
+
+def test_token_store_in_a_bucket_trains_from_a_local_copy(gcs, tmp_path, monkeypatch):
+    """A tokenized split written to gs:// (as the token cache of a gs:// workdir is, or an
+    export copied there): objects in the bucket, memory-mapped from a one-time local copy."""
+    from gptjax import data, paths
+    from gptjax.config import get_config
+    from gptjax.data.store import TokenStore
+    from gptjax.data.tokenizer import CharTokenizer
+
+    monkeypatch.setattr(paths, "REMOTE_CACHE", str(tmp_path / "remote"))
+    text = "to be or not to be, that is the question\n" * 40
+    tok = CharTokenizer(sorted(set(text)), eos=False)
+    prefix = f"shards-{uuid.uuid4().hex[:8]}"
+    url = f"gs://{BUCKET}/{prefix}"
+    store = TokenStore.create(url, tok, {"source": "test"})
+    store.write_split("train", tok, [text], add_eos=False, what="test")
+    tok.save(url)
+    assert {f"{prefix}/index.json", f"{prefix}/train.bin", f"{prefix}/train.meta.json",
+            f"{prefix}/tokenizer.chars.json"} <= set(gcs.objects(f"{prefix}/"))
+    config = get_config("configs/smoke.py:tiny", ["--config.data.source=shards",
+                                                  f"--config.data.shards_dir={url}"])
+    batch = next(data.make_train_iter(config, data.make_tokenizer(config)))
+    assert len(local_files(tmp_path / "remote")) == 1          # the split's local copy
+    tokens = np.frombuffer(gcs.read(f"{prefix}/train.bin"), np.uint16)
+    assert np.array_equal(tokens, tok.encode_array(text))
+    windows = np.lib.stride_tricks.sliding_window_view(tokens, config.data.seq_len)
+    for row in batch["inputs"]:        # every row is a window of the split in the bucket
+        assert np.all(windows == row, axis=1).any()
