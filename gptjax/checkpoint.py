@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from gptjax import data, paths, sharding
+from gptjax import data, paths, quant, sharding
 from gptjax.config import from_dict
 from gptjax.errors import UserError
 from gptjax.state import abstract_train_state, with_shardings
@@ -286,5 +286,8 @@ def load_for_inference(workdir: str, mesh=None, step: int | None = None,
     if tokenizer.vocab_size != config.model.vocab_size:
         raise UserError(f"tokenizer in {workdir} has {tokenizer.vocab_size} tokens but the "
                         f"checkpoint's config.model.vocab_size is {config.model.vocab_size}")
+    if quant.has_quantized(workdir):  # `gptjax quantize` output: no float checkpoint
+        params, info = quant.load(workdir)
+        return Loaded(config, params, tokenizer, int(info.get("step", 0)))
     params, step = load_params(workdir, config, mesh=mesh, step=step)
     return Loaded(config, params, tokenizer, step)

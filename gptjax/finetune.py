@@ -173,7 +173,7 @@ class Finetuning:
         if data_cfg is not None:
             config.data = copy.deepcopy(data_cfg)
         else:
-            config.data.source = "synthetic"  # HF start: the tokenizer is the saved HF one
+            config.data.tokenizer.kind = "hf"  # HF start: the saved hf_tokenizer.json
         config.data.seq_len = seq_len
         sharding.check_config(config, mesh)
         tr = config.train

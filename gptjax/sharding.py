@@ -107,6 +107,21 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
     return Mesh(grid, AXES, **kwargs)
 
 
+def parse_mesh(text: str) -> dict:
+    """'data=2,fsdp=4,tensor=1' -> {'data': 2, 'fsdp': 4, 'tensor': 1} (missing axes = 1)."""
+    out = {a: 1 for a in AXES}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in AXES:
+            raise UserError(f"--mesh {text!r}: expected AXIS=SIZE pairs with AXIS in {AXES}, "
+                            f"e.g. data=2,fsdp=4,tensor=1")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            raise UserError(f"--mesh {text!r}: {key}={value!r} is not an integer") from None
+    return out
+
+
 def single_device_mesh(device=None) -> Mesh:
     device = device or jax.local_devices()[0]
     kwargs = {}

@@ -29,10 +29,11 @@ import time
 import ml_collections
 import numpy as np
 
-from gptjax import flops, scaling
+from gptjax import flops, scaling, scaling_report
 from gptjax.errors import UserError
 
 CONFIG_FILE = "sweep_config.json"
+APPLIES_OVERRIDES = True  # `--workdir W --config.KEY=VALUE` changes the saved sweep config
 RESULT_FILE = "result.json"
 
 
@@ -182,7 +183,7 @@ def run_one(run: dict, train_fn=None, log=print) -> dict | None:
     result.update(_actual_counts(run))
     eval_loss = out.get("eval_loss")
     if eval_loss is None:  # fall back on the last eval in metrics.jsonl
-        curve = read_curves(run["workdir"], 1, 1)
+        curve = scaling_report.read_curves(run["workdir"], 1, 1)
         eval_loss = curve["loss"][-1] if len(curve["loss"]) else float("nan")
     result.update(eval_loss=float(eval_loss), train_loss=float(out.get("loss", float("nan"))),
                   wall_time_s=float(out.get("wall_time", wall)), resumed=resumed,
@@ -245,25 +246,6 @@ def run_sweep(config, workdir: str, train_fn=None, only=None, isolate=None, log=
 # ----------------------------------------------------------------------------- collecting
 
 
-def read_curves(run_dir: str, tokens_per_step: int, flops_per_token: float) -> dict:
-    """Eval and train loss against tokens / FLOPs from a run's metrics.jsonl."""
-    from gptjax.metrics import read_jsonl
-    path = os.path.join(run_dir, "metrics.jsonl")
-    records = read_jsonl(path) if os.path.isfile(path) else []
-    evals, trains = {}, {}
-    for r in records:
-        loss = r.get("loss")
-        if not isinstance(loss, (int, float)) or not math.isfinite(loss):
-            continue
-        (evals if r.get("split") == "eval" else trains)[int(r["step"])] = float(loss)
-    es, ts = sorted(evals), sorted(trains)
-    return {"steps": es, "tokens": [s * tokens_per_step for s in es],
-            "flops": [s * tokens_per_step * flops_per_token for s in es],
-            "loss": [evals[s] for s in es],
-            "train_tokens": [s * tokens_per_step for s in ts],
-            "train_loss": [trains[s] for s in ts]}
-
-
 def _budgets(config, rows, extra) -> list[float]:
     if extra:
         return [float(b) for b in extra]
@@ -291,13 +273,14 @@ def collect(config, workdir: str, budgets=(), log=print) -> dict:
             continue
         tokens_per_step = run["tokens"] // run["steps"]
         rows.append(result)
-        curves.append({**read_curves(run["workdir"], tokens_per_step, result["flops_per_token"]),
-                       "n": result[_n_key(config)], "run_steps": run["steps"],
+        curve = scaling_report.read_curves(run["workdir"], tokens_per_step,
+                                           result["flops_per_token"])
+        curves.append({**curve, "n": result[_n_key(config)], "run_steps": run["steps"],
                        "name": run["name"]})
     if not rows:
         raise UserError(f"no finished runs under {workdir}/runs yet; run the sweep first")
     n_key = _n_key(config)
-    scaling.write_csv(rows, os.path.join(workdir, "results.csv"))
+    scaling_report.write_csv(rows, os.path.join(workdir, "results.csv"))
     fits: dict = {"param_count": n_key, "runs": len(rows), "pending": pending}
 
     n = np.array([r[n_key] for r in rows], dtype=np.float64)
@@ -350,88 +333,12 @@ def collect(config, workdir: str, budgets=(), log=print) -> dict:
     with open(os.path.join(workdir, "fits.json"), "w") as f:
         json.dump(fits, f, indent=2)
 
-    title = config.name
-    scaling.plot_loss_vs_params(rows, fit_n, os.path.join(workdir, "loss_vs_params.png"), n_key,
-                                f"{title}: final eval loss vs size")
-    scaling.plot_loss_vs_compute(rows, curves, fit_c, os.path.join(workdir,
-                                 "loss_vs_compute.png"), f"{title}: eval loss vs compute")
-    scaling.plot_training_curves(rows, curves, os.path.join(workdir, "training_curves.png"),
-                                 f"{title}: training curves")
-    report = summary_markdown(config, rows, fits, pending)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(report)
-    log(report)
+    log(scaling_report.write_report(config, workdir, rows, curves, fits, (fit_n, fit_c)))
     return fits
 
 
 def _n_key(config) -> str:
     return "non_embedding_params" if config.sweep.param_count == "non_embedding" else "params"
-
-
-def summary_markdown(config, rows, fits, pending) -> str:
-    out = [f"# Scaling sweep `{config.name}`", "", scaling.markdown_table(rows)]
-    if pending:
-        out.append(f"Not finished yet: {', '.join(pending)}.\n")
-    n_label = "N = non-embedding params" if fits["param_count"] == "non_embedding_params" \
-        else "N = params"
-    out.append("## Fits (least squares)\n")
-    f = fits["loss_vs_params"]
-    if "alpha" in f and f["A"] <= 0:
-        out.append(f"- L(N): no size dependence found (best fit is the constant {f['E']:.3f})")
-    elif "alpha" in f:
-        se = f" ± {f['alpha_se']:.3f} jackknife" if math.isfinite(f["alpha_se"]) else ""
-        out.append(f"- L(N) = {f['E']:.3f} + {f['A']:.4g}·N^-{f['alpha']:.3f} "
-                   f"(α_N = {f['alpha']:.3f}{se}; RMSE {f['rmse']:.4f}; {n_label}). "
-                   f"Kaplan et al.: α_N ≈ {scaling.KAPLAN_ALPHA_N}.")
-    else:
-        out.append(f"- L(N): no fit ({f['error']})")
-    f = fits["loss_vs_compute"]
-    if "alpha" in f:
-        out.append(f"- L(C) = {f['E']:.3f} + {f['A']:.4g}·C^-{f['alpha']:.3f} (C in FLOPs; "
-                   f"RMSE {f['rmse']:.4f}).")
-    else:
-        out.append(f"- L(C): no fit ({f['error']})")
-    f = fits["loss_vs_params_and_tokens"]
-    ch = scaling.CHINCHILLA
-    if "alpha" in f:
-        out.append(f"- L(N, D) = {f['E']:.3f} + {f['A']:.4g}/N^{f['alpha']:.3f} + "
-                   f"{f['B']:.4g}/D^{f['beta']:.3f} ({f['n_points']} eval points; RMSE "
-                   f"{f['rmse']:.4f}). Chinchilla: L = {ch['E']} + {ch['A']}/N^{ch['alpha']} + "
-                   f"{ch['B']}/D^{ch['beta']}.")
-    else:
-        out.append(f"- L(N, D): no fit ({f['error']})")
-    ff = fits["frontier_fit"]
-    if "a" in ff:
-        out.append(f"- Compute frontier (best size per compute level): N_opt ∝ C^{ff['a']:.2f} "
-                   f"(Chinchilla ≈ C^0.50, Kaplan ≈ C^0.73).")
-    bounded = [name for name, key in (("L(N)", "loss_vs_params"), ("L(C)", "loss_vs_compute"),
-                                      ("L(N, D)", "loss_vs_params_and_tokens"))
-               if fits[key].get("E") == 0.0]
-    if bounded:
-        out.append(f"- Caution: E sits at its bound 0 in {', '.join(bounded)}: the losses are "
-                   f"far from the irreducible loss, so E is not identified and extrapolations "
-                   f"are loose.")
-    if fits["frontier"]:
-        out.append("\n## Compute-optimal size, measured (lowest eval-loss curve at each compute)\n")
-        out.append("| compute (FLOPs) | best size | its eval loss |")
-        out.append("|---|---|---|")
-        front = fits["frontier"]
-        shown = front[:: max(1, len(front) // 8)]
-        if shown[-1] is not front[-1]:
-            shown.append(front[-1])
-        for p in shown:
-            out.append(f"| {p['compute']:.3g} | {p['name']} | {p['loss']:.3f} |")
-    out.append("\n## Compute-optimal size predicted for a budget (C = 6·N·D)\n")
-    out.append("| compute (FLOPs) | N_opt (L(N,D) fit) | D_opt | predicted loss | nearest size "
-               "| N_opt (frontier) | Chinchilla N_opt | Chinchilla D_opt |")
-    out.append("|---|---|---|---|---|---|---|---|")
-    for p in fits["compute_optimal"]:
-        cells = [p.get(k) for k in ("n_opt", "d_opt", "loss_at_opt", "nearest_size",
-                                    "n_opt_frontier", "chinchilla_n_opt", "chinchilla_d_opt")]
-        cells = [f"{v:.3g}" if isinstance(v, float) and math.isfinite(v) else
-                 (v if isinstance(v, str) else "–") for v in cells]
-        out.append(f"| {p['compute']:.3g} | " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -42,6 +42,11 @@ class RunData:
     init_state: Callable                # (config, mesh, model, tx, shardings) -> TrainState
     describe: str = ""                  # one phrase for the start line
     eval_first: bool = False            # also evaluate the starting params (fine-tuning)
+    # A task's own objective: (config, model, param_shardings) -> loss_and_grads(params, batch,
+    # key, frozen); None = next-token loss. `frozen`: arrays it reads but never trains (a
+    # distillation teacher, pruning masks), already placed on the mesh.
+    objective: Callable | None = None
+    frozen: object = None
 
 
 class Pretraining:
@@ -52,8 +57,7 @@ class Pretraining:
 
         def load():  # trains the tokenizer and tokenizes the splits where nothing is cached
             tokenizer = data.make_tokenizer(config, workdir)
-            if tokenizer.vocab_size != config.model.vocab_size:
-                config.model.vocab_size = int(tokenizer.vocab_size)
+            check_vocab(config, tokenizer)
             batches = data.make_train_iter(config, tokenizer, jax.process_index(),
                                            jax.process_count(), rows=rows)
             evals = (prepare_eval_batches(config, tokenizer, mesh)
@@ -66,6 +70,22 @@ class Pretraining:
         return RunData(config, tokenizer, batches, lambda: evals,
                        lambda cfg, mesh, model, tx, sh: create_train_state(cfg, mesh, model, tx,
                                                                             sh))
+
+
+def check_vocab(config, tokenizer) -> None:
+    """model.vocab_size must be the tokenizer's, unless model.vocab_from_tokenizer says the
+    tokenizer decides (then it is set here, and the start line shows it)."""
+    have, want = int(tokenizer.vocab_size), int(config.model.vocab_size)
+    if have == want:
+        return
+    if config.model.vocab_from_tokenizer:
+        config.model.vocab_size = have
+        return
+    raise UserError(f"config.model.vocab_size={want} but the {tokenizer.kind} tokenizer has "
+                    f"{have} tokens; give data.tokenizer settings that make {want} (GPT-2's own "
+                    f"files: data.tokenizer.kind=gpt2, data.tokenizer.path=DIR with vocab.json "
+                    f"and merges.txt), or let the tokenizer decide with "
+                    f"--config.model.vocab_from_tokenizer=true")
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -194,17 +214,21 @@ def _start(run: RunData, workdir: str, mesh, model, tx):
     config = run.config
     abstract, shardings = abstract_train_state(config, mesh, model, tx)
     ckpt = checkpoint.Checkpointer.from_config(workdir, config)
-    latest = ckpt.latest_step()
-    if latest is None:
-        return ckpt, run.init_state(config, mesh, model, tx, shardings), shardings, None
-    saved_vocab = ckpt.restore_config(latest)["model"]["vocab_size"]
-    if saved_vocab != config.model.vocab_size:
-        raise UserError(f"checkpoint {ckpt.directory}/{latest} was trained with a vocabulary of "
-                        f"{saved_vocab} tokens but this run has {config.model.vocab_size}; use a "
-                        f"new --workdir")
-    state, data_state = ckpt.restore(latest, with_shardings(abstract, shardings))
-    run.batches.set_state(data_state)
-    return ckpt, state, shardings, latest
+    try:
+        latest = ckpt.latest_step()
+        if latest is None:
+            return ckpt, run.init_state(config, mesh, model, tx, shardings), shardings, None
+        saved_vocab = ckpt.restore_config(latest)["model"]["vocab_size"]
+        if saved_vocab != config.model.vocab_size:
+            raise UserError(f"checkpoint {ckpt.directory}/{latest} was trained with a vocabulary "
+                            f"of {saved_vocab} tokens but this run has "
+                            f"{config.model.vocab_size}; use a new --workdir")
+        state, data_state = ckpt.restore(latest, with_shardings(abstract, shardings))
+        run.batches.set_state(data_state)
+        return ckpt, state, shardings, latest
+    except BaseException:
+        ckpt.close()  # its background clean-up must not outlive the process mid-flight
+        raise
 
 
 def train(config, workdir: str, task=None) -> dict:
@@ -229,7 +253,8 @@ def train(config, workdir: str, task=None) -> dict:
     primary = jax.process_index() == 0
     writer = MetricsWriter(workdir, tr.steps, start, enabled=primary)
     stats = model_stats(model.config, config.data.seq_len, config.optim.state_dtype)
-    writer.print(f"gptjax train: {config.name}{run.describe}, {stats['params']:,} params, mesh "
+    writer.print(f"gptjax train: {config.name}{run.describe}, {stats['params']:,} params "
+                 f"(vocabulary {config.model.vocab_size}), mesh "
                  f"{dict(mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}, "
                  f"batch {tr.batch_size} x {config.data.seq_len} tokens"
                  + (f", resumed at step {start}" if start else ""))
@@ -238,12 +263,12 @@ def train(config, workdir: str, task=None) -> dict:
     step, stopped, compile_time = start, False, 0.0
     try:
         with jax.set_mesh(mesh), loop.StopFlag() as stop:
-            step_fn = steps.make_train_step(config, mesh, shardings, model, tx)
+            step_fn = _train_step(run, mesh, shardings, model, tx)
             if step < tr.steps:
                 t0 = time.time()
                 batches = _global(run.batches, mesh, tr.batch_size)
                 first = next(batches)
-                step_fn = step_fn.lower(state, first).compile()
+                step_fn = _compile(step_fn, state, first, run.frozen)
                 compile_time = time.time() - t0
                 writer.print(f"compiled the train step in {compile_time:.1f}s")
                 if evaluation is not None and run.eval_first and step == 0:
@@ -278,6 +303,20 @@ def train(config, workdir: str, task=None) -> dict:
         if evaluation.first is not None:
             result["eval_start_loss"] = evaluation.first["loss"]
     return result
+
+
+def _train_step(run: RunData, mesh, shardings, model, tx):
+    objective = run.objective and run.objective(run.config, model, shardings.params)
+    return steps.make_train_step(run.config, mesh, shardings, model, tx,
+                                 loss_and_grads=objective, frozen=run.frozen)
+
+
+def _compile(step_fn, state, batch, frozen):
+    """-> the compiled `(state, batch) -> (state, metrics)` (frozen arrays bound)."""
+    if frozen is None:
+        return step_fn.lower(state, batch).compile()
+    compiled = step_fn.lower(state, batch, frozen).compile()
+    return lambda state, batch: compiled(state, batch, frozen)
 
 
 def _hooks(run: RunData, mesh, model, shardings, writer, stats: dict, saving: Saving):

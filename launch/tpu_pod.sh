@@ -2,6 +2,8 @@
 # Train on Cloud TPU slices: every worker (host) of every slice runs the same gptjax command,
 # and jax.distributed finds its peers from the TPU metadata (gptjax/distributed.py).
 #
+#   launch/tpu_pod.sh [--dry-run] check ARGS...     # here, no TPU: gptjax compile ARGS for
+#                                                   # ACCELERATOR x NUM_SLICES (fits? memory)
 #   launch/tpu_pod.sh [--dry-run] create            # create the slice(s)
 #   launch/tpu_pod.sh [--dry-run] setup             # copy this checkout to every worker, install
 #   launch/tpu_pod.sh [--dry-run] train ARGS...     # gptjax train ARGS on all workers
@@ -16,6 +18,7 @@
 # tokenizer are written there directly (no FUSE mount; docs/multihost.md).
 # Example:
 #   export TPU_NAME=gpt ZONE=us-east5-a ACCELERATOR=v5p-32
+#   launch/tpu_pod.sh check --config configs/gpt3.py:xl    # needs libtpu here: pip install -e '.[tpu]'
 #   launch/tpu_pod.sh create && launch/tpu_pod.sh setup
 #   launch/tpu_pod.sh train --config configs/gpt3.py:xl --config.mesh.fsdp=-1 \
 #       --config.mesh.data=1 --config.data.data_dir=gs://my-bucket/tfds \
@@ -110,6 +113,13 @@ cmd_create() {
   fi
 }
 
+cmd_check() {  # runs here: the TPU compiler on the slice ACCELERATOR describes
+  need ACCELERATOR
+  [[ $# -gt 0 ]] || die "check needs gptjax compile arguments, e.g. --config configs/gpt3.py:xl"
+  run env JAX_PLATFORMS=cpu "${PYTHON:-python3}" -m gptjax compile --topology "$ACCELERATOR" \
+    --num-slices "$(slices)" "$@"
+}
+
 cmd_setup() {
   need TPU_NAME ZONE
   local repo archive
@@ -160,17 +170,18 @@ cmd_delete() {
 
 main() {
   local cmd="${1:-}"
-  [[ -n "$cmd" ]] || die "usage: launch/tpu_pod.sh [--dry-run] create|setup|train|run|delete [ARGS]"
+  [[ -n "$cmd" ]] || die "usage: launch/tpu_pod.sh [--dry-run] check|create|setup|train|run|delete [ARGS]"
   shift
   slices >/dev/null  # a bad NUM_SLICES stops here
   case "$cmd" in
+    check) cmd_check "$@" ;;
     create) cmd_create "$@" ;;
     setup) cmd_setup "$@" ;;
     train) cmd_train "$@" ;;
     run) cmd_run "$@" ;;
     delete) cmd_delete "$@" ;;
-    -h | --help) sed -n '2,24p' "$0" ;;
-    *) die "unknown command '$cmd': choose create, setup, train, run or delete" ;;
+    -h | --help) sed -n '2,27p' "$0" ;;
+    *) die "unknown command '$cmd': choose check, create, setup, train, run or delete" ;;
   esac
 }
 

@@ -105,3 +105,43 @@ def test_finetune_cli_lowers_the_task_loss(pretrained, shakespeare_lines, tmp_pa
     config, params, tok, _ = checkpoint.load_for_inference(str(out))
     assert config.finetune.train_file == str(path) and tok.vocab_size == config.model.vocab_size
     assert int(checkpoint.Checkpointer(str(out), read_only=True).latest_step()) == 60
+
+
+def test_finetune_killed_mid_save_resumes_bit_identical(pretrained, shakespeare_lines, tmp_path):
+    """Fine-tuning runs through the training loop: a kill -9 right after the save of step 8
+    started leaves step 4 as the newest complete checkpoint; rerunning the same command resumes
+    there (params, Adam state, position in the examples) and ends equal to an unbroken run."""
+    from fault_helpers import subprocess_env
+
+    from gptjax import checkpoint
+    _, lines = shakespeare_lines
+    path = tmp_path / "task.jsonl"
+    with open(path, "w") as f:
+        for a, b in zip(lines[:40], lines[1:41], strict=True):
+            f.write(json.dumps({"prompt": a + "\n", "response": b + "\n"}) + "\n")
+
+    def run(workdir, fault=None):
+        cmd = [sys.executable, "tests/faults.py", "finetune",
+               "--config", "configs/finetune.py:smoke", "--workdir", str(workdir),
+               f"--config.finetune.init_from={pretrained}", f"--config.finetune.train_file={path}",
+               "--config.data.seq_len=48", "--config.train.batch_size=8",
+               "--config.train.steps=12", "--config.train.ckpt_every=4",
+               "--config.train.log_every=4", "--config.train.eval_every=-1",
+               "--config.train.plot=false", "--config.optim.warmup_steps=2"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                              env=subprocess_env(fault))
+
+    ref, broken = tmp_path / "ref", tmp_path / "broken"
+    assert run(ref).returncode == 0
+    killed = run(broken, fault="kill_after_save:8")
+    assert killed.returncode == -9, killed.stderr
+    assert checkpoint.Checkpointer(str(broken), read_only=True).latest_step() == 4
+    resumed = run(broken)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 4" in resumed.stdout
+    config = checkpoint.read_config(str(ref))
+    a, _ = checkpoint.load_params(str(ref), config)
+    b, step = checkpoint.load_params(str(broken), config)
+    assert step == 12
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

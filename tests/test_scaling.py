@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from gptjax import flops, scaling
+from gptjax import flops, scaling, scaling_report
 from gptjax.config import load_module
 from gptjax.errors import UserError
 
@@ -83,9 +83,9 @@ def test_size_families_grow_monotonically(preset):
     sizes = scaling.size_family(config.sweep)
     model = config.model.to_dict()
     counts = [flops.param_counts({**model, **s})["non_embedding_params"] for s in sizes]
-    flops = [flops.flops_per_token({**model, **s}, config.data.seq_len) for s in sizes]
+    per_token = [flops.flops_per_token({**model, **s}, config.data.seq_len) for s in sizes]
     assert counts == sorted(counts) and len(set(counts)) == len(counts)
-    assert flops == sorted(flops)
+    assert per_token == sorted(per_token)
     if preset in ("austen_cpu", "gpu_shards", "gpt3"):
         assert len(sizes) >= 6 and counts[-1] / counts[0] >= 30
 
@@ -135,16 +135,16 @@ def test_tables_and_plots(tmp_path):
         f = np.geomspace(1e6, 120 * n * n, 5)
         curves.append({"n": n, "flops": f, "loss": loss + 1 / np.log(f), "tokens": f / (6 * n),
                        "train_tokens": f / (6 * n), "train_loss": loss + 1 / np.log(f)})
-    scaling.write_csv(rows, tmp_path / "r.csv")
+    scaling_report.write_csv(rows, tmp_path / "r.csv")
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert lines[0].startswith("name,") and len(lines) == 5
-    md = scaling.markdown_table(rows)
+    md = scaling_report.markdown_table(rows)
     assert md.count("\n") == 6 and "| s3 |" in md and "300,000" in md
     fit = scaling.fit_power_law([r["non_embedding_params"] for r in rows],
                                 [r["eval_loss"] for r in rows])
     assert math.isfinite(fit.alpha)
-    scaling.plot_loss_vs_params(rows, fit, str(tmp_path / "p.png"), "non_embedding_params")
-    scaling.plot_loss_vs_compute(rows, curves, None, str(tmp_path / "c.png"))
-    scaling.plot_training_curves(rows, curves, str(tmp_path / "t.png"))
+    scaling_report.plot_loss_vs_params(rows, fit, str(tmp_path / "p.png"), "non_embedding_params")
+    scaling_report.plot_loss_vs_compute(rows, curves, None, str(tmp_path / "c.png"))
+    scaling_report.plot_training_curves(rows, curves, str(tmp_path / "t.png"))
     for name in ("p.png", "c.png", "t.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

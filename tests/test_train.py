@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from gptjax import checkpoint, train
+from gptjax import state as state_lib
 from gptjax.config import get_config
 from gptjax.errors import UserError
 from gptjax.state import abstract_train_state, model_config
@@ -237,3 +238,26 @@ def test_weight_decay_mask_and_schedule():
     assert float(lr(0)) == pytest.approx(0.1) and float(lr(9)) == pytest.approx(1.0)
     assert float(lr(59)) == pytest.approx(0.55, abs=1e-6)  # half-way down the cosine
     assert float(lr(109)) == pytest.approx(0.1) and float(lr(500)) == pytest.approx(0.1)
+
+
+def test_nonfinite_params_are_never_saved(tmp_path):
+    """The checkpoint hook's last line of defence: a state whose params hold a NaN is refused
+    with one line naming the step, and nothing is written."""
+    from gptjax import loop, sharding
+    c = tiny()
+    mesh = sharding.make_mesh(c.mesh)
+    good = state_lib.create_train_state(c, mesh)
+    bad = good.replace(params=jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(np.nan),
+                                           good.params))
+    ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+
+    class Batches:
+        def get_state(self):
+            return {}
+
+    saving = train.Saving(ckpt, Batches(), c.to_dict(), None)
+    with pytest.raises(UserError, match="step 5: parameters are not finite"):
+        saving(loop.StepInfo(5, bad, {}, False, False, 0.0))
+    saving(loop.StepInfo(4, good, {}, False, False, 0.0))
+    ckpt.close()
+    assert checkpoint.Checkpointer(str(tmp_path), read_only=True).all_steps() == [4]

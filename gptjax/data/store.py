@@ -5,7 +5,8 @@ Layout of a store directory (the token cache and `gptjax data export` write the 
     index.json          {"format", "dtype", "vocab_size", "eos_id", "tokenizer", "source"}
     <split>.bin         raw little-endian uint16 (vocab <= 65536) or uint32 tokens
     <split>.meta.json   {"split", "file", "num_tokens", "num_documents"}; written last
-    tokenizer.model | tokenizer.chars.json   (exported stores: the tokenizer that made the ids)
+    tokenizer.model | tokenizer.chars.json | hf_tokenizer.json   (exported stores: the
+                        tokenizer that made the ids)
 
 Every document is followed by the tokenizer's EOS (when it has one and data.tokenizer.add_eos),
 so the array is doc0 EOS doc1 EOS ...; training windows run across those boundaries.
@@ -31,6 +32,16 @@ from gptjax.errors import UserError
 FORMAT = "gptjax-tokens/1"
 INDEX = "index.json"
 META = ".meta.json"
+
+
+def cache_root(config, workdir: str | None) -> str:
+    """Where token stores and tokenizers are cached: data.cache_dir, else WORKDIR/data, else
+    ~/.cache/gptjax (any of them may be gs://)."""
+    if config.data.cache_dir:
+        return paths.resolve(config.data.cache_dir)
+    if workdir:
+        return paths.join(paths.resolve(workdir), "data")
+    return os.path.join(os.path.expanduser("~"), ".cache", "gptjax")
 
 
 def split_file(split: str) -> str:
