@@ -25,7 +25,8 @@ from gptjax import checkpoint, data, sharding, steps
 from gptjax.data import sources
 from gptjax.errors import UserError
 from gptjax.evaluate import prepare_eval_batches
-from gptjax.model import GPTConfig, layers_to_scanned, scanned_to_layers
+from gptjax.layouts import layers_to_scanned, scanned_to_layers
+from gptjax.model import GPTConfig
 from gptjax.state import model_config, state_from_params
 from gptjax.train import RunData, prepare_workdir, train
 

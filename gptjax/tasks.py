@@ -291,7 +291,7 @@ def _print(results: list, throughputs: list) -> None:
 
 def plot(results: list, path: str) -> str:
     """Each task's main metric (and shot count) against non-embedding parameters."""
-    from gptjax.scaling_report import _colors, _figure, _finish
+    from gptjax.scaling import _colors, _figure, _finish
     fig, ax = _figure()
     lines = sorted({(r["task"], r["shots"]) for r in results})
     for (task, shots), color in zip(lines, _colors(len(lines)), strict=True):
