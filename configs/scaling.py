@@ -33,7 +33,7 @@ def _char_shakespeare(c, seq_len: int, batch: int):
     c.model.max_seq_len = seq_len
     c.model.use_bias = False
     c.train.batch_size = batch
-    c.train.eval_batches = 0          # the whole validation split (55,770 characters)
+    c.train.eval_batches = 10_000     # capped at the whole validation split: 27 batches here
     c.train.log_every = 50
     c.train.ckpt_every = 1000
     c.train.keep_checkpoints = 1
@@ -43,40 +43,41 @@ def _char_shakespeare(c, seq_len: int, batch: int):
     c.optim.weight_decay = 0.1
 
 
-def _shakespeare_isoflop(c):
+def _char_family(c):
+    """The width-only family of the CPU presets: 2 layers, 8-dimensional heads, muP."""
     _char_shakespeare(c, seq_len=64, batch=32)   # 2,048 tokens per step
-    c.model.mup = True                # one learning rate for every width (mup_transfer)
+    c.model.mup = True                # one learning rate for every width (see mup_transfer)
     c.model.mup_base_width = 64
-    c.optim.lr = 1e-2
-    c.optim.warmup_steps = 50
-    sw = c.sweep
-    sw.family = "width"
-    sw.depth = 4
-    sw.head_dim = 8
-    sw.d_models = (16, 24, 32, 40, 48, 64, 80, 96, 128, 160)
-    sw.budget = "iso_flops"
-    sw.flops = (1.25e11, 2.5e11, 5e11, 1e12)
-    sw.sizes_per_budget = 5
-    sw.tokens_per_param = 20.0        # centres each budget's 5 sizes
-    sw.min_steps = 100
-    sw.evals_per_run = 4
-    sw.lr_rule = "fixed"
-
-
-def _mup_transfer(c):
-    _char_shakespeare(c, seq_len=64, batch=16)   # 1,024 tokens per step
-    c.model.mup = True
-    c.model.mup_base_width = 32
-    c.optim.warmup_steps = 20
+    c.optim.lr = 1.5e-2
     sw = c.sweep
     sw.family = "width"
     sw.depth = 2
     sw.head_dim = 8
-    sw.d_models = (32, 64, 128)
+    sw.lr_rule = "fixed"
+
+
+def _shakespeare_isoflop(c):
+    _char_family(c)
+    c.optim.warmup_steps = 50
+    sw = c.sweep
+    sw.d_models = (16, 24, 32, 40, 48, 56, 64, 80, 96)
+    sw.budget = "iso_flops"
+    sw.flops = (1.25e11, 2.5e11, 5e11, 1e12)
+    sw.sizes_per_budget = 5
+    sw.tokens_per_param = 60.0        # the guessed optimal D / N that centres each budget's sizes
+    sw.min_steps = 100
+    sw.evals_per_run = 2
+
+
+def _mup_transfer(c):
+    _char_family(c)
+    c.optim.warmup_steps = 40
+    sw = c.sweep
+    sw.d_models = (16, 32, 64)
     sw.budget = "fixed"
-    sw.tokens = 300 * 1024            # 300 steps at every width and learning rate
+    sw.tokens = 400 * 2048            # 400 steps at every width and learning rate
     sw.min_steps = 1
-    sw.lrs = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)
+    sw.lrs = (2.4e-3, 6e-3, 1.5e-2, 3.75e-2, 9.4e-2)
     sw.evals_per_run = 1
     sw.n_boot = 0
 

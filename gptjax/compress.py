@@ -197,21 +197,31 @@ def table(rows: list[dict], batches) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _final(rows: list[dict]) -> list[dict]:
+    """The float model and every variant that no later row continues ('x' -> 'x +recovery')."""
+    def continued(r):
+        stem = r["variant"].split(" (")[0]
+        return any(o["variant"].startswith(stem + " +") for o in rows)
+    return rows[:1] + [r for r in rows[1:] if not continued(r)]
+
+
 def draw(rows: list[dict], batches, path: str) -> None:
+    """Held-out loss against weight bytes and against decode speed, one marker a variant."""
     import matplotlib  # only when drawing: `gptjax compress --help` stays light
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=90)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=80)
+    colors, markers = plt.get_cmap("tab20").colors, "osD^vP*Xhp<>"
     for ax, key, label in ((axes[0], "mb_memory", "weights in memory (MB)"),
                            (axes[1], f"tok_cpu_s_b{batches[0]}",
                             f"decode tokens per CPU-second at batch {batches[0]}")):
-        for r in rows:
-            ax.scatter(r[key], r["eval_loss"], s=18)
-            ax.annotate(r["variant"], (r[key], r["eval_loss"]), fontsize=7,
-                        xytext=(3, 2), textcoords="offset points")
+        for i, r in enumerate(_final(rows)):
+            ax.scatter(r[key], r["eval_loss"], s=40, color=colors[i % 20],
+                       marker=markers[i % len(markers)], label=r["variant"])
         ax.set_xlabel(label)
         ax.set_ylabel("held-out loss (nats/token)")
         ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

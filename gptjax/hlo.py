@@ -128,30 +128,35 @@ def _unwrap(op: str, rest: str, comps: dict) -> tuple[str, str]:
 
 def _trip_count(loop_rest: str, comps: dict, instrs: dict) -> int:
     """Iterations of a `while`: its known_trip_count, else those of `for (i = start; i < limit;
-    i += step)` read from the condition's compare, the body's update of tuple element 0 and
-    the initial tuple. 1 if the loop is of neither form."""
+    i += step)`: the counter is the tuple element the condition compares with a constant, its
+    step the body's update of it, its start the initial tuple's. 1 if of neither form."""
     known = re.search(r'"known_trip_count":\{"n":"(\d+)"', loop_rest)
     if known:
         return int(known.group(1))
     cond = comps.get(re.search(r"condition=%([\w.\-]+)", loop_rest).group(1), [])
     body = comps.get(re.search(r"body=%([\w.\-]+)", loop_rest).group(1), [])
-    limit = None
+    limit, index = None, 0
     for _, _, op, rest in cond:
         op, rest = _unwrap(op, rest, comps)
         if op == "compare" and "direction=LT" in rest:
-            limit = next((v for v in (_constant(r, instrs) for r in _operands(rest))
-                          if v is not None), None)
+            for ref in _operands(rest):
+                value = _constant(ref, instrs)
+                if value is not None:
+                    limit = value
+                elif ref in instrs and instrs[ref][1] == "get-tuple-element":
+                    index = int(re.search(r"index=(\d+)", instrs[ref][2]).group(1))
     if limit is None:
         return 1
-    step, start = 1, 0
-    if body and body[-1][2] == "tuple" and _operands(body[-1][3]):  # parse() puts ROOT last
-        update = instrs.get(_operands(body[-1][3])[0])
-        op, rest = _unwrap(update[1], update[2], comps) if update else ("", "")
+    step, start = 1, 0  # the counter is element `index` of the loop's tuple
+    updates = _operands(body[-1][3]) if body and body[-1][2] == "tuple" else []
+    update = instrs.get(updates[index]) if index < len(updates) else None
+    if update:  # parse() puts ROOT last
+        op, rest = _unwrap(update[1], update[2], comps)
         if op == "add":
             step = next((v for v in (_constant(r, instrs) for r in _operands(rest)) if v), 1)
     initial = instrs.get((_operands(loop_rest) or [""])[0])
-    if initial and initial[1] == "tuple" and _operands(initial[2]):
-        start = _constant(_operands(initial[2])[0], instrs) or 0
+    if initial and initial[1] == "tuple" and index < len(_operands(initial[2])):
+        start = _constant(_operands(initial[2])[index], instrs) or 0
     return max(1, -(-(limit - start) // step))
 
 

@@ -1,6 +1,6 @@
 """The figures of a collected sweep (matplotlib, Agg), drawn from fits.json's contents.
 
-- training_curves.png     eval loss against training FLOPs, every run
+- training_curves.png     train and eval loss against training FLOPs, every run
 - isoflop_profiles.png    final loss against N per budget, parabolas, minima with 95% CIs
 - optimal_allocation.png  N_opt(C) and D_opt(C) with the fitted power laws
 - frontier.png            loss at the profile minima against N_opt, with E + A·N^-alpha
@@ -50,17 +50,22 @@ def _span(x, pad: float = 1.3, points: int = 100):
 
 
 def training_curves(rows, curves, path: str, key: str, title: str):
+    """Train loss (lines) and eval loss (dots) against FLOPs; one colour per size."""
     fig, ax = _plt().subplots(figsize=(6.4, 4.4))
     sizes = sorted({r[key] for r in rows})
     color = dict(zip(sizes, _colors(len(sizes)), strict=True))
     labelled = set()
     for r, c in zip(rows, curves, strict=True):
+        label = r["size"] if r[key] not in labelled else None
+        labelled.add(r[key])
+        fpt = r["flops_per_token"]
+        if len(c["train_tokens"]):
+            ax.plot(np.asarray(c["train_tokens"]) * fpt, c["train_loss"], "-", lw=0.8,
+                    alpha=0.7, color=color[r[key]], label=label)
         if len(c["flops"]):
-            label = r["size"] if r[key] not in labelled else None
-            labelled.add(r[key])
-            ax.plot(c["flops"], c["loss"], "-", color=color[r[key]], lw=1, alpha=0.8, label=label)
-            ax.plot(c["flops"][-1:], c["loss"][-1:], "o", color=color[r[key]], ms=3)
-    _finish(fig, ax, path, "training compute C (FLOPs)", "eval loss (nats / token)", title)
+            ax.plot(c["flops"], c["loss"], "o", color=color[r[key]], ms=3)
+    _finish(fig, ax, path, "training compute C (FLOPs)", "loss (nats / token): train lines, "
+            "eval dots", title)
 
 
 def isoflop_profiles(iso: dict, nd: dict, path: str, title: str):
