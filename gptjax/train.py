@@ -189,7 +189,7 @@ class Saving:
     the one on a stop signal are waited for)."""
 
     def __init__(self, ckpt: checkpoint.Checkpointer, batches, config_dict: dict,
-                 saved: int | None, writer: MetricsWriter):
+                 saved: int | None, writer: MetricsWriter | None = None):
         self.ckpt, self.batches, self.config_dict, self.saved = ckpt, batches, config_dict, saved
         self.writer = writer
 
@@ -199,7 +199,8 @@ class Saving:
                 raise UserError(f"step {info.step}: parameters are not finite; not saving a "
                                 f"checkpoint (lower config.optim.lr or set "
                                 f"config.train.nonfinite=skip)")
-            self.writer.flush()  # a run resumed from this checkpoint finds all its records
+            if self.writer is not None:  # a run resumed from this checkpoint finds all its records
+                self.writer.flush()
             self.ckpt.save(info.step, info.state, self.batches.get_state(), self.config_dict)
             self.saved = info.step
         if info.stopping:
