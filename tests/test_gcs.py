@@ -278,6 +278,7 @@ def test_token_store_in_a_bucket_trains_from_a_local_copy(gcs, tmp_path, monkeyp
     tok.save(url)
     assert {f"{prefix}/index.json", f"{prefix}/train.bin", f"{prefix}/train.meta.json",
             f"{prefix}/tokenizer.chars.json"} <= set(gcs.objects(f"{prefix}/"))
+    assert TokenStore(url).splits() == ["train"]
     config = get_config("configs/smoke.py:tiny", ["--config.data.source=shards",
                                                   f"--config.data.shards_dir={url}"])
     batch = next(data.make_train_iter(config, data.make_tokenizer(config)))
