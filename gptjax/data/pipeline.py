@@ -9,10 +9,9 @@ attention, as GPT-2 / nanoGPT train.
 
 The stream of windows is the concatenation of epochs; epoch e is a permutation of all windows
 drawn from (data.seed, e), with a random shift in [0, L) so token positions inside windows differ
-from epoch to epoch. Global batch k is stream positions [k*B, (k+1)*B); each process reads only
-its rows r of it (positions k*B + r): by default process i of n the block [i*B/n, (i+1)*B/n),
-in training the rows its devices hold (`gptjax.sharding.host_rows`; processes that hold
-replicas of the same rows read the same rows).
+from epoch to epoch. Global batch k is stream positions [k*B, (k+1)*B); each process reads its
+rows r of it (positions k*B + r): by default process i of n the block [i*B/n, (i+1)*B/n), in
+training the rows its devices hold (`gptjax.sharding.host_rows`; replicas read the same rows).
 The iterator's state is the stream position: saving and restoring it is O(1) and exact, and it
 stays meaningful if the number of processes or the batch size changes on resume.
 
@@ -44,9 +43,7 @@ _PREFETCHING: weakref.WeakSet = weakref.WeakSet()   # iterators whose prefetch t
 
 @atexit.register
 def _stop_prefetching() -> None:
-    """Stops the prefetch threads before the interpreter finalizes: a daemon thread caught
-    inside numpy's C++ code then aborts the process ("terminate called without an active
-    exception") after the program has already finished."""
+    """Before the interpreter finalizes: a prefetch thread inside numpy then aborts it."""
     for it in list(_PREFETCHING):
         it.close()
 
@@ -154,8 +151,7 @@ def _block(process_index: int, process_count: int, global_batch: int) -> np.ndar
 
 
 def _host_rows(config, process_index: int, process_count: int, rows=None) -> np.ndarray:
-    """The rows of each global batch this process reads: `rows` (mesh-aware, from
-    gptjax.sharding.host_rows), else its contiguous block of B / process_count."""
+    """This process's rows of each global batch: `rows`, else its block of B/process_count."""
     if rows is not None:
         return np.asarray(rows, np.int64)
     _host_batch(config, process_index, process_count)
@@ -194,9 +190,8 @@ class TrainIterator:
                  prefetch: int = 2, rows=None):
         self.tokens, self.windows = tokens, windows
         self.global_batch = global_batch
-        if rows is None:
-            rows = _block(process_index, process_count, global_batch)
-        self.rows = np.asarray(rows, np.int64)   # this process's rows of each global batch
+        self.rows = np.asarray(  # this process's rows of each global batch
+            _block(process_index, process_count, global_batch) if rows is None else rows, np.int64)
         self.host_batch = len(self.rows)
         self.seq_len = windows.seq_len
         self.loader, self.prefetch = loader, max(0, int(prefetch))
@@ -367,8 +362,7 @@ class SyntheticIterator:
 
 def make_train_iter(config, tokenizer, process_index: int = 0, process_count: int = 1,
                     workdir: str | None = None, rows=None):
-    """This process's training batches: {'inputs','targets'} int32 [B/process_count, T], or
-    the given `rows` of each global batch (gptjax.sharding.host_rows)."""
+    """This process's training batches: {'inputs','targets'} int32 [len(rows), T]."""
     d = config.data
     if d.source == "synthetic":
         return SyntheticIterator(config, process_index, process_count, rows=rows)
