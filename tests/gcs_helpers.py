@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -104,17 +103,6 @@ def read_losses(gcs: Emulator, prefix: str) -> dict[int, float]:
 def local_files(*roots: Path) -> list[str]:
     """Every file under `roots` (to show that a gs:// run wrote nothing local)."""
     return sorted(str(p) for root in roots for p in Path(root).rglob("*") if p.is_file())
-
-
-def wait_until(predicate, timeout: float, what: str, proc=None) -> float:
-    t0 = time.monotonic()
-    while not predicate():
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) before {what}")
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-    return time.monotonic()
 
 
 def children(pid: int) -> dict[int, int]:

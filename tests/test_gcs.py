@@ -31,7 +31,18 @@ if not all(importlib.util.find_spec(m) for m in ("gcsfs", "gcp_storage_emulator"
     pytest.skip("needs gcsfs and gcp-storage-emulator: pip install -e '.[gcs-test]'",
                 allow_module_level=True)
 
-from fault_helpers import REPO, RUN_TIMEOUT, STEPS, TINY, output, subprocess_env, train_cmd  # noqa: E402
+from fault_helpers import (  # noqa: E402
+    REPO,
+    RUN_TIMEOUT,
+    STEPS,
+    TINY,
+    file_has,
+    killed_on_exit,
+    output,
+    subprocess_env,
+    train_cmd,
+    wait_for,
+)
 from gcs_helpers import (  # noqa: E402
     BUCKET,
     DENIED,
@@ -44,7 +55,6 @@ from gcs_helpers import (  # noqa: E402
     restore_env,
     set_env,
     step_objects,
-    wait_until,
 )
 
 
@@ -100,15 +110,11 @@ def trained(gcs, tmp_path_factory):
     killed = subprocess.Popen(train_cmd(run), cwd=cwd,
                               env=_env(gcs, home, "pause_in_save:8", marker),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_until(marker.is_file, RUN_TIMEOUT, "the save of step 8 to pause", killed)
+    with killed_on_exit(killed):
+        wait_for(marker.is_file, killed, what="the save of step 8 to pause")
         at_kill = {"committed": committed_steps(gcs, f"{prefix}/run"),
                    "step8": step_objects(gcs, f"{prefix}/run", 8)}
-        killed.kill()
-        killed.wait(timeout=60)
-    finally:
-        if killed.poll() is None:
-            killed.kill()
+    # killed here (SIGKILL), with the save of step 8 written but not committed
     ref_out, _ = reference.communicate(timeout=RUN_TIMEOUT)
     assert reference.returncode == 0, ref_out
     resumed = subprocess.run(train_cmd(run), cwd=cwd, env=_env(gcs, home), capture_output=True,
@@ -224,20 +230,17 @@ def test_two_processes_share_a_gcs_workdir_and_stop_on_sigterm(gcs, tmp_path):
         env.pop(k, None)
     with open(log, "w") as f:
         launcher = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
-    try:
-        wait_until(lambda: "[p0] step 20/" in log.read_text(), RUN_TIMEOUT, "step 20", launcher)
+    with killed_on_exit(launcher):
+        wait_for(file_has(log, "[p0] step 20/"), launcher, what="step 20")
         pids = children(launcher.pid)
         assert sorted(pids) == [0, 1], pids
         t0 = time.monotonic()
         os.kill(pids[1], signal.SIGTERM)          # the preemption notice reaches one host
-        t1 = wait_until(lambda: committed_steps(gcs, prefix), 120, "a committed checkpoint",
-                        launcher)
-        rc = launcher.wait(timeout=RUN_TIMEOUT)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
+        t1 = wait_for(lambda: committed_steps(gcs, prefix), launcher, 120,
+                      "a committed checkpoint")
+        launcher.wait(timeout=RUN_TIMEOUT)
     text = log.read_text()
-    assert rc == 0, text
+    assert launcher.returncode == 0, text
     stops = re.findall(r"\[p(\d)\] .*stopped by signal SIGTERM after step (\d+); checkpoint "
                        r"saved in ([\d.]+)s", text)
     assert len(stops) == 1 and stops[0][0] == "0", text   # process 0 reports, once
@@ -275,6 +278,7 @@ def test_token_store_in_a_bucket_trains_from_a_local_copy(gcs, tmp_path, monkeyp
     tok.save(url)
     assert {f"{prefix}/index.json", f"{prefix}/train.bin", f"{prefix}/train.meta.json",
             f"{prefix}/tokenizer.chars.json"} <= set(gcs.objects(f"{prefix}/"))
+    assert TokenStore(url).splits() == ["train"]
     config = get_config("configs/smoke.py:tiny", ["--config.data.source=shards",
                                                   f"--config.data.shards_dir={url}"])
     batch = next(data.make_train_iter(config, data.make_tokenizer(config)))
