@@ -93,7 +93,10 @@ def test_compile_gpt2_124m(topology, generation):
     report = compile_config(config, parse_topology(topology), eval_step=False)
     _check(report, generation)
     assert report["memory"]["temp_bytes"] > 2 ** 30
-    assert {"all-gather", "reduce-scatter"} <= set(report["collectives"])  # FSDP
+    # FSDP: parameters gathered, gradients scattered (reduce-scatter, or XLA's windowed
+    # matmuls that pass shards around with collective-permutes).
+    assert "all-gather" in report["collectives"]
+    assert {"reduce-scatter", "collective-permute"} & set(report["collectives"])
 
 
 @pytest.mark.slow
