@@ -112,6 +112,9 @@ def base_config() -> ml_collections.ConfigDict:
     mesh.data = -1                  # -1 = all devices left over; data x fsdp x tensor = devices
     mesh.fsdp = 1                   # batch split over data x fsdp; params over fsdp ('embed')
     mesh.tensor = 1                 # heads, MLP and vocab split (num_heads % tensor == 0)
+    mesh.dcn_data = 1               # of each axis, the factor across TPU slices (multislice, DCN)
+    mesh.dcn_fsdp = 1               # or across processes on GPU / CPU; the rest stays inside
+    mesh.dcn_tensor = 1             # (docs/multihost.md)
     # logical axis -> mesh axes. The model only ever names logical axes.
     mesh.rules = (
         ("batch", ("data", "fsdp")),
@@ -167,6 +170,7 @@ def base_config() -> ml_collections.ConfigDict:
     dist.heartbeat_timeout = 100    # s a silent peer is tolerated during the run
     dist.auto_detect = True         # initialise on TPU pods / multi-task SLURM steps unasked
     dist.local_device_ids = ""      # e.g. '0,1': devices of this process ('' = JAX's choice)
+    dist.prepare_timeout = 7200     # s the other processes wait for process 0 to prepare the data
 
     # --- scaling sweeps (gptjax/sweep.py, gptjax/scaling.py, gptjax/fits.py; docs/scaling.md) ---
     sw = c.sweep = ml_collections.ConfigDict()

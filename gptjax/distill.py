@@ -22,7 +22,7 @@ import copy
 import jax
 import jax.numpy as jnp
 
-from gptjax import checkpoint, data, steps
+from gptjax import checkpoint, data, sharding, steps
 from gptjax.cli import add_config_arg
 from gptjax.errors import UserError
 from gptjax.evaluate import prepare_eval_batches
@@ -97,7 +97,8 @@ class Distillation:
         if jax.process_index() == 0 and hasattr(tokenizer, "save"):
             tokenizer.save(workdir)
         batches = data.make_train_iter(config, tokenizer, jax.process_index(),
-                                       jax.process_count())
+                                       jax.process_count(),
+                                       rows=sharding.host_rows(mesh, config.train.batch_size))
 
         def init_state(cfg, mesh, model, tx, sh):
             if start is None:

@@ -11,7 +11,6 @@ import json
 import math
 
 import jax
-import numpy as np
 
 from gptjax import checkpoint, data, quant, sharding, steps
 from gptjax.config import apply_overrides
@@ -24,19 +23,14 @@ APPLIES_OVERRIDES = True  # e.g. --config.train.eval_batches=50 on the saved con
 
 def prepare_eval_batches(config, tokenizer, mesh) -> list:
     """The first `train.eval_batches` held-out batches, as global arrays on `mesh`."""
+    B = config.train.batch_size
     batches = list(data.make_eval_batches(config, tokenizer, jax.process_index(),
-                                          jax.process_count()))
+                                          jax.process_count(),
+                                          rows=sharding.host_rows(mesh, B)))
     n = int(config.train.eval_batches)
     if n > 0:
         batches = batches[:n]
-    shards = sharding.axis_size(mesh, sharding.BATCH_AXES)
-    out = []
-    for b in batches:
-        rows = np.asarray(b["inputs"]).shape[0] * jax.process_count()
-        if rows % shards:  # a short final batch that does not split over the mesh
-            continue
-        out.append(sharding.global_batch(b, mesh))
-    return out
+    return [sharding.global_batch(b, mesh, B) for b in batches]
 
 
 def evaluate(eval_fn, params, batches, mesh) -> dict:

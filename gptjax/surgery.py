@@ -169,7 +169,8 @@ class Continued:
         if jax.process_index() == 0 and hasattr(tokenizer, "save"):
             tokenizer.save(workdir)
         batches = data.make_train_iter(config, tokenizer, jax.process_index(),
-                                       jax.process_count())
+                                       jax.process_count(),
+                                       rows=sharding.host_rows(mesh, config.train.batch_size))
         params = start.params
         masks = masks_from_zeros(params) if self.masked else None
         kept = "" if masks is None else f", {sparsity(params):.0%} of block weights pruned"
