@@ -3,8 +3,8 @@
 Presets (docs/scaling.md):
 - shakespeare_isoflop: the CPU demo. IsoFLOP profiles on TFDS tiny_shakespeare (characters):
   4 budgets x 5 sizes of a width-only family at fixed depth, muP, one learning rate.
-- mup_transfer: the learning-rate sweep behind muP's claim: 3 widths x 6 learning rates, short
-  runs; `--config.model.mup=False` gives the standard-parametrisation sweep to compare.
+- mup_transfer: the learning-rate sweep behind muP's claim: 3 widths x 6 learning rates, 600
+  steps each; `--config.model.mup=False` gives the standard-parametrisation sweep to compare.
 - micro: 3 tiny sizes on synthetic tokens, seconds; what the tests run.
 - gpu_shards: 6 sizes from 0.4M to 25M non-embedding parameters at a fixed shape
   (d_model / layers = 64) on pre-tokenized shards, 20 tokens per parameter, muP.
@@ -44,31 +44,33 @@ def _char_shakespeare(c, seq_len: int, batch: int):
 
 
 def _char_family(c):
-    """The width-only family of the CPU presets: 2 layers, 8-dimensional heads, muP, rotary
-    positions (learned ones leave these small models on a ~2.4-nat plateau for hundreds of
-    steps: the runs would measure how long that lasts, not how loss scales)."""
-    _char_shakespeare(c, seq_len=64, batch=32)   # 2,048 tokens per step
+    """The width-only family of the CPU presets: 2 layers, 4-dimensional heads (for widths in
+    steps of 4), muP, rotary positions (learned ones leave these small models on a ~2.4-nat
+    plateau for hundreds of steps: the runs would measure how long that lasts, not how loss
+    scales)."""
+    _char_shakespeare(c, seq_len=64, batch=16)   # 1,024 tokens per step
     c.model.position = "rotary"
     c.model.mup = True                # one learning rate for every width (see mup_transfer)
-    c.model.mup_base_width = 64
-    c.optim.lr = 1.5e-2
+    c.model.mup_base_width = 32
+    c.optim.lr = 1e-2
     sw = c.sweep
     sw.family = "width"
     sw.depth = 2
-    sw.head_dim = 8
+    sw.head_dim = 4
     sw.lr_rule = "fixed"
+    sw.workers = 2                    # two runs at once: one small model uses < 1 CPU core
 
 
 def _shakespeare_isoflop(c):
     _char_family(c)
     c.optim.warmup_steps = 50
     sw = c.sweep
-    sw.d_models = (16, 24, 32, 40, 48, 56, 64, 80, 96)
+    sw.d_models = (12, 16, 20, 24, 28, 32, 40, 48, 56, 64)
     sw.budget = "iso_flops"
     sw.flops = (1.25e11, 2.5e11, 5e11, 1e12)
     sw.sizes_per_budget = 5
-    sw.tokens_per_param = 60.0        # the guessed optimal D / N that centres each budget's sizes
-    sw.min_steps = 100
+    sw.tokens_per_param = 80.0        # the guessed optimal D / N that centres each budget's sizes
+    sw.min_steps = 400                # fewer steps leave a run far from done (docs/scaling.md)
     sw.evals_per_run = 2
 
 
@@ -78,9 +80,9 @@ def _mup_transfer(c):
     sw = c.sweep
     sw.d_models = (16, 32, 64)
     sw.budget = "fixed"
-    sw.tokens = 400 * 2048            # 400 steps at every width and learning rate
+    sw.tokens = 600 * 1024            # 600 steps at every width and learning rate
     sw.min_steps = 1
-    sw.lrs = (2.4e-3, 6e-3, 1.5e-2, 3.75e-2, 9.4e-2)
+    sw.lrs = (2.5e-3, 5e-3, 1e-2, 2e-2, 4e-2, 8e-2)
     sw.evals_per_run = 1
     sw.n_boot = 0
 

@@ -202,6 +202,8 @@ def base_config() -> ml_collections.ConfigDict:
     sw.budgets = ()                 # FLOPs to predict compute-optimal N, D for (() = 10x, 100x max)
     sw.n_boot = 500                 # bootstrap replicates behind every confidence interval
     sw.isolate = False              # True: each run in its own `gptjax sweep --run` subprocess
+    sw.workers = 1                  # > 1: that many runs at once, each a subprocess (a small
+                                    # model leaves CPU cores idle; on one accelerator: keep 1)
     sw.slurm_args = ""              # --print-commands slurm: extra sbatch options, space-separated
     sw.tpu_args = ""                # --print-commands tpu: gcloud options (--zone, type, runtime)
     sw.launch_setup = ""            # --print-commands slurm / tpu: shell run before each run

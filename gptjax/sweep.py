@@ -274,28 +274,51 @@ def select(runs: list[dict], only) -> list[dict]:
     return [r for r in runs if r["name"] in only]
 
 
+def _launch(workdir: str, run: dict, quiet: bool, log) -> bool:
+    """One run as a `gptjax sweep --run` subprocess (output to runs/NAME/train.log if quiet)."""
+    log(f"sweep: launching {run['name']} in a subprocess")
+    if not quiet:
+        return subprocess.call(launch_command(workdir, run["name"])) == 0
+    os.makedirs(run["workdir"], exist_ok=True)
+    with open(os.path.join(run["workdir"], "train.log"), "a") as out:
+        ok = subprocess.call(launch_command(workdir, run["name"]), stdout=out,
+                             stderr=subprocess.STDOUT) == 0
+    done = read_result(run["workdir"])
+    log(f"sweep: {run['name']} " + (f"finished, eval loss {done['eval_loss']:.4f}" if done
+                                    else "did not finish (see its train.log)"))
+    return ok
+
+
+def _run_parallel(workdir: str, runs: list[dict], workers: int, log) -> list[str]:
+    """Subprocesses, `workers` at a time; the first runs alone, so that it alone tokenizes
+    the corpus into the shared cache. -> the names of runs that failed."""
+    from concurrent.futures import ThreadPoolExecutor
+    todo = [r for r in runs if read_result(r["workdir"]) is None]
+    ok = [_launch(workdir, r, workers > 1, log) for r in todo[:1]]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        ok += list(pool.map(lambda r: _launch(workdir, r, workers > 1, log), todo[1:]))
+    return [r["name"] for r, good in zip(todo, ok, strict=True) if not good]
+
+
 def run_sweep(config, workdir: str, train_fn=None, only=None, isolate=None, log=print) -> list:
     """Runs every unfinished run (or those in `only`), in plan order; returns the results
-    (None for a run not finished). A run stopped by SIGTERM / Ctrl-C stops the sweep."""
+    (None for a run not finished). A run stopped by SIGTERM / Ctrl-C stops the sweep.
+    sweep.isolate or sweep.workers > 1: each run is a subprocess, `workers` at a time."""
     runs = select(plan(config, workdir), only)
-    isolate = config.sweep.isolate if isolate is None else isolate
+    workers = max(1, int(config.sweep.workers))
+    isolate = (config.sweep.isolate or workers > 1) if isolate is None else isolate
     if isolate:  # the subprocesses read the config from the workdir
         save_sweep_config(config, workdir)
-    results, failed = [], []
+        failed = _run_parallel(workdir, runs, workers, log)
+        if failed:
+            raise UserError(f"sweep: run(s) {', '.join(failed)} failed (see their output); "
+                            f"rerun the same command to resume them")
+        return [read_result(r["workdir"]) for r in runs]
+    results = []
     for run in runs:
-        if isolate and read_result(run["workdir"]) is None:
-            log(f"sweep: launching {run['name']} in a subprocess")
-            if subprocess.call(launch_command(workdir, run["name"])) != 0:
-                failed.append(run["name"])
-            results.append(read_result(run["workdir"]))
-        else:
-            results.append(run_one(run, train_fn, log))
-            if results[-1] is None:  # stopped by a signal: the whole sweep stops with it
-                results += [None] * (len(runs) - len(results))
-                break
-    if failed:
-        raise UserError(f"sweep: run(s) {', '.join(failed)} failed (see their output above); "
-                        f"rerun the same command to resume them")
+        results.append(run_one(run, train_fn, log))
+        if results[-1] is None:  # stopped by a signal: the whole sweep stops with it
+            return results + [None] * (len(runs) - len(results))
     return results
 
 
@@ -353,7 +376,8 @@ def run(args):
         sweep_collect.collect(config, workdir, args.budget)
         return 0
     only = [s for s in args.run.split(",") if s] if args.run else None
-    results = run_sweep(config, workdir, only=only)
+    # `--run` is what an isolated run or a cluster job executes: it trains here, in-process.
+    results = run_sweep(config, workdir, only=only, isolate=False if only else None)
     if only:
         return 0 if all(r is not None for r in results) else 1
     if any(r is None for r in results):

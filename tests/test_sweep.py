@@ -241,13 +241,14 @@ def test_micro_sweep_end_to_end_and_resume(tmp_path, capsys):
     assert json.load(open(os.path.join(workdir, "runs", "d32-l1", "result.json")))["resumed"]
 
 
-@pytest.mark.slow  # a fresh Python + JAX + compile: ~15 s idle, more on a busy machine
-def test_isolated_runs_are_subprocesses(tmp_path):
-    """sweep.isolate: each size is `python -m gptjax sweep --workdir W --run NAME`."""
+@pytest.mark.slow  # fresh Pythons + JAX + compiles: ~30 s idle, more on a busy machine
+def test_isolated_and_parallel_runs_are_subprocesses(tmp_path):
+    """sweep.workers=2: each run is `python -m gptjax sweep --workdir W --run NAME` (which
+    trains in-process, whatever the stored config says), two at a time."""
     workdir = str(tmp_path / "iso")
     calls = []
-    results = sweep.run_sweep(_config(), workdir, _fake_train(calls), only=["d8-l1"],
-                              isolate=True)
+    results = sweep.run_sweep(_config(workers=2), workdir, _fake_train(calls), log=print)
     assert calls == []  # the in-process trainer was not used
-    assert results[0]["status"] == "done" and results[0]["steps"] == 8
-    assert os.path.isfile(os.path.join(workdir, "runs", "d8-l1", "metrics.jsonl"))
+    assert [r["status"] for r in results] == ["done"] * 3 and results[0]["steps"] == 8
+    for name in ("d8-l1", "d16-l1", "d32-l1"):
+        assert "sweep: training" in open(os.path.join(workdir, "runs", name, "train.log")).read()
