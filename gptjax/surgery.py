@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from gptjax import checkpoint, data, sharding, steps
-from gptjax.data import sources
+from gptjax.data import store
 from gptjax.errors import UserError
 from gptjax.evaluate import prepare_eval_batches
 from gptjax.layouts import layers_to_scanned, scanned_to_layers
@@ -76,7 +76,7 @@ def start_workdir(out: str, config, tokenizer, source: str | None = None) -> str
     if os.path.exists(os.path.join(out, checkpoint.CONFIG_FILE)):
         raise UserError(f"--out {out} already holds a run; choose a new directory")
     if source and not config.data.cache_dir:
-        config.data.cache_dir = sources.cache_root(config, source)
+        config.data.cache_dir = store.cache_root(config, source)
     checkpoint.write_config(out, config)
     if hasattr(tokenizer, "save"):
         tokenizer.save(out)
