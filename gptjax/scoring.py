@@ -30,7 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax import checkpoint, evaluate, generate, interop, sharding, steps
+from gptjax import checkpoint, evaluate, generate, sharding, steps
+from gptjax.config import apply_overrides
+from gptjax.errors import UserError
 from gptjax.model import GPT
 from gptjax.state import model_config
 
@@ -274,14 +276,11 @@ def load_scorer(workdir: str, step: int | None = None, batch_size: int = 32,
                 overrides=()) -> Scorer:
     """A Scorer for a trained (or fine-tuned, or imported) workdir, on `evaluate.inference_mesh`
     (the run's mesh when it fits this machine, else data parallel over every device)."""
-    from gptjax.config import apply_overrides
-    from gptjax.errors import UserError
     config = checkpoint.read_config(workdir)
     rest = apply_overrides(config, list(overrides))
     if rest:
         raise UserError(f"unrecognised arguments: {' '.join(rest)}")
     mesh = evaluate.inference_mesh(config)
     config, params, tokenizer, _ = checkpoint.load_for_inference(workdir, mesh, step, config)
-    tokenizer = interop.saved_hf_tokenizer(workdir) or tokenizer
     return Scorer(config, params, tokenizer, mesh, batch_size)
 
