@@ -1,14 +1,17 @@
-"""Model-size scaling sweeps: `gptjax sweep --config configs/scaling.py:PRESET --workdir DIR`.
+"""Scaling sweeps: `gptjax sweep --config configs/scaling.py:PRESET --workdir DIR`.
 
-Presets (see docs/scaling.md):
-- austen_cpu: the CPU demo. 8 character-level models from 6.2k to 231k non-embedding
-  parameters (37x) on Jane Austen (~4M characters), 20 tokens per parameter (at least 300
-  steps); 1.4e13 FLOPs, ~16.5 CPU-minutes (docs/scaling.md).
+Presets (docs/scaling.md):
+- shakespeare_isoflop: the CPU demo. IsoFLOP profiles on TFDS tiny_shakespeare (characters):
+  4 budgets x 5 sizes of a width-only family at fixed depth, muP, one learning rate.
+- mup_transfer: the learning-rate sweep behind muP's claim: 3 widths x 6 learning rates, 600
+  steps each; `--config.model.mup=False` gives the standard-parametrisation sweep to compare.
 - micro: 3 tiny sizes on synthetic tokens, seconds; what the tests run.
-- gpu_shards: 6 sizes from 0.6M to 48M non-embedding parameters (80x) on pre-tokenized shards
-  (`--config.data.shards_dir=DIR` from `gptjax data export`), 20 tokens per parameter.
+- gpu_shards: 6 sizes from 0.4M to 25M non-embedding parameters at a fixed shape
+  (d_model / layers = 64) on pre-tokenized shards, 20 tokens per parameter, muP.
 - gpt3: the GPT-3 paper's 8 sizes (Brown et al. 2020, Table 2.1) at 300B tokens each, with
   their learning rates and batch sizes; meant for `--print-commands` on a cluster.
+
+Any preset reads your own text with `--config.data.source=files --config.data.files=GLOB`.
 """
 
 import os
@@ -17,41 +20,71 @@ from gptjax.config import load_module
 from gptjax.defaults import base_config
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-AUSTEN = os.path.normpath(os.path.join(_HERE, "..", "..", "shared", "data", "austen", "austen.txt"))
 
 
-def _austen_cpu(c):
-    c.data.source = "files"
-    c.data.files = AUSTEN
-    c.data.holdout_fraction = 0.05
+def _char_shakespeare(c, seq_len: int, batch: int):
+    """TFDS tiny_shakespeare (1.0M training characters), character tokenizer, small CPU runs."""
+    c.data.source = "tfds"
+    c.data.tfds_name = "tiny_shakespeare"
     c.data.tokenizer.kind = "char"
-    c.data.seq_len = 128
-    c.model.vocab_size = 88           # replaced by the char tokenizer's size
+    c.data.seq_len = seq_len
+    c.model.vocab_size = 65           # replaced by the char tokenizer's size
     c.model.vocab_multiple = 8
-    c.model.max_seq_len = 128
+    c.model.max_seq_len = seq_len
     c.model.use_bias = False
-    c.train.batch_size = 16           # 2,048 tokens per step
-    c.train.eval_batches = 16
-    c.train.log_every = 25
-    c.train.ckpt_every = 500
+    c.train.batch_size = batch
+    c.train.eval_batches = 10_000     # capped at the whole validation split: 27 batches here
+    c.train.log_every = 50
+    c.train.ckpt_every = 1000
     c.train.keep_checkpoints = 1
     c.train.async_checkpoint = False
     c.train.plot = False
-    c.optim.warmup_steps = 100
     c.optim.b2 = 0.99
     c.optim.weight_decay = 0.1
+
+
+def _char_family(c):
+    """The width-only family of the CPU presets: 2 layers, 4-dimensional heads (for widths in
+    steps of 4), muP, rotary positions (learned ones leave these small models on a ~2.4-nat
+    plateau for hundreds of steps: the runs would measure how long that lasts, not how loss
+    scales)."""
+    _char_shakespeare(c, seq_len=64, batch=16)   # 1,024 tokens per step
+    c.model.position = "rotary"
+    c.model.mup = True                # one learning rate for every width (see mup_transfer)
+    c.model.mup_base_width = 32
+    c.optim.lr = 1e-2
     sw = c.sweep
-    sw.family = "rule"
-    sw.d_models = (16, 24, 32, 40, 48, 56, 64, 80)
-    sw.aspect = 24.0                  # layers 2, 2, 2, 2, 2, 2, 3, 3
-    sw.min_layers = 2                 # 1-layer models fall off the trend (Kaplan et al., Fig. 6)
-    sw.head_dim = 8
-    sw.ff_mult = 4
-    sw.budget = "proportional"
-    sw.tokens_per_param = 20.0
-    sw.min_steps = 300                # the 3 smallest get more than 20 tokens / param (see docs)
-    sw.lr_rule = "kaplan"             # 2.0e-3 (smallest) .. 1.5e-3 (largest)
-    sw.evals_per_run = 8
+    sw.family = "width"
+    sw.depth = 2
+    sw.head_dim = 4
+    sw.lr_rule = "fixed"
+    sw.workers = 2                    # two runs at once: one small model uses < 1 CPU core
+
+
+def _shakespeare_isoflop(c):
+    _char_family(c)
+    c.optim.warmup_steps = 50
+    sw = c.sweep
+    sw.d_models = (12, 16, 20, 24, 28, 32, 40, 48, 56, 64)
+    sw.budget = "iso_flops"
+    sw.flops = (1.25e11, 2.5e11, 5e11, 1e12)
+    sw.sizes_per_budget = 5
+    sw.tokens_per_param = 80.0        # the guessed optimal D / N that centres each budget's sizes
+    sw.min_steps = 400                # fewer steps leave a run far from done (docs/scaling.md)
+    sw.evals_per_run = 2
+
+
+def _mup_transfer(c):
+    _char_family(c)
+    c.optim.warmup_steps = 40
+    sw = c.sweep
+    sw.d_models = (16, 32, 64)
+    sw.budget = "fixed"
+    sw.tokens = 600 * 1024            # 600 steps at every width and learning rate
+    sw.min_steps = 1
+    sw.lrs = (2.5e-3, 5e-3, 1e-2, 2e-2, 4e-2, 8e-2)
+    sw.evals_per_run = 1
+    sw.n_boot = 0
 
 
 def _micro(c):
@@ -70,14 +103,15 @@ def _micro(c):
     c.train.plot = False
     c.optim.warmup_steps = 2
     sw = c.sweep
-    sw.family = "rule"
+    sw.family = "width"
+    sw.depth = 1
     sw.d_models = (8, 16, 32)
-    sw.aspect = 16.0                  # layers 1, 1, 2
     sw.head_dim = 8
     sw.budget = "fixed"
     sw.tokens = 8 * 16 * 8            # 8 steps each
     sw.min_steps = 4
     sw.evals_per_run = 2
+    sw.n_boot = 50
 
 
 def _gpu_shards(c):
@@ -85,19 +119,20 @@ def _gpu_shards(c):
     c.data.seq_len = 1024
     c.model.max_seq_len = 1024
     c.model.remat = "none"
+    c.model.mup = True
+    c.model.mup_base_width = 128
     c.train.batch_size = 64           # 65,536 tokens per step
     c.train.eval_batches = 20
     c.train.log_every = 50
     c.train.ckpt_every = 1000
     sw = c.sweep
-    sw.family = "rule"
-    sw.d_models = (128, 192, 256, 320, 448, 576)
-    sw.aspect = 48.0                  # layers 3, 4, 5, 7, 9, 12
+    sw.family = "aspect"
+    sw.depths = (2, 3, 4, 5, 6, 8)
+    sw.aspect = 64.0                  # d_model 128, 192, 256, 320, 384, 512
     sw.head_dim = 64
     sw.budget = "proportional"
     sw.tokens_per_param = 20.0
     sw.min_steps = 200
-    sw.lr_rule = "kaplan"
     sw.evals_per_run = 10
 
 
@@ -117,10 +152,11 @@ def _gpt3(c):
     c.sweep.param_count = "non_embedding"
 
 
-VARIANTS = {"austen_cpu": _austen_cpu, "micro": _micro, "gpu_shards": _gpu_shards, "gpt3": _gpt3}
+VARIANTS = {"shakespeare_isoflop": _shakespeare_isoflop, "mup_transfer": _mup_transfer,
+            "micro": _micro, "gpu_shards": _gpu_shards, "gpt3": _gpt3}
 
 
-def get_config(preset: str = "austen_cpu"):
+def get_config(preset: str = "shakespeare_isoflop"):
     c = base_config()
     c.name = f"scaling-{preset}"
     VARIANTS[preset](c)

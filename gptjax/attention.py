@@ -72,10 +72,10 @@ def _mesh_and_platform():
     return mesh, getattr(device, "platform", None) or jax.default_backend()
 
 
-def fused_attention(q, k, v, window: int, implementation: str):
+def fused_attention(q, k, v, window: int, implementation: str, scale: float | None = None):
     """Causal attention (window > 0: each query sees only the last `window` keys, itself
-    included), scaled by 1/sqrt(head_dim). q, k, v [B, T, N, H] -> [B, T, N, H]."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    included), scaled by `scale` (default 1/sqrt(head_dim)). q, k, v [B, T, N, H] -> same."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if implementation == "splash" and supported(q.shape[1]):
         return splash_attention(q, k, v, window, scale)
     return jax.nn.dot_product_attention(

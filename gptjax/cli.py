@@ -29,6 +29,11 @@ COMMANDS = {
     "sweep": ("gptjax.sweep", "model-size scaling sweeps, fits and plots"),
     "finetune": ("gptjax.finetune", "fine-tune on prompt/response JSONL"),
     "convert": ("gptjax.interop", "import / export Hugging Face GPT-2 weights"),
+    "quantize": ("gptjax.quant", "write an int8 / int4 weight-only copy of a workdir"),
+    "prune": ("gptjax.prune", "prune weights, heads or MLP neurons (+ recovery fine-tune)"),
+    "trim": ("gptjax.trim", "drop layers or unused vocabulary: a smaller model"),
+    "distill": ("gptjax.distill", "train a student on a teacher's soft targets"),
+    "compress": ("gptjax.compress", "size / quality / speed report of compression methods"),
 }
 
 

@@ -209,8 +209,18 @@ def _flops(config, c: GPTConfig, stats: dict, chips: int) -> dict:
             "compared_with": "6N+12LHQT" if c.attention != "splash" else "6N"}
 
 
+def _multislice(config, s: Slice) -> None:
+    """--num-slices N on a config that leaves every mesh.dcn_* at 1: data parallelism across
+    the slices, over the DCN (config.mesh.dcn_data = N), as a multislice training run needs."""
+    if s.num_slices > 1 and all(int(config.mesh.get(f"dcn_{a}", 1)) == 1
+                                for a in sharding.AXES):
+        with config.unlocked():
+            config.mesh.dcn_data = s.num_slices
+
+
 def compile_config(config, s: Slice, eval_step: bool = True) -> dict:
     """Compiles `config`'s train (and eval) step for slice `s`; -> the report as a dict."""
+    _multislice(config, s)
     devices = topology_devices(s)
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.check_config(config, mesh, process_count=s.hosts)

@@ -38,6 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.local_window = 0              # > 0: sliding-window causal attention of this many tokens...
     m.local_every = 2               # ...on every `local_every`-th layer (GPT-3's alternating bands)
     m.init_std = 0.02
+    m.mup = False                   # muP: width-scaled init, 1/head_dim attention, per-layer LRs
+    m.mup_base_width = 64           # muP: the d_model whose init and LRs are as set
     m.param_dtype = "float32"
     m.dtype = "auto"                # compute dtype: auto = bfloat16 on GPU/TPU, float32 on CPU
     m.scan_layers = True
@@ -110,6 +112,9 @@ def base_config() -> ml_collections.ConfigDict:
     mesh.data = -1                  # -1 = all devices left over; data x fsdp x tensor = devices
     mesh.fsdp = 1                   # batch split over data x fsdp; params over fsdp ('embed')
     mesh.tensor = 1                 # heads, MLP and vocab split (num_heads % tensor == 0)
+    mesh.dcn_data = 1               # of each axis, the factor across TPU slices (multislice, DCN)
+    mesh.dcn_fsdp = 1               # or across processes on GPU / CPU; the rest stays inside
+    mesh.dcn_tensor = 1             # (docs/multihost.md)
     # logical axis -> mesh axes. The model only ever names logical axes.
     mesh.rules = (
         ("batch", ("data", "fsdp")),
@@ -137,7 +142,7 @@ def base_config() -> ml_collections.ConfigDict:
     s.top_p = 1.0                   # nucleus sampling: smallest set with this mass (1 = off)
     s.seed = 0
     s.stop_at_eos = True            # stop a sample at the tokenizer's EOS (if it has one)
-    s.quantize = "none"             # none | int8: weight-only int8 (gptjax/quant.py)
+    s.quantize = "none"             # none | int8 | int4 | w8a8 (gptjax/quant.py)
 
     # --- fine-tuning on prompt/response JSONL (gptjax/finetune.py; configs/finetune.py) ---
     ft = c.finetune = ml_collections.ConfigDict()
@@ -149,6 +154,13 @@ def base_config() -> ml_collections.ConfigDict:
     ft.response_key = "response"
     ft.add_eos = True               # end every response with EOS (if the tokenizer has one)
 
+    # --- distillation (gptjax/distill.py; docs/compression.md) ---
+    ds = c.distill = ml_collections.ConfigDict()
+    ds.teacher = ""                 # the teacher's gptjax workdir (its newest checkpoint)
+    ds.temperature = 2.0            # soft targets: softmax(logits / T) of teacher and student
+    ds.alpha = 0.5                  # loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE
+    ds.init_from = ""               # start the student from this workdir's params ('' = fresh)
+
     # --- multi-host (gptjax/distributed.py) ---
     dist = c.distributed = ml_collections.ConfigDict()
     dist.coordinator_address = ""   # 'host:port' of process 0 ('' = env, auto-detect or single)
@@ -158,28 +170,41 @@ def base_config() -> ml_collections.ConfigDict:
     dist.heartbeat_timeout = 100    # s a silent peer is tolerated during the run
     dist.auto_detect = True         # initialise on TPU pods / multi-task SLURM steps unasked
     dist.local_device_ids = ""      # e.g. '0,1': devices of this process ('' = JAX's choice)
+    dist.prepare_timeout = 7200     # s the other processes wait for process 0 to prepare the data
 
-    # --- model-size scaling sweeps (gptjax/sweep.py, gptjax/scaling.py; configs/scaling.py) ---
+    # --- scaling sweeps (gptjax/sweep.py, gptjax/scaling.py, gptjax/fits.py; docs/scaling.md) ---
     sw = c.sweep = ml_collections.ConfigDict()
-    sw.family = "rule"              # rule: one size per width in d_models | table: rows of `table`
-    sw.d_models = (64, 128, 256)    # family=rule: widths; depth = round(d_model / aspect)
-    sw.aspect = 32.0                # family=rule: d_model / num_layers (shape matters little)
-    sw.min_layers = 1
-    sw.head_dim = 32                # family=rule: num_heads = d_model / head_dim
-    sw.ff_mult = 4                  # family=rule: d_ff = ff_mult * d_model
+    sw.family = "width"             # width: d_models at fixed depth | aspect: depths at fixed
+                                    # d_model/num_layers | table: the rows of `table`
+    sw.d_models = (64, 128, 256)    # family=width: the widths
+    sw.depth = 4                    # family=width: num_layers of every size
+    sw.depths = (2, 4, 8)           # family=aspect: the depths; d_model = aspect * depth
+    sw.aspect = 64.0                # family=aspect: d_model / num_layers
+    sw.head_dim = 32                # width / aspect: num_heads = d_model / head_dim
+    sw.ff_mult = 4                  # width / aspect: d_ff = ff_mult * d_model
     sw.table = ()                   # family=table: rows (name, layers, d_model, heads, head_dim,
                                     # d_ff[, lr, batch_size]); 0 = default
     sw.sizes = ""                   # family=table: comma-separated names to run ('' = all rows)
     sw.budget = "proportional"      # tokens per run: fixed | proportional | iso_flops
     sw.tokens = 0                   # budget=fixed: tokens per run
-    sw.tokens_per_param = 20.0      # budget=proportional: Chinchilla's ~20 tokens / parameter
-    sw.flops = 0.0                  # budget=iso_flops: training FLOPs per run
+    sw.tokens_per_param = 20.0      # proportional: tokens / parameter; iso_flops: the guessed
+                                    # optimal D/N that centres each budget's sizes
+    sw.flops = ()                   # budget=iso_flops: training budgets in FLOPs, one profile each
+    sw.sizes_per_budget = 5         # budget=iso_flops: sizes trained per budget
     sw.param_count = "non_embedding"  # N of budgets and fits: non_embedding (Kaplan) | total
-    sw.min_steps = 50               # every run takes at least this many steps
-    sw.lr_rule = "fixed"            # fixed: optim.lr | kaplan: 0.003239 - 0.0001395 ln(N)
+    sw.min_steps = 50               # every run takes at least this many steps (iso_flops: sizes
+                                    # that would take fewer are not used at that budget)
+    sw.lr_rule = "fixed"            # fixed: optim.lr for every size (with model.mup: the muP
+                                    # transfer) | kaplan: 0.003239 - 0.0001395 ln(N)
+    sw.lrs = ()                     # learning-rate grid: every size at every one of these
     sw.warmup_fraction = 0.05       # warmup = min(optim.warmup_steps, fraction * steps)
-    sw.evals_per_run = 8            # eval points per run (the training curves and L(N, D) fit)
-    sw.curve_start = 0.25           # L(N, D) fit uses eval points after this fraction of a run
+    sw.evals_per_run = 8            # eval points per run (training curves; fits use the last)
     sw.budgets = ()                 # FLOPs to predict compute-optimal N, D for (() = 10x, 100x max)
+    sw.n_boot = 500                 # bootstrap replicates behind every confidence interval
     sw.isolate = False              # True: each run in its own `gptjax sweep --run` subprocess
+    sw.workers = 1                  # > 1: that many runs at once, each a subprocess (a small
+                                    # model leaves CPU cores idle; on one accelerator: keep 1)
+    sw.slurm_args = ""              # --print-commands slurm: extra sbatch options, space-separated
+    sw.tpu_args = ""                # --print-commands tpu: gcloud options (--zone, type, runtime)
+    sw.launch_setup = ""            # --print-commands slurm / tpu: shell run before each run
     return c

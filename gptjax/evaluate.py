@@ -11,11 +11,11 @@ import json
 import math
 
 import jax
-import numpy as np
 
 from gptjax import checkpoint, data, quant, sharding, steps
 from gptjax.config import apply_overrides
 from gptjax.errors import UserError
+from gptjax.model import GPT
 from gptjax.state import model_config
 
 APPLIES_OVERRIDES = True  # e.g. --config.train.eval_batches=50 on the saved config
@@ -23,19 +23,14 @@ APPLIES_OVERRIDES = True  # e.g. --config.train.eval_batches=50 on the saved con
 
 def prepare_eval_batches(config, tokenizer, mesh) -> list:
     """The first `train.eval_batches` held-out batches, as global arrays on `mesh`."""
+    B = config.train.batch_size
     batches = list(data.make_eval_batches(config, tokenizer, jax.process_index(),
-                                          jax.process_count()))
+                                          jax.process_count(),
+                                          rows=sharding.host_rows(mesh, B)))
     n = int(config.train.eval_batches)
     if n > 0:
         batches = batches[:n]
-    shards = sharding.axis_size(mesh, sharding.BATCH_AXES)
-    out = []
-    for b in batches:
-        rows = np.asarray(b["inputs"]).shape[0] * jax.process_count()
-        if rows % shards:  # a short final batch that does not split over the mesh
-            continue
-        out.append(sharding.global_batch(b, mesh))
-    return out
+    return [sharding.global_batch(b, mesh, B) for b in batches]
 
 
 def evaluate(eval_fn, params, batches, mesh) -> dict:
@@ -81,9 +76,9 @@ def evaluate_workdir(workdir: str, overrides=(), step: int | None = None,
         config.train.eval_batches = int(batches)
     mesh = inference_mesh(config)
     config, params, tokenizer, step = checkpoint.load_for_inference(workdir, mesh, step, config)
-    if quantize != "none":  # weight-only int8 (gptjax/quant.py), dequantised inside the step
-        params = quant.quantize(params, quantize)
-        eval_fn = steps.make_eval_step(config, mesh, None, params_transform=lambda p: (
+    if quantize != "none" or quant.is_quantized(params):  # dequantised inside the step
+        model, params = quant.prepare(GPT(model_config(config)), params, quantize)
+        eval_fn = steps.make_eval_step(config, mesh, None, model, params_transform=lambda p: (
             quant.dequantize(p, model_config(config).dtype)))
     else:
         eval_fn = steps.make_eval_step(config, mesh, jax.tree.map(lambda x: x.sharding, params))
@@ -100,7 +95,8 @@ def add_args(parser):
                         help="number of eval batches (default: config.train.eval_batches)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quantize", choices=quant.MODES, default="none",
-                        help="evaluate with int8 weights (gptjax/quant.py)")
+                        help="evaluate quantized: int8 / int4 weight-only, w8a8 int8 weights "
+                             "and activations (gptjax/quant.py)")
 
 
 def run(args):

@@ -85,13 +85,13 @@ def encode_all(tokenizer, pairs, seq_len: int, add_eos: bool) -> dict:
 class ExampleBatches:
     """Shuffled full batches of encoded examples, epoch after epoch, resumable.
 
-    Each process yields its own B / process_count rows of every global batch."""
+    Each process yields the rows of every global batch that its devices hold (`rows`:
+    gptjax.sharding.host_rows)."""
 
-    def __init__(self, data: dict, batch_size: int, seed: int):
+    def __init__(self, data: dict, batch_size: int, seed: int, rows):
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.epoch, self.index = 0, 0
-        self.rows = slice(jax.process_index() * batch_size // jax.process_count(),
-                          (jax.process_index() + 1) * batch_size // jax.process_count())
+        self.rows = rows
 
     def __iter__(self):
         return self
@@ -116,15 +116,14 @@ def eval_batches(data: dict | None, batch_size: int, mesh) -> list:
     """The held-out examples as global batches whose rows split over the data-parallel axes."""
     if data is None:
         return []
-    shards = sharding.axis_size(mesh, sharding.BATCH_AXES) * jax.process_count()
+    shards = sharding.axis_size(mesh, sharding.BATCH_AXES)
     n = len(data["inputs"]) // shards * shards
     if n == 0:
         raise UserError(f"{len(data['inputs'])} eval examples do not split over the {shards} "
                         f"data-parallel devices; add eval examples")
     size = max(shards, batch_size // shards * shards)
-    rows = lambda i: slice(i + jax.process_index() * size // jax.process_count(),  # noqa: E731
-                           i + (jax.process_index() + 1) * size // jax.process_count())
-    return [sharding.global_batch({k: v[rows(i)] for k, v in data.items()}, mesh)
+    rows = sharding.host_rows(mesh, size)
+    return [sharding.global_batch({k: v[i + rows] for k, v in data.items()}, mesh, size)
             for i in range(0, n - size + 1, size)]
 
 
@@ -183,7 +182,8 @@ class Finetuning:
             tokenizer.save(workdir)
         n = len(train_data["inputs"])
         return RunData(
-            config, tokenizer, ExampleBatches(train_data, tr.batch_size, int(tr.seed)),
+            config, tokenizer, ExampleBatches(train_data, tr.batch_size, int(tr.seed),
+                                              sharding.host_rows(mesh, tr.batch_size)),
             lambda: eval_batches(eval_data, tr.batch_size, mesh),
             lambda cfg, mesh, model, tx, sh: state_from_params(cfg, mesh, params, tx, sh),
             describe=f" (fine-tuning on {n} examples from {config.finetune.init_from})",

@@ -28,7 +28,8 @@ from gptjax import checkpoint
 from gptjax.config import load_config
 from gptjax.data.hf_tokenizer import HFTokenizer
 from gptjax.errors import UserError
-from gptjax.model import GPTConfig, layers_to_scanned, scanned_to_layers
+from gptjax.layouts import layers_to_scanned, scanned_to_layers
+from gptjax.model import GPTConfig
 
 PREFIX = "transformer."
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import signal
 import threading
 import time
@@ -21,8 +22,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
+
+from gptjax.errors import UserError
 
 
 @dataclasses.dataclass
@@ -52,30 +54,40 @@ class Hook:
 class StopFlag:
     """SIGTERM / SIGINT -> finish the current step, run the on_stop hooks, end the loop.
 
-    With several processes the flag is agreed on every `agree_every` steps (an all-gather of
-    one int), so that every process stops after the same step even if only some got the signal.
-    A second signal stops at once (KeyboardInterrupt).
+    One process: a signal handler sets the flag. Several processes must all stop after the
+    same step, also when only some got the signal. That is agreed at *every* step boundary by
+    JAX's preemption service (`multihost_utils.reached_preemption_sync_point`), at no cost per
+    step: its SIGTERM handler, installed by `jax.distributed.initialize`, tells the
+    coordination service, which picks the step after the furthest one any process has reached;
+    each process then only compares its step number with that one. SIGINT is handed to it as a
+    SIGTERM. A second signal stops at once (KeyboardInterrupt).
     """
 
-    def __init__(self, agree_every: int = 1):
+    def __init__(self):
         self.signum = None
-        self.agree_every = max(int(agree_every), 1)
+        self.multi = False
+        self.agreed_at = None  # time.time() when the stop was decided (every process agrees)
         self._old = {}
 
     def should_stop(self, step: int) -> bool:
-        if jax.process_count() == 1:
-            return self.signum is not None
-        if step % self.agree_every:
-            return False
-        flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
-        signum = int(np.max(flags))
-        if signum and self.signum is None:
-            self.signum = signum
-        return bool(signum)
+        if self.multi:
+            stop = multihost_utils.reached_preemption_sync_point(step)
+            if stop and self.signum is None:
+                self.signum = signal.SIGTERM
+        else:
+            stop = self.signum is not None
+        if stop and self.agreed_at is None:
+            self.agreed_at = time.time()
+        return stop
 
     def __enter__(self):
+        self.multi = jax.process_count() > 1
+        if self.multi and not jax.config.jax_enable_preemption_service:
+            raise UserError("jax_enable_preemption_service is off: a multi-process run agrees "
+                            "on stopping (SIGTERM) through it; leave it on (JAX's default)")
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            # Several processes: SIGTERM stays with JAX's handler (ours would replace it).
+            for sig in (signal.SIGINT,) if self.multi else (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -83,6 +95,8 @@ class StopFlag:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
+        if self.multi:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():

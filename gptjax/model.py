@@ -1,8 +1,8 @@
 """GPT: a decoder-only transformer (GPT-2 / GPT-3 family) in Flax linen.
 
-Read top to bottom: config -> attention -> MLP -> block -> the stack -> GPT.
-Every parameter and activation carries *logical* axis names ('embed', 'heads', 'batch', ...);
-`gptjax/sharding.py` owns the one table that maps them onto the physical mesh.
+Read top to bottom: config -> attention -> MLP -> block -> the stack -> GPT. Every parameter and
+activation carries *logical* axis names ('embed', 'heads', 'batch', ...); gptjax/sharding.py
+owns the one table that maps them onto the physical mesh.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ class GPTConfig:
     local_window: int = 0
     local_every: int = 2
     init_std: float = 0.02
+    mup: bool = False           # maximal update parametrisation (see `width_mult`)
+    mup_base_width: int = 64    # muP: the d_model whose init and learning rates stay as set
     param_dtype: jnp.dtype = jnp.float32
     dtype: jnp.dtype = jnp.float32
     scan_layers: bool = True
@@ -59,6 +61,22 @@ class GPTConfig:
     def group_size(self) -> int:
         """Layers per scanned group: a dense+local pair when GPT-3's banded attention is on."""
         return self.local_every if self.local_window > 0 else 1
+
+    @property
+    def width_mult(self) -> float:
+        """d_model / mup_base_width under muP (Yang et al. 2021, "Tensor Programs V", Table 3),
+        else 1. Hidden matrices start with std / sqrt(width_mult) and learn at lr / width_mult
+        (gptjax.optim); logits are multiplied by 1 / width_mult; attention divides q·k by
+        head_dim, not sqrt(head_dim). Embeddings, norms and biases keep their init and lr."""
+        return self.d_model / self.mup_base_width if self.mup else 1.0
+
+    @property
+    def hidden_std(self) -> float:
+        return self.init_std / math.sqrt(self.width_mult)
+
+    @property
+    def attn_scale(self) -> float:
+        return 1.0 / (self.head_dim if self.mup else math.sqrt(self.head_dim))
 
     def window(self, layer: int) -> int:
         """Attention window of a layer; 0 means full causal attention."""
@@ -119,9 +137,8 @@ REMAT_POLICIES = {
 
 
 class _Logical(nn.LogicallyPartitioned):
-    """A logically partitioned param whose constraint is skipped while its rank differs from
-    its names: DenseGeneral builds multi-axis kernels flat and reshapes them after `unbox`
-    (and re-runs that init under `apply` to check shapes, where rules and a mesh are active)."""
+    """A logically partitioned param whose constraint is skipped while its rank differs from its
+    names (DenseGeneral builds multi-axis kernels flat, then reshapes them after `unbox`)."""
 
     def unbox(self, apply_constraint=True):
         if getattr(self.value, "ndim", len(self.names)) != len(self.names):
@@ -170,9 +187,11 @@ def attention_mask(q_pos, k_pos, window):
     return mask[:, None]
 
 
-def explicit_attention(q, k, v, mask, dropout, dtype):
-    """Softmax attention written out; used with attention dropout and for the KV cache."""
-    scores = jnp.einsum("bqnh,bknh->bnqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
+def explicit_attention(q, k, v, mask, dropout, dtype, scale=None):
+    """Softmax attention written out; used with attention dropout and for the KV cache.
+    `scale` multiplies q·k (default 1 / sqrt(head_dim))."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = jnp.einsum("bqnh,bknh->bnqk", q, k).astype(jnp.float32) * scale
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = dropout(jax.nn.softmax(scores, axis=-1)).astype(dtype)
     return jnp.einsum("bnqk,bknh->bqnh", probs, v)
@@ -190,7 +209,8 @@ class Attention(nn.Module):
         qkv = nn.DenseGeneral(
             features=(3, c.num_heads, c.head_dim), use_bias=c.use_bias, dtype=c.dtype,
             param_dtype=c.param_dtype, name="qkv",
-            kernel_init=logical(nn.initializers.normal(c.init_std), ("embed", None, "heads", "kv")),
+            kernel_init=logical(nn.initializers.normal(c.hidden_std),
+                                ("embed", None, "heads", "kv")),
             bias_init=logical(nn.initializers.zeros, (None, "heads", "kv")))(x)
         qkv = checkpoint_name(qkv, "qkv")
         names = ("batch", "length", "act_heads", "kv")
@@ -203,13 +223,13 @@ class Attention(nn.Module):
             out = self.cached_attention(q, k, v, positions)
         elif c.attn_dropout > 0 and not self.deterministic:
             out = explicit_attention(q, k, v, attention_mask(positions, positions, self.window),
-                                     dropout, c.dtype)
+                                     dropout, c.dtype, c.attn_scale)
         else:
-            out = fused_attention(q, k, v, self.window, c.attention)
+            out = fused_attention(q, k, v, self.window, c.attention, c.attn_scale)
         out = checkpoint_name(constrain(out, ("batch", "length", "act_heads", "kv")), "attn_out")
 
         # Residual projections start smaller (GPT-2): std / sqrt(2 * num_layers).
-        proj_std = c.init_std / math.sqrt(2 * c.num_layers)
+        proj_std = c.hidden_std / math.sqrt(2 * c.num_layers)
         y = nn.DenseGeneral(
             features=c.d_model, axis=(-2, -1), use_bias=c.use_bias, dtype=c.dtype,
             param_dtype=c.param_dtype, name="proj",
@@ -233,7 +253,8 @@ class Attention(nn.Module):
         k_pos = jnp.broadcast_to(jnp.arange(cached_k.value.shape[1]),
                                  (q.shape[0], cached_k.value.shape[1]))
         mask = attention_mask(positions, k_pos, self.window)
-        return explicit_attention(q, cached_k.value, cached_v.value, mask, lambda p: p, c.dtype)
+        return explicit_attention(q, cached_k.value, cached_v.value, mask, lambda p: p, c.dtype,
+                                  c.attn_scale)
 
 
 class MLP(nn.Module):
@@ -246,11 +267,11 @@ class MLP(nn.Module):
         dense = functools.partial(nn.Dense, use_bias=c.use_bias, dtype=c.dtype,
                                   param_dtype=c.param_dtype)
         h = dense(c.d_ff, name="fc",
-                  kernel_init=logical(nn.initializers.normal(c.init_std), ("embed", "mlp")),
+                  kernel_init=logical(nn.initializers.normal(c.hidden_std), ("embed", "mlp")),
                   bias_init=logical(nn.initializers.zeros, ("mlp",)))(x)
         h = checkpoint_name(constrain(h, ("batch", "length", "act_mlp")), "mlp_hidden")
         h = nn.gelu(h, approximate=True)
-        proj_std = c.init_std / math.sqrt(2 * c.num_layers)
+        proj_std = c.hidden_std / math.sqrt(2 * c.num_layers)
         y = dense(c.d_model, name="proj",
                   kernel_init=logical(nn.initializers.normal(proj_std), ("mlp", "embed")),
                   bias_init=logical(nn.initializers.zeros, ("embed",)))(h)
@@ -317,6 +338,8 @@ def logits_from_hidden(x_btd, head, c: GPTConfig):
     spec = "btd,vd->btv" if c.tie_embeddings else "btd,dv->btv"
     logits = jnp.einsum(spec, x_btd.astype(c.dtype), head.astype(c.dtype),
                         preferred_element_type=jnp.float32)
+    if c.mup:  # muP's readout: an O(1) weight times 1 / width_mult
+        logits = logits / c.width_mult
     if c.padded_vocab == c.vocab_size:
         return logits
     valid = jnp.arange(c.padded_vocab) < c.vocab_size
@@ -375,26 +398,3 @@ class GPT(nn.Module):
         if hidden:
             return x
         return constrain(logits_from_hidden(x, head, c), ("batch", "length", "act_vocab"))
-
-
-# ----------------------------------------------------------------------------- layouts
-
-
-def scanned_to_layers(params, c: GPTConfig):
-    """Scanned params {'layers': {'block_j': stacked}} -> unrolled {'layer_i': ...}."""
-    params = dict(params)
-    stacked = params.pop("layers")
-    for i in range(c.num_layers):
-        group, j = divmod(i, c.group_size)
-        params[f"layer_{i}"] = jax.tree.map(lambda a, g=group: a[g], stacked[f"block_{j}"])
-    return params
-
-
-def layers_to_scanned(params, c: GPTConfig):
-    """Inverse of `scanned_to_layers`."""
-    params = dict(params)
-    layers = [params.pop(f"layer_{i}") for i in range(c.num_layers)]
-    g = c.group_size
-    params["layers"] = {f"block_{j}": jax.tree.map(lambda *a: jnp.stack(a), *layers[j::g])
-                        for j in range(g)}
-    return params

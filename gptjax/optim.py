@@ -10,6 +10,12 @@ Weight-decay mask: decay applies to parameters with two or more dimensions *exce
 decayed, as in GPT-2/3 and nanoGPT: shrinking them towards zero only hurts. Scanned layers add
 a leading layer axis, so the rule looks at the parameter's name and the trailing dimensions,
 not at the raw ndim alone.
+
+muP (`config.model.mup`, Yang et al. 2021, "Tensor Programs V", Table 3 for Adam): the hidden
+matrices -- attention qkv and output projection, MLP in and out -- take the learning rate
+lr / width_mult (width_mult = d_model / model.mup_base_width); embeddings, the readout, norms
+and biases keep lr. With this (and the model's muP init), the best `optim.lr` found at one width
+holds at the others. Decoupled weight decay is scaled with the learning rate, as in AdamW.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import optax
 from gptjax.errors import UserError
 
 NO_DECAY_NAMES = ("bias", "scale", "wte", "wpe", "embedding")
+HIDDEN_BLOCKS = ("attn", "mlp")  # modules whose kernels are muP's hidden (width x width) matrices
 
 
 def schedule(optim_cfg, total_steps: int) -> optax.Schedule:
@@ -56,6 +63,14 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(one, params)
 
 
+def mup_hidden_mask(params):
+    """True for the kernels of attention and MLP: the matrices muP gives lr / width_mult."""
+    def one(path, leaf):
+        names = _path_keys(path)
+        return names[-1] == "kernel" and any(n in HIDDEN_BLOCKS for n in names)
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
     o = config.optim
     if o.state_dtype not in ("float32", "bfloat16"):
@@ -68,4 +83,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
         optax.add_decayed_weights(o.weight_decay, mask=decay_mask),
         optax.scale_by_learning_rate(schedule(o, config.train.steps)),
     ]
+    if config.model.mup:
+        width_mult = config.model.d_model / config.model.mup_base_width
+        parts.append(optax.masked(optax.scale(1.0 / width_mult), mup_hidden_mask))
     return optax.chain(*parts)

@@ -37,7 +37,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, help="0 = off")
     parser.add_argument("--top-p", type=float, help="1 = off")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--quantize", choices=quant.MODES, help="int8: weight-only int8")
+    parser.add_argument("--quantize", choices=quant.MODES,
+                        help="int8 / int4: weight-only; w8a8: int8 weights and activations "
+                             "(gptjax/quant.py)")
     parser.add_argument("--stream", action="store_true",
                         help="print the first sample's tokens as they are generated")
     parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
@@ -81,8 +83,9 @@ def sample(workdir: str, args) -> list[str]:
     config, params, tokenizer = load(workdir, mesh, args.step)
     s = _settings(args, config)
     c = GPTConfig.from_config(config.model)
-    model = GPT(c)
-    params = quant.quantize(generate.cast_params(params, c.dtype), s["quantize"])
+    weights = s["quantize"] if s["quantize"] != "none" else (
+        "quantized" if quant.is_quantized(params) else "float")
+    model, params = quant.prepare(GPT(c), generate.cast_params(params, c.dtype), s["quantize"])
 
     eos = tokenizer.eos_id if (s["stop_at_eos"] and tokenizer.eos_id is not None) else -1
     settings = generate.Sampling(max_new_tokens=int(s["max_new_tokens"]),
@@ -101,7 +104,7 @@ def sample(workdir: str, args) -> list[str]:
         streamer.finish()
     texts = [tokenizer.decode(ids) for ids in out]
     print(f"[{len(rows)} samples, {sum(map(len, out))} tokens in {seconds:.1f}s (incl. "
-          f"compile), {s['quantize']} weights]", file=sys.stderr)
+          f"compile), {weights} weights]", file=sys.stderr)
     prompts = [p for p in s["prompts"] for _ in range(s["num_samples"])]
     return [prompt + text for prompt, text in zip(prompts, texts, strict=True)]
 

@@ -168,12 +168,16 @@ def make_loss_and_grads(config, model: GPT | None = None, param_shardings=None,
 
 
 def make_train_step(config, mesh, shardings: TrainState, model: GPT | None = None, tx=None,
-                    params_transform: Transform = None, loss_and_grads=None):
+                    params_transform: Transform = None, loss_and_grads=None, frozen=None):
     """Jitted `(state, batch) -> (state, metrics)`; the state is donated (updated in place).
 
     Non-finite loss or gradient norm: the update is dropped inside the step (params and Adam
     state unchanged, `skipped` += 1); the loop decides whether to go on (train.nonfinite).
-    `loss_and_grads` replaces the default objective (distillation passes its own).
+    `loss_and_grads` replaces the default objective. With `frozen` (arrays the objective reads
+    but never trains: a distillation teacher, pruning masks) the step is
+    `(state, batch, frozen)` and calls `loss_and_grads(params, batch, key, frozen)`; frozen is
+    a jit argument placed as its arrays are (a closed-over array would be baked into the
+    program as a constant).
     """
     model = model or GPT(model_config(config))
     tx = tx or make_optimizer(config)
@@ -181,9 +185,9 @@ def make_train_step(config, mesh, shardings: TrainState, model: GPT | None = Non
         loss_and_grads = make_loss_and_grads(config, model, shardings.params, params_transform)
     lr_fn = schedule(config.optim, config.train.steps)
 
-    def train_step(state: TrainState, batch):
+    def train_step(state: TrainState, batch, *frozen_args):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        loss, grads = loss_and_grads(state.params, batch, key)
+        loss, grads = loss_and_grads(state.params, batch, key, *frozen_args)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -198,7 +202,10 @@ def make_train_step(config, mesh, shardings: TrainState, model: GPT | None = Non
                    "finite": finite, "skipped": new_state.skipped}
         return new_state, metrics
 
-    return jax.jit(train_step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
+    in_shardings = (shardings, sharding.batch_sharding(mesh))
+    if frozen is not None:
+        in_shardings += (jax.tree.map(lambda x: x.sharding, frozen),)
+    return jax.jit(train_step, in_shardings=in_shardings,
                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 

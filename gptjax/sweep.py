@@ -1,13 +1,14 @@
 """`gptjax sweep`: train a family of model sizes, then fit and plot their scaling laws.
 
-    gptjax sweep --config configs/scaling.py:austen_cpu --workdir runs/austen   # run + collect
-    gptjax sweep --config ... --workdir DIR --print-commands   # one launch line per run
-    gptjax sweep --workdir DIR --run NAME                       # one run (what those lines say)
-    gptjax sweep --workdir DIR --collect [--budget 1e15]        # tables, fits, plots
+    gptjax sweep --config configs/scaling.py:shakespeare_isoflop --workdir W   # run + collect
+    gptjax sweep --config ... --workdir W --list            # the planned runs
+    gptjax sweep --config ... --workdir W --print-commands [shell|slurm|tpu]   # for a cluster
+    gptjax sweep --workdir W --run NAME                     # one run (what those lines say)
+    gptjax sweep --workdir W --collect [--budget 1e15]      # tables, fits, plots
 
-Layout: DIR/sweep_config.json (the sweep's config, so every run and `--collect` agree on it),
-DIR/runs/NAME/ (an ordinary `gptjax train` workdir each, plus result.json once finished),
-DIR/results.{csv,md}, DIR/fits.json and DIR/*.png.
+Layout: W/sweep_config.json (the sweep's config, so every run and `--collect` agree on it),
+W/runs/NAME/ (an ordinary `gptjax train` workdir each, plus result.json once finished),
+W/results.{csv,md}, W/fits.json and W/*.png (`gptjax/sweep_collect.py`).
 
 Runs are in-process by default: one Python process compiles each size once and keeps the
 tokenized corpus cache warm, which matters when the runs themselves take seconds. A run that
@@ -27,7 +28,6 @@ import sys
 import time
 
 import ml_collections
-import numpy as np
 
 from gptjax import flops, scaling
 from gptjax.errors import UserError
@@ -49,53 +49,97 @@ def _tuples(value):
     return value
 
 
-def _n_for_budget(sweep, counts: dict) -> int:
-    if sweep.param_count not in ("non_embedding", "total"):
-        raise UserError(f"sweep.param_count={sweep.param_count!r}: choose non_embedding or total")
-    return counts["non_embedding_params" if sweep.param_count == "non_embedding" else "params"]
+def n_key(config) -> str:
+    """The result field that is N in budgets and fits (sweep.param_count)."""
+    if config.sweep.param_count not in ("non_embedding", "total"):
+        raise UserError(f"sweep.param_count={config.sweep.param_count!r}: choose non_embedding "
+                        f"or total")
+    return "non_embedding_params" if config.sweep.param_count == "non_embedding" else "params"
+
+
+def _sizes(config) -> list[dict]:
+    """The family's sizes with their counts and FLOPs per token (smallest first)."""
+    out = []
+    for size in scaling.size_family(config.sweep):
+        model = {**config.model.to_dict(), **{k: v for k, v in size.items()
+                                               if k not in ("name", "lr", "batch_size")}}
+        counts = flops.param_counts(model)
+        out.append({**size, **counts, "flops_per_token": flops.flops_per_token(
+            model, config.data.seq_len), "batch": int(size.get("batch_size") or
+                                                       config.train.batch_size)})
+    return out
+
+
+def _grid(config, sizes: list[dict]) -> list[tuple[dict, float, int]]:
+    """(size, budget in FLOPs or 0, tokens) of every run, before the learning-rate grid."""
+    sw, key = config.sweep, n_key(config)
+    if sw.budget != "iso_flops":
+        return [(s, 0.0, scaling.token_budget(sw, s[key])) for s in sizes]
+    grid = []
+    for budget in scaling.compute_budgets(sw):
+        fit = [s for s in sizes if budget / s["flops_per_token"] >=
+               int(sw.min_steps) * s["batch"] * config.data.seq_len]
+        window = scaling.isoflop_window([s[key] for s in fit],
+                                        [s["flops_per_token"] for s in fit], budget,
+                                        int(sw.sizes_per_budget), float(sw.tokens_per_param))
+        for i in window:
+            s = fit[i]
+            grid.append((s, budget, math.ceil(budget / s["flops_per_token"])))
+    return grid
+
+
+def _learning_rates(config, size: dict) -> list[float]:
+    sw = config.sweep
+    if sw.lrs:
+        return [float(lr) for lr in sw.lrs]
+    if size.get("lr"):
+        return [float(size["lr"])]
+    if sw.lr_rule == "kaplan":
+        return [scaling.kaplan_lr(size["non_embedding_params"])]
+    if sw.lr_rule != "fixed":
+        raise UserError(f"sweep.lr_rule={sw.lr_rule!r}: choose fixed or kaplan")
+    return [float(config.optim.lr)]
+
+
+def _run_config(config, workdir, size, name, steps, lr):
+    cfg = ml_collections.ConfigDict(config.to_dict())
+    cfg.model.update({k: size[k] for k in ("num_layers", "d_model", "num_heads", "head_dim",
+                                           "d_ff")})
+    cfg.train.batch_size = size["batch"]
+    cfg.name = f"{config.name}/{name}"
+    cfg.train.steps = steps
+    cfg.optim.decay_steps = steps
+    cfg.optim.warmup_steps = max(1, min(int(config.optim.warmup_steps),
+                                        int(round(config.sweep.warmup_fraction * steps))))
+    cfg.optim.lr = lr
+    if config.sweep.evals_per_run > 0:
+        cfg.train.eval_every = max(1, steps // int(config.sweep.evals_per_run))
+    cfg.train.log_every = max(1, min(int(config.train.log_every), steps // 20 or 1))
+    if not cfg.data.cache_dir:  # tokenize the corpus once for all sizes
+        cfg.data.cache_dir = os.path.join(os.path.abspath(workdir), "data_cache")
+    cfg.lock()
+    return cfg
 
 
 def plan(config, workdir: str) -> list[dict]:
-    """One entry per size: its name, run config, counts, tokens, steps and FLOPs."""
-    sw = config.sweep
+    """One entry per run: name, run config, size, budget, counts, tokens, steps, FLOPs, lr."""
     runs = []
-    for size in scaling.size_family(sw):
-        cfg = ml_collections.ConfigDict(config.to_dict())
-        lr, batch = size.pop("lr", 0.0), size.pop("batch_size", 0)
-        name = size.pop("name")
-        cfg.model.update(size)
-        if batch:
-            cfg.train.batch_size = int(batch)
-        model = cfg.model.to_dict()
-        counts = flops.param_counts(model)
-        fpt = flops.flops_per_token(model, cfg.data.seq_len)
-        tokens = scaling.token_budget(sw, _n_for_budget(sw, counts), fpt)
-        step_tokens = cfg.train.batch_size * cfg.data.seq_len
-        steps = max(int(sw.min_steps), math.ceil(tokens / step_tokens))
-        cfg.name = f"{config.name}/{name}"
-        cfg.train.steps = steps
-        cfg.optim.decay_steps = steps
-        cfg.optim.warmup_steps = max(1, min(int(config.optim.warmup_steps),
-                                            int(round(sw.warmup_fraction * steps))))
-        if lr:
-            cfg.optim.lr = float(lr)
-        elif sw.lr_rule == "kaplan":
-            cfg.optim.lr = scaling.kaplan_lr(counts["non_embedding_params"])
-        elif sw.lr_rule != "fixed":
-            raise UserError(f"sweep.lr_rule={sw.lr_rule!r}: choose fixed or kaplan")
-        if sw.evals_per_run > 0:
-            cfg.train.eval_every = max(1, steps // int(sw.evals_per_run))
-        cfg.train.log_every = max(1, min(int(config.train.log_every), steps // 20 or 1))
-        if not cfg.data.cache_dir:  # tokenize the corpus once for all sizes
-            cfg.data.cache_dir = os.path.join(os.path.abspath(workdir), "data_cache")
-        cfg.lock()
-        runs.append({
-            "name": name, "config": cfg, "workdir": os.path.join(workdir, "runs", name),
-            "num_layers": size["num_layers"], "d_model": size["d_model"],
-            "params": counts["params"], "non_embedding_params": counts["non_embedding_params"],
-            "flops_per_token": fpt, "tokens": steps * step_tokens, "steps": steps,
-            "flops": float(fpt) * steps * step_tokens, "lr": float(cfg.optim.lr),
-        })
+    for size, budget, tokens in _grid(config, _sizes(config)):
+        step_tokens = size["batch"] * config.data.seq_len
+        steps = max(int(config.sweep.min_steps), math.ceil(tokens / step_tokens))
+        lrs = _learning_rates(config, size)
+        for lr in lrs:
+            name = size["name"] + (f"_{scaling.flops_tag(budget)}" if budget else "") \
+                + (f"_lr{lr:g}" if len(lrs) > 1 or config.sweep.lrs else "")
+            runs.append({
+                "name": name, "size": size["name"], "budget": budget,
+                "config": _run_config(config, workdir, size, name, steps, lr),
+                "workdir": os.path.join(workdir, "runs", name),
+                "num_layers": size["num_layers"], "d_model": size["d_model"],
+                "params": size["params"], "non_embedding_params": size["non_embedding_params"],
+                "flops_per_token": size["flops_per_token"], "tokens": steps * step_tokens,
+                "steps": steps, "flops": float(size["flops_per_token"]) * steps * step_tokens,
+                "lr": lr})
     return runs
 
 
@@ -157,32 +201,38 @@ def read_result(run_dir: str) -> dict | None:
         return json.load(f)
 
 
+def _check_finished(run: dict, done: dict) -> None:
+    changed = [k for k in ("num_layers", "d_model", "steps", "tokens", "lr")
+               if k in done and done[k] != run[k]]
+    if changed:
+        raise UserError(f"{run['workdir']} finished with a different {', '.join(changed)} than "
+                        f"this sweep plans; delete that directory to retrain the run")
+
+
 def run_one(run: dict, train_fn=None, log=print) -> dict | None:
-    """Trains one size unless finished; writes result.json. None if it was interrupted."""
+    """Trains one run unless finished; writes result.json. None if it was interrupted."""
     done = read_result(run["workdir"])
     if done is not None:
-        changed = [k for k in ("num_layers", "d_model", "steps", "tokens") if done.get(k) != run[k]]
-        if changed:
-            raise UserError(f"{run['workdir']} finished with a different {', '.join(changed)} than "
-                            f"this sweep plans; delete that directory to retrain the size")
+        _check_finished(run, done)
         log(f"sweep: {run['name']} already finished (eval loss {done.get('eval_loss')}), skipped")
         return done
     resumed = os.path.isdir(os.path.join(run["workdir"], "checkpoints"))
     log(f"sweep: {'resuming' if resumed else 'training'} {run['name']}: "
         f"{run['non_embedding_params']:,} non-embedding params, {run['tokens']:,} tokens, "
-        f"{run['steps']} steps, {run['flops']:.3g} FLOPs")
+        f"{run['steps']} steps, {run['flops']:.3g} FLOPs, lr {run['lr']:.3g}")
     t0 = time.time()
     out = (train_fn or _default_train)(run["config"], run["workdir"])
     wall = time.time() - t0
     if out.get("interrupted") or out.get("step", run["steps"]) < run["steps"]:
         log(f"sweep: {run['name']} stopped at step {out.get('step')}; rerun to resume")
         return None
-    result = {k: run[k] for k in ("name", "num_layers", "d_model", "params",
+    result = {k: run[k] for k in ("name", "size", "budget", "num_layers", "d_model", "params",
                                   "non_embedding_params", "flops_per_token", "tokens", "steps",
                                   "flops", "lr")}
     result.update(_actual_counts(run))
     eval_loss = out.get("eval_loss")
     if eval_loss is None:  # fall back on the last eval in metrics.jsonl
+        from gptjax.sweep_collect import read_curves
         curve = read_curves(run["workdir"], 1, 1)
         eval_loss = curve["loss"][-1] if len(curve["loss"]) else float("nan")
     result.update(eval_loss=float(eval_loss), train_loss=float(out.get("loss", float("nan"))),
@@ -203,8 +253,7 @@ def _actual_counts(run: dict) -> dict:
     with open(path) as f:
         model = json.load(f)["model"]
     counts = flops.param_counts(model)
-    seq_len = run["config"].data.seq_len
-    fpt = flops.flops_per_token(model, seq_len)
+    fpt = flops.flops_per_token(model, run["config"].data.seq_len)
     return {"params": counts["params"], "non_embedding_params": counts["non_embedding_params"],
             "vocab_size": model["vocab_size"], "flops_per_token": fpt,
             "flops": float(fpt) * run["tokens"]}
@@ -214,225 +263,63 @@ def launch_command(workdir: str, name: str) -> list[str]:
     return [sys.executable, "-m", "gptjax", "sweep", "--workdir", workdir, "--run", name]
 
 
+def select(runs: list[dict], only) -> list[dict]:
+    if not only:
+        return runs
+    names = {r["name"] for r in runs}
+    unknown = [o for o in only if o not in names]
+    if unknown:
+        raise UserError(f"--run {','.join(unknown)}: not in this sweep; its runs are "
+                        f"{', '.join(r['name'] for r in runs)}")
+    return [r for r in runs if r["name"] in only]
+
+
+def _launch(workdir: str, run: dict, quiet: bool, log) -> bool:
+    """One run as a `gptjax sweep --run` subprocess (output to runs/NAME/train.log if quiet)."""
+    log(f"sweep: launching {run['name']} in a subprocess")
+    if not quiet:
+        return subprocess.call(launch_command(workdir, run["name"])) == 0
+    os.makedirs(run["workdir"], exist_ok=True)
+    with open(os.path.join(run["workdir"], "train.log"), "a") as out:
+        ok = subprocess.call(launch_command(workdir, run["name"]), stdout=out,
+                             stderr=subprocess.STDOUT) == 0
+    done = read_result(run["workdir"])
+    log(f"sweep: {run['name']} " + (f"finished, eval loss {done['eval_loss']:.4f}" if done
+                                    else "did not finish (see its train.log)"))
+    return ok
+
+
+def _run_parallel(workdir: str, runs: list[dict], workers: int, log) -> list[str]:
+    """Subprocesses, `workers` at a time; the first runs alone, so that it alone tokenizes
+    the corpus into the shared cache. -> the names of runs that failed."""
+    from concurrent.futures import ThreadPoolExecutor
+    todo = [r for r in runs if read_result(r["workdir"]) is None]
+    ok = [_launch(workdir, r, workers > 1, log) for r in todo[:1]]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        ok += list(pool.map(lambda r: _launch(workdir, r, workers > 1, log), todo[1:]))
+    return [r["name"] for r, good in zip(todo, ok, strict=True) if not good]
+
+
 def run_sweep(config, workdir: str, train_fn=None, only=None, isolate=None, log=print) -> list:
-    """Runs every unfinished size (or those in `only`), smallest first; returns the results."""
-    runs = plan(config, workdir)
-    if only:
-        names = {r["name"] for r in runs}
-        unknown = [o for o in only if o not in names]
-        if unknown:
-            raise UserError(f"--run {','.join(unknown)}: not in this sweep; its runs are "
-                            f"{', '.join(r['name'] for r in runs)}")
-        runs = [r for r in runs if r["name"] in only]
-    isolate = config.sweep.isolate if isolate is None else isolate
+    """Runs every unfinished run (or those in `only`), in plan order; returns the results
+    (None for a run not finished). A run stopped by SIGTERM / Ctrl-C stops the sweep.
+    sweep.isolate or sweep.workers > 1: each run is a subprocess, `workers` at a time."""
+    runs = select(plan(config, workdir), only)
+    workers = max(1, int(config.sweep.workers))
+    isolate = (config.sweep.isolate or workers > 1) if isolate is None else isolate
     if isolate:  # the subprocesses read the config from the workdir
         save_sweep_config(config, workdir)
-    results, failed = [], []
+        failed = _run_parallel(workdir, runs, workers, log)
+        if failed:
+            raise UserError(f"sweep: run(s) {', '.join(failed)} failed (see their output); "
+                            f"rerun the same command to resume them")
+        return [read_result(r["workdir"]) for r in runs]
+    results = []
     for run in runs:
-        if isolate and read_result(run["workdir"]) is None:
-            log(f"sweep: launching {run['name']} in a subprocess")
-            rc = subprocess.call(launch_command(workdir, run["name"]))
-            if rc != 0:
-                failed.append(run["name"])
-            results.append(read_result(run["workdir"]))
-        else:
-            results.append(run_one(run, train_fn, log))
-    if failed:
-        raise UserError(f"sweep: run(s) {', '.join(failed)} failed (see their output above); "
-                        f"rerun the same command to resume them")
+        results.append(run_one(run, train_fn, log))
+        if results[-1] is None:  # stopped by a signal: the whole sweep stops with it
+            return results + [None] * (len(runs) - len(results))
     return results
-
-
-# ----------------------------------------------------------------------------- collecting
-
-
-def read_curves(run_dir: str, tokens_per_step: int, flops_per_token: float) -> dict:
-    """Eval and train loss against tokens / FLOPs from a run's metrics.jsonl."""
-    from gptjax.metrics import read_jsonl
-    path = os.path.join(run_dir, "metrics.jsonl")
-    records = read_jsonl(path) if os.path.isfile(path) else []
-    evals, trains = {}, {}
-    for r in records:
-        loss = r.get("loss")
-        if not isinstance(loss, (int, float)) or not math.isfinite(loss):
-            continue
-        (evals if r.get("split") == "eval" else trains)[int(r["step"])] = float(loss)
-    es, ts = sorted(evals), sorted(trains)
-    return {"steps": es, "tokens": [s * tokens_per_step for s in es],
-            "flops": [s * tokens_per_step * flops_per_token for s in es],
-            "loss": [evals[s] for s in es],
-            "train_tokens": [s * tokens_per_step for s in ts],
-            "train_loss": [trains[s] for s in ts]}
-
-
-def _budgets(config, rows, extra) -> list[float]:
-    if extra:
-        return [float(b) for b in extra]
-    if config.sweep.budgets:
-        return [float(b) for b in config.sweep.budgets]
-    top = max(r["flops"] for r in rows)
-    return [top, 10 * top, 100 * top]
-
-
-def _try(fn, *a, **k):
-    try:
-        return fn(*a, **k), None
-    except (UserError, FloatingPointError, ValueError, np.linalg.LinAlgError) as e:
-        return None, str(e)
-
-
-def collect(config, workdir: str, budgets=(), log=print) -> dict:
-    """Tables, fits, compute-optimal predictions and plots of the finished runs."""
-    runs = plan(config, workdir)
-    rows, curves, pending = [], [], []
-    for run in runs:
-        result = read_result(run["workdir"])
-        if result is None:
-            pending.append(run["name"])
-            continue
-        tokens_per_step = run["tokens"] // run["steps"]
-        rows.append(result)
-        curves.append({**read_curves(run["workdir"], tokens_per_step, result["flops_per_token"]),
-                       "n": result[_n_key(config)], "run_steps": run["steps"],
-                       "name": run["name"]})
-    if not rows:
-        raise UserError(f"no finished runs under {workdir}/runs yet; run the sweep first")
-    n_key = _n_key(config)
-    scaling.write_csv(rows, os.path.join(workdir, "results.csv"))
-    fits: dict = {"param_count": n_key, "runs": len(rows), "pending": pending}
-
-    n = np.array([r[n_key] for r in rows], dtype=np.float64)
-    loss = np.array([r["eval_loss"] for r in rows], dtype=np.float64)
-    flops = np.array([r["flops"] for r in rows], dtype=np.float64)
-    fit_n, err = _try(scaling.fit_power_law, n, loss)
-    fits["loss_vs_params"] = fit_n.as_dict() if fit_n else {"error": err}
-    fit_c, err = _try(scaling.fit_power_law, flops, loss)
-    fits["loss_vs_compute"] = fit_c.as_dict() if fit_c else {"error": err}
-
-    # L(N, D) from every eval point past `curve_start` of its run (Chinchilla's approach 3).
-    pn, pd, pl = [], [], []
-    for c in curves:
-        for step, tok, value in zip(c["steps"], c["tokens"], c["loss"], strict=True):
-            if step >= config.sweep.curve_start * c["run_steps"]:
-                pn.append(c["n"])
-                pd.append(tok)
-                pl.append(value)
-    fit_nd, err = _try(scaling.fit_loss_nd, pn, pd, pl)
-    fits["loss_vs_params_and_tokens"] = fit_nd.as_dict() if fit_nd else {"error": err}
-
-    # Approach 1: which size is best at each compute level; N_opt ∝ C^a by a log-log fit.
-    frontier = scaling.frontier_points(curves)
-    fits["frontier"] = frontier
-    sizes = {p["n"] for p in frontier}
-    if len(sizes) >= 2:
-        slope, intercept = np.polyfit(np.log([p["compute"] for p in frontier]),
-                                      np.log([p["n"] for p in frontier]), 1)
-        fits["frontier_fit"] = {"a": float(slope), "log_k": float(intercept)}
-    else:
-        fits["frontier_fit"] = {"error": "the same size is best at every compute level"}
-
-    predictions = []
-    for budget in _budgets(config, rows, budgets):
-        p = {"compute": budget}
-        if fit_nd:
-            p["n_opt"], p["d_opt"] = fit_nd.optimal(budget)
-            if math.isfinite(p["n_opt"]):
-                p["loss_at_opt"] = float(fit_nd(p["n_opt"], p["d_opt"]))
-                p["nearest_size"] = min(
-                    runs, key=lambda r: abs(math.log(r[n_key] / p["n_opt"])))["name"]
-        if "a" in fits["frontier_fit"]:
-            ff = fits["frontier_fit"]
-            p["n_opt_frontier"] = float(math.exp(ff["log_k"]) * budget ** ff["a"])
-        if fit_c:
-            p["loss_from_l_of_c"] = float(fit_c(budget))
-        p["chinchilla_n_opt"], p["chinchilla_d_opt"] = scaling.chinchilla_optimal(budget)
-        predictions.append(p)
-    fits["compute_optimal"] = predictions
-    with open(os.path.join(workdir, "fits.json"), "w") as f:
-        json.dump(fits, f, indent=2)
-
-    title = config.name
-    scaling.plot_loss_vs_params(rows, fit_n, os.path.join(workdir, "loss_vs_params.png"), n_key,
-                                f"{title}: final eval loss vs size")
-    scaling.plot_loss_vs_compute(rows, curves, fit_c, os.path.join(workdir,
-                                 "loss_vs_compute.png"), f"{title}: eval loss vs compute")
-    scaling.plot_training_curves(rows, curves, os.path.join(workdir, "training_curves.png"),
-                                 f"{title}: training curves")
-    report = summary_markdown(config, rows, fits, pending)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(report)
-    log(report)
-    return fits
-
-
-def _n_key(config) -> str:
-    return "non_embedding_params" if config.sweep.param_count == "non_embedding" else "params"
-
-
-def summary_markdown(config, rows, fits, pending) -> str:
-    out = [f"# Scaling sweep `{config.name}`", "", scaling.markdown_table(rows)]
-    if pending:
-        out.append(f"Not finished yet: {', '.join(pending)}.\n")
-    n_label = "N = non-embedding params" if fits["param_count"] == "non_embedding_params" \
-        else "N = params"
-    out.append("## Fits (least squares)\n")
-    f = fits["loss_vs_params"]
-    if "alpha" in f and f["A"] <= 0:
-        out.append(f"- L(N): no size dependence found (best fit is the constant {f['E']:.3f})")
-    elif "alpha" in f:
-        se = f" ± {f['alpha_se']:.3f} jackknife" if math.isfinite(f["alpha_se"]) else ""
-        out.append(f"- L(N) = {f['E']:.3f} + {f['A']:.4g}·N^-{f['alpha']:.3f} "
-                   f"(α_N = {f['alpha']:.3f}{se}; RMSE {f['rmse']:.4f}; {n_label}). "
-                   f"Kaplan et al.: α_N ≈ {scaling.KAPLAN_ALPHA_N}.")
-    else:
-        out.append(f"- L(N): no fit ({f['error']})")
-    f = fits["loss_vs_compute"]
-    if "alpha" in f:
-        out.append(f"- L(C) = {f['E']:.3f} + {f['A']:.4g}·C^-{f['alpha']:.3f} (C in FLOPs; "
-                   f"RMSE {f['rmse']:.4f}).")
-    else:
-        out.append(f"- L(C): no fit ({f['error']})")
-    f = fits["loss_vs_params_and_tokens"]
-    ch = scaling.CHINCHILLA
-    if "alpha" in f:
-        out.append(f"- L(N, D) = {f['E']:.3f} + {f['A']:.4g}/N^{f['alpha']:.3f} + "
-                   f"{f['B']:.4g}/D^{f['beta']:.3f} ({f['n_points']} eval points; RMSE "
-                   f"{f['rmse']:.4f}). Chinchilla: L = {ch['E']} + {ch['A']}/N^{ch['alpha']} + "
-                   f"{ch['B']}/D^{ch['beta']}.")
-    else:
-        out.append(f"- L(N, D): no fit ({f['error']})")
-    ff = fits["frontier_fit"]
-    if "a" in ff:
-        out.append(f"- Compute frontier (best size per compute level): N_opt ∝ C^{ff['a']:.2f} "
-                   f"(Chinchilla ≈ C^0.50, Kaplan ≈ C^0.73).")
-    bounded = [name for name, key in (("L(N)", "loss_vs_params"), ("L(C)", "loss_vs_compute"),
-                                      ("L(N, D)", "loss_vs_params_and_tokens"))
-               if fits[key].get("E") == 0.0]
-    if bounded:
-        out.append(f"- Caution: E sits at its bound 0 in {', '.join(bounded)}: the losses are "
-                   f"far from the irreducible loss, so E is not identified and extrapolations "
-                   f"are loose.")
-    if fits["frontier"]:
-        out.append("\n## Compute-optimal size, measured (lowest eval-loss curve at each compute)\n")
-        out.append("| compute (FLOPs) | best size | its eval loss |")
-        out.append("|---|---|---|")
-        front = fits["frontier"]
-        shown = front[:: max(1, len(front) // 8)]
-        if shown[-1] is not front[-1]:
-            shown.append(front[-1])
-        for p in shown:
-            out.append(f"| {p['compute']:.3g} | {p['name']} | {p['loss']:.3f} |")
-    out.append("\n## Compute-optimal size predicted for a budget (C = 6·N·D)\n")
-    out.append("| compute (FLOPs) | N_opt (L(N,D) fit) | D_opt | predicted loss | nearest size "
-               "| N_opt (frontier) | Chinchilla N_opt | Chinchilla D_opt |")
-    out.append("|---|---|---|---|---|---|---|---|")
-    for p in fits["compute_optimal"]:
-        cells = [p.get(k) for k in ("n_opt", "d_opt", "loss_at_opt", "nearest_size",
-                                    "n_opt_frontier", "chinchilla_n_opt", "chinchilla_d_opt")]
-        cells = [f"{v:.3g}" if isinstance(v, float) and math.isfinite(v) else
-                 (v if isinstance(v, str) else "–") for v in cells]
-        out.append(f"| {p['compute']:.3g} | " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -440,11 +327,13 @@ def summary_markdown(config, rows, fits, pending) -> str:
 
 def add_args(parser):
     from gptjax.cli import add_config_arg
+    from gptjax.sweep_launch import FORMATS
     add_config_arg(parser, required=False)
     parser.add_argument("--workdir", required=True, help="sweep directory (runs/NAME/ inside)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--print-commands", action="store_true",
-                      help="print one launch command per unfinished run instead of running")
+    mode.add_argument("--print-commands", nargs="?", const="shell", choices=FORMATS,
+                      metavar="FORMAT", help="print the launch lines of the unfinished runs "
+                      f"instead of running: {', '.join(FORMATS)} (default shell)")
     mode.add_argument("--collect", action="store_true",
                       help="only gather finished runs: tables, fits, plots")
     mode.add_argument("--run", metavar="NAME[,NAME]",
@@ -456,7 +345,19 @@ def add_args(parser):
     parser.add_argument("--list", action="store_true", help="print the planned runs and exit")
 
 
+def _print_plan(config, workdir) -> None:
+    runs = plan(config, workdir)
+    for r in runs:
+        budget = f"budget {r['budget']:.3g}, " if r["budget"] else ""
+        print(f"{r['name']:>22}: {r['num_layers']} x {r['d_model']}, "
+              f"{r['non_embedding_params']:>11,} non-emb params, {budget}{r['tokens']:>12,} "
+              f"tokens ({r['tokens'] / r[n_key(config)]:.3g}/param), {r['steps']:>6} steps, "
+              f"{r['flops']:.3g} FLOPs, lr {r['lr']:.3g}")
+    print(f"{len(runs)} runs, {sum(r['flops'] for r in runs):.3g} FLOPs in all")
+
+
 def run(args):
+    from gptjax import sweep_collect, sweep_launch
     workdir = os.path.abspath(args.workdir)
     if args.config is not None:
         config = args.config
@@ -465,26 +366,22 @@ def run(args):
     else:
         config = load_sweep_config(workdir, args.overrides)
     if args.list:
-        for r in plan(config, workdir):
-            print(f"{r['name']:>14}: {r['num_layers']} x {r['d_model']}, "
-                  f"{r['non_embedding_params']:>12,} non-emb params, {r['tokens']:>14,} tokens, "
-                  f"{r['steps']:>7} steps, {r['flops']:.3g} FLOPs, lr {r['lr']:.2e}")
+        _print_plan(config, workdir)
         return 0
     if args.print_commands:
-        for r in plan(config, workdir):
-            if read_result(r["workdir"]) is None:
-                print(" ".join(["gptjax"] + launch_command(workdir, r["name"])[3:]))
-        print(f"# afterwards: gptjax sweep --workdir {workdir} --collect")
+        pending = [r for r in plan(config, workdir) if read_result(r["workdir"]) is None]
+        print(sweep_launch.commands(config, workdir, pending, args.print_commands))
         return 0
     if args.collect:
-        collect(config, workdir, args.budget)
+        sweep_collect.collect(config, workdir, args.budget)
         return 0
     only = [s for s in args.run.split(",") if s] if args.run else None
-    results = run_sweep(config, workdir, only=only)
+    # `--run` is what an isolated run or a cluster job executes: it trains here, in-process.
+    results = run_sweep(config, workdir, only=only, isolate=False if only else None)
     if only:
         return 0 if all(r is not None for r in results) else 1
     if any(r is None for r in results):
         print("sweep: some runs were interrupted; rerun the same command to resume them")
         return 1
-    collect(config, workdir, args.budget)
+    sweep_collect.collect(config, workdir, args.budget)
     return 0

@@ -32,6 +32,7 @@ import numpy as np
 
 from gptjax import flops, scoring
 from gptjax.errors import UserError
+from gptjax.scaling_plots import _colors, _finish, _plt
 
 FORMATS = {"cloze": ("context", "target"), "choice": ("context", "choices", "answer"),
            "completion": ("context", "target")}
@@ -291,8 +292,7 @@ def _print(results: list, throughputs: list) -> None:
 
 def plot(results: list, path: str) -> str:
     """Each task's main metric (and shot count) against non-embedding parameters."""
-    from gptjax.scaling import _colors, _figure, _finish
-    fig, ax = _figure()
+    fig, ax = _plt().subplots(figsize=(6.4, 4.4))
     lines = sorted({(r["task"], r["shots"]) for r in results})
     for (task, shots), color in zip(lines, _colors(len(lines)), strict=True):
         rows = sorted((r for r in results if (r["task"], r["shots"]) == (task, shots)),

@@ -15,14 +15,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import errno
-import os
 import time
 from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
 
-from gptjax import checkpoint, data, distributed, loop, sharding, steps
+from gptjax import checkpoint, data, distributed, loop, paths, sharding, steps
 from gptjax.cli import add_config_arg
 from gptjax.errors import UserError
 from gptjax.evaluate import eval_metrics, evaluate, prepare_eval_batches
@@ -43,18 +42,32 @@ class RunData:
     init_state: Callable                # (config, mesh, model, tx, shardings) -> TrainState
     describe: str = ""                  # one phrase for the start line
     eval_first: bool = False            # also evaluate the starting params (fine-tuning)
+    # A task's own objective: (config, model, param_shardings) -> loss_and_grads(params, batch,
+    # key, frozen); None = next-token loss. `frozen`: arrays it reads but never trains (a
+    # distillation teacher, pruning masks), already placed on the mesh.
+    objective: Callable | None = None
+    frozen: object = None
 
 
 class Pretraining:
     """Next-token prediction on `config.data` (gptjax.data)."""
 
     def prepare(self, config, workdir: str, mesh) -> RunData:
-        tokenizer = data.make_tokenizer(config, workdir)
-        check_vocab(config, tokenizer)
-        batches = data.make_train_iter(config, tokenizer, jax.process_index(),
-                                       jax.process_count())
-        return RunData(config, tokenizer, batches,
-                       lambda: prepare_eval_batches(config, tokenizer, mesh),
+        rows = sharding.host_rows(mesh, config.train.batch_size)  # mesh-aware per-host data
+
+        def load():  # trains the tokenizer and tokenizes the splits where nothing is cached
+            tokenizer = data.make_tokenizer(config, workdir)
+            check_vocab(config, tokenizer)
+            batches = data.make_train_iter(config, tokenizer, jax.process_index(),
+                                           jax.process_count(), rows=rows)
+            evals = (prepare_eval_batches(config, tokenizer, mesh)
+                     if config.train.eval_every >= 0 else [])
+            return tokenizer, batches, evals
+
+        # Process 0 prepares the data, the others then read the same files.
+        tokenizer, batches, evals = distributed.once(
+            "prepare the data", load, config.distributed.prepare_timeout)
+        return RunData(config, tokenizer, batches, lambda: evals,
                        lambda cfg, mesh, model, tx, sh: create_train_state(cfg, mesh, model, tx,
                                                                             sh))
 
@@ -76,15 +89,8 @@ def check_vocab(config, tokenizer) -> None:
 
 
 def prepare_workdir(workdir: str) -> str:
-    if not workdir:
-        raise UserError("--workdir is required")
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UserError(f"--workdir {workdir} is a file; give a directory (it is created)")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create --workdir {workdir}: {e.strerror}") from None
-    return os.path.abspath(workdir)
+    """The resolved workdir (local or a bucket URL), checked to be writable now."""
+    return paths.prepare_dir(workdir, "--workdir")
 
 
 def validate(config) -> None:
@@ -183,8 +189,9 @@ class Saving:
     the one on a stop signal are waited for)."""
 
     def __init__(self, ckpt: checkpoint.Checkpointer, batches, config_dict: dict,
-                 saved: int | None):
+                 saved: int | None, writer: MetricsWriter | None = None):
         self.ckpt, self.batches, self.config_dict, self.saved = ckpt, batches, config_dict, saved
+        self.writer = writer
 
     def __call__(self, info: loop.StepInfo) -> None:
         if self.saved != info.step:
@@ -192,6 +199,8 @@ class Saving:
                 raise UserError(f"step {info.step}: parameters are not finite; not saving a "
                                 f"checkpoint (lower config.optim.lr or set "
                                 f"config.train.nonfinite=skip)")
+            if self.writer is not None:  # a run resumed from this checkpoint finds all its records
+                self.writer.flush()
             self.ckpt.save(info.step, info.state, self.batches.get_state(), self.config_dict)
             self.saved = info.step
         if info.stopping:
@@ -251,16 +260,16 @@ def train(config, workdir: str, task=None) -> dict:
                  f"batch {tr.batch_size} x {config.data.seq_len} tokens"
                  + (f", resumed at step {start}" if start else ""))
     hooks, evaluation = _hooks(run, mesh, model, shardings, writer, stats,
-                               Saving(ckpt, run.batches, config_dict, latest))
+                               Saving(ckpt, run.batches, config_dict, latest, writer))
     step, stopped, compile_time = start, False, 0.0
     try:
-        with jax.set_mesh(mesh), loop.StopFlag(agree_every=tr.log_every) as stop:
-            step_fn = steps.make_train_step(config, mesh, shardings, model, tx)
+        with jax.set_mesh(mesh), loop.StopFlag() as stop:
+            step_fn = _train_step(run, mesh, shardings, model, tx)
             if step < tr.steps:
                 t0 = time.time()
-                batches = _global(run.batches, mesh)
+                batches = _global(run.batches, mesh, tr.batch_size)
                 first = next(batches)
-                step_fn = step_fn.lower(state, first).compile()
+                step_fn = _compile(step_fn, state, first, run.frozen)
                 compile_time = time.time() - t0
                 writer.print(f"compiled the train step in {compile_time:.1f}s")
                 if evaluation is not None and run.eval_first and step == 0:
@@ -270,7 +279,8 @@ def train(config, workdir: str, task=None) -> dict:
                                                 step, tr.steps, stop, tr.max_inflight)
             if stopped:
                 writer.print(f"stopped by signal {stop.name} after step {step}; checkpoint "
-                             f"saved, rerun the same command to resume")
+                             f"saved in {time.time() - stop.agreed_at:.1f}s, rerun the same "
+                             f"command to resume")
             elif evaluation is not None and evaluation.last is None:
                 evaluation(loop.StepInfo(step, state, {}, True, False, 0.0))
     finally:
@@ -296,6 +306,20 @@ def train(config, workdir: str, task=None) -> dict:
     return result
 
 
+def _train_step(run: RunData, mesh, shardings, model, tx):
+    objective = run.objective and run.objective(run.config, model, shardings.params)
+    return steps.make_train_step(run.config, mesh, shardings, model, tx,
+                                 loss_and_grads=objective, frozen=run.frozen)
+
+
+def _compile(step_fn, state, batch, frozen):
+    """-> the compiled `(state, batch) -> (state, metrics)` (frozen arrays bound)."""
+    if frozen is None:
+        return step_fn.lower(state, batch).compile()
+    compiled = step_fn.lower(state, batch, frozen).compile()
+    return lambda state, batch: compiled(state, batch, frozen)
+
+
 def _hooks(run: RunData, mesh, model, shardings, writer, stats: dict, saving: Saving):
     """-> ([metrics log, eval (if there is an eval set), checkpoint], the eval hook or None)."""
     tr = run.config.train
@@ -312,9 +336,9 @@ def _hooks(run: RunData, mesh, model, shardings, writer, stats: dict, saving: Sa
     return hooks, evaluation
 
 
-def _global(batches: Iterator, mesh) -> Iterator:
+def _global(batches: Iterator, mesh, batch_size: int) -> Iterator:
     for batch in batches:
-        yield sharding.global_batch(batch, mesh)
+        yield sharding.global_batch(batch, mesh, batch_size)
 
 
 def _prepend(first, rest: Iterator) -> Iterator:
@@ -344,10 +368,13 @@ def storage_errors(fn, workdir: str):
     try:
         return fn()
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+        local_error = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                  errno.EPERM)
+        if not (local_error or paths.is_url(workdir)):  # a bucket: gcsfs's HTTP errors
             raise
-        raise UserError(f"cannot write in --workdir {workdir}: {e}; its checkpoints are "
-                        f"unchanged: fix the storage and rerun the same command") from None
+        raise UserError(f"cannot write in --workdir {workdir}: {paths.first_line(e)}; its "
+                        f"checkpoints are unchanged: fix the storage and rerun the same "
+                        f"command") from None
 
 
 def summary(result: dict) -> str:

@@ -34,7 +34,10 @@ class Command:
 
     @property
     def argv(self) -> list[str]:
-        return shlex.split(self.text)
+        """The program's arguments (a pipe or redirection ends them: the shell's business)."""
+        words = shlex.split(self.text)
+        ends = [i for i, w in enumerate(words) if w in (">", ">>", "|", "&&", ";")]
+        return words[:ends[0]] if ends else words
 
     @property
     def id(self) -> str:

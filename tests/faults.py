@@ -6,7 +6,8 @@ does that without touching the training code: `python tests/faults.py ARGS...` i
 `python -m gptjax ARGS...` with the faults in $GPTJAX_FAULT installed first (comma-separated):
 
     pause_in_save:S     the async save of step S has written everything into its temporary
-                        directory; block just before the atomic rename that completes it,
+                        directory; block just before the commit (a rename, or on gs:// the
+                        `commit_success.txt` object) that completes it,
                         touch $GPTJAX_FAULT_MARKER (if set) and wait there to be killed
     kill_in_save:S      the same point, but SIGKILL ourselves there
     kill_after_save:S   SIGKILL ourselves as soon as the save of step S has been *started*
@@ -21,7 +22,8 @@ does that without touching the training code: `python tests/faults.py ARGS...` i
     kill_at_batch:N     SIGKILL ourselves when this process draws its N-th training batch
     nan_at_batch:N      the gradients of the step that trains on the N-th batch are NaN
 
-S may be `*` (every step). The hooks wrap `os.rename` (Orbax's local-filesystem commit),
+S may be `*` (every step). The hooks wrap `os.rename` (Orbax's local-filesystem commit) and
+`CommitFileTemporaryPath.finalize` (its gs:// commit),
 `orbax.checkpoint.CheckpointManager.save`, `gptjax.data.make_train_iter` and
 `gptjax.steps.make_loss_and_grads`. In-process tests call `install(spec)` (and undo it with
 pytest's monkeypatch: `install(spec, monkeypatch.setattr)`).
@@ -39,6 +41,7 @@ import time
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.path import atomicity  # the gs:// commit; no public name
 
 import gptjax.data as data
 from gptjax import steps
@@ -92,9 +95,31 @@ def _enospc(step) -> OSError:
     return OSError(errno.ENOSPC, f"No space left on device (injected at step {step})")
 
 
+def _commit_fault(commit, step: int, where: str) -> None:
+    """The commit faults due at the last moment of the save of `step`."""
+    for kind, a in commit:
+        if not _matches(a[0], step):
+            continue
+        if kind == "pause_in_save":
+            _say(f"paused in the save of step {step} before its commit; kill me")
+            _touch_marker(f"{step} {where}")
+            while True:
+                time.sleep(1)
+        if kind == "delay_in_save":
+            _say(f"delaying the commit of step {step} by {a[1]}s")
+            time.sleep(float(a[1]))
+        if kind == "kill_in_save":
+            _say(f"SIGKILL in the save of step {step} before its commit")
+            _kill_self()
+        if kind == "enospc_in_save":
+            _say(f"ENOSPC in the save of step {step}")
+            raise _enospc(step)
+
+
 def _install_commit_hook(faults) -> None:
-    """Wraps os.rename: Orbax completes a local checkpoint by renaming `S.orbax-checkpoint-tmp*`
-    to `S` once every file is written, so this is the last moment of an async save."""
+    """The last moment of an async save, once every file is written: on a local disk Orbax
+    renames `S.orbax-checkpoint-tmp*` to `S` (os.rename is wrapped); on gs:// (no rename) it
+    writes `S/commit_success.txt` (CommitFileTemporaryPath.finalize is wrapped)."""
     commit = [(k, a) for k, a in faults if k in COMMIT_KINDS]
     if not commit:
         return
@@ -103,27 +128,20 @@ def _install_commit_hook(faults) -> None:
     def rename(src, dst, *args, **kwargs):
         m = _TMP_RE.match(os.path.basename(os.fspath(src)))
         if m:
-            step = int(m.group(1))
-            for kind, a in commit:
-                if not _matches(a[0], step):
-                    continue
-                if kind == "pause_in_save":
-                    _say(f"paused in the save of step {step} before its commit; kill me")
-                    _touch_marker(f"{step} {os.fspath(src)}")
-                    while True:
-                        time.sleep(1)
-                if kind == "delay_in_save":
-                    _say(f"delaying the commit of step {step} by {a[1]}s")
-                    time.sleep(float(a[1]))
-                if kind == "kill_in_save":
-                    _say(f"SIGKILL in the save of step {step} before its commit")
-                    _kill_self()
-                if kind == "enospc_in_save":
-                    _say(f"ENOSPC in the save of step {step}")
-                    raise _enospc(step)
+            _commit_fault(commit, int(m.group(1)), os.fspath(src))
         return real_rename(src, dst, *args, **kwargs)
 
     os.rename = rename
+    commit_file = atomicity.CommitFileTemporaryPath
+    real_finalize = commit_file.finalize
+
+    async def finalize(self, *args, **kwargs):
+        final = self.get_final()
+        if final.name.isdigit():  # the step directory (its items are committed the same way)
+            _commit_fault(commit, int(final.name), os.fspath(final))
+        return await real_finalize(self, *args, **kwargs)
+
+    commit_file.finalize = finalize
 
 
 def _install_save_hook(faults) -> None:

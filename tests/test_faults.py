@@ -34,6 +34,7 @@ from fault_helpers import (
     assert_same_run,
     ckpt_root,
     complete_steps,
+    file_has,
     output,
     read_losses,
     read_state,
@@ -41,25 +42,10 @@ from fault_helpers import (
     subprocess_env,
     tmp_dirs,
     train_cmd,
+    wait_for,
 )
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = RUN_TIMEOUT,
-             what: str = "") -> None:
-    t0 = time.time()
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) before {what}")
-        if time.time() - t0 > timeout:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def file_has(path: Path, text: str):
-    return lambda: path.is_file() and text in path.read_text(errors="replace")
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,8 @@ import pytest
 
 from gptjax.config import get_config
 from gptjax.flops import model_stats, param_counts
-from gptjax.model import (
-    GPT,
-    GPTConfig,
-    attention_mask,
-    explicit_attention,
-    layers_to_scanned,
-    scanned_to_layers,
-)
+from gptjax.layouts import layers_to_scanned, scanned_to_layers
+from gptjax.model import GPT, GPTConfig, attention_mask, explicit_attention
 
 TINY = GPTConfig.from_config(get_config("configs/smoke.py:tiny").model, backend="cpu")
 

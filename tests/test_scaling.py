@@ -1,105 +1,214 @@
-"""Scaling-law fits, size families, token budgets, tables and plots (no training)."""
-
-import math
+"""Scaling-law fits on synthetic data with known answers, size families, token budgets."""
 
 import ml_collections
 import numpy as np
 import pytest
 
-from gptjax import flops, scaling
+from gptjax import fits, flops, loss_nd, scaling
 from gptjax.config import load_module
 from gptjax.errors import UserError
 
 presets = load_module("configs/scaling.py")
 
 
-@pytest.mark.parametrize("E,A,alpha", [(1.7, 30.0, 0.3), (2.5, 8.0, 0.15), (0.8, 200.0, 0.5)])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_power_law_fit_recovers_known_parameters(E, A, alpha, seed):
-    # Sizes span 10^4 so that the loss approaches E: only then is E identifiable at all.
+def _inside(entry, truth):
+    return entry["lo"] <= truth <= entry["hi"]
+
+
+# ----------------------------------------------------------------------------- parabolas
+
+
+def _profiles(a=0.45, k=0.3, curvature=0.05, sigma=0.004, budgets=(1e11, 3e11, 1e12, 3e12),
+              seed=0):
+    """IsoFLOP profiles that are exact parabolas in ln N with their vertex at k·C^a."""
     rng = np.random.default_rng(seed)
+    offsets = np.linspace(-1.4, 1.4, 6)
+    out = {}
+    for c in budgets:
+        n_opt = k * c ** a
+        loss_opt = 1.5 + 30 * c ** -0.15
+        n = n_opt * np.exp(offsets + 0.1)  # the sizes are not centred on the optimum
+        loss = loss_opt + curvature * np.log(n / n_opt) ** 2 + rng.normal(0, sigma, len(n))
+        out[c] = (n, loss)
+    return out
+
+
+def test_parabola_recovers_the_vertex():
+    n = np.geomspace(1e4, 1e6, 7)
+    loss = 2.0 + 0.08 * np.log(n / 8e4) ** 2
+    p = fits.fit_profile(1e12, n, loss)
+    assert p.flag == "" and p.x_opt == pytest.approx(8e4, rel=1e-6)
+    assert p.loss_opt == pytest.approx(2.0, abs=1e-9)
+    np.testing.assert_allclose(p.residuals, 0, atol=1e-9)
+
+
+@pytest.mark.parametrize("shift,flag", [(3.0, "lowest loss at the smallest"),
+                                        (-3.0, "lowest loss at the largest")])
+def test_profiles_with_the_minimum_at_an_edge_are_flagged(shift, flag):
+    n = np.geomspace(1e4, 1e6, 5)
+    loss = 2.0 + 0.05 * (np.log(n / 1e5) + shift) ** 2
+    assert flag in fits.fit_profile(1e12, n, loss).flag
+    concave = fits.fit_profile(1e12, n, 2.0 - 0.05 * np.log(n / 1e5) ** 2)
+    assert "no minimum" in concave.flag
+    with pytest.raises(UserError, match=">= 4"):
+        fits.fit_profile(1e12, n[:3], loss[:3])
+
+
+def test_flagged_profiles_are_left_out_of_the_exponents():
+    budgets = _profiles()
+    n, loss = budgets[1e12]
+    budgets[1e12] = (n, loss - 0.3 * np.log(n / n.min()))  # falls all the way: edge minimum
+    iso = fits.isoflop_analysis(budgets, lambda n: 6 * np.asarray(n), n_boot=100)
+    assert [p.key for p in iso["flagged"]] == [1e12]
+    assert [o["compute"] for o in iso["optima"]] == [1e11, 3e11, 3e12]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_isoflop_exponents_recover_known_values_within_their_cis(seed):
+    a, k = 0.45, 0.3
+    iso = fits.isoflop_analysis(_profiles(a=a, k=k, seed=seed), lambda n: 6 * np.asarray(n),
+                                n_boot=300, seed=seed)
+    assert not iso["flagged"] and iso["accepted"] == 300
+    assert _inside(iso["a"], a) and _inside(iso["b"], 1 - a)  # C = 6ND: a + b = 1
+    assert iso["a"]["hi"] - iso["a"]["lo"] < 0.15
+    # 95% intervals: most, not necessarily all four, cover their budget's true optimum.
+    covered = [_inside(o["n_opt"], k * o["compute"] ** a) for o in iso["optima"]]
+    assert sum(covered) >= 3, iso["optima"]
+    for o in iso["optima"]:
+        assert o["d_opt"]["value"] == pytest.approx(o["compute"] / (6 * o["n_opt"]["value"]))
+
+
+def test_frontier_fit_needs_four_minima_and_recovers_e():
+    # Minima of a known frontier L = E + A·N^-alpha over 2.5 decades of N.
+    e, a_coef, alpha = 1.2, 40.0, 0.4
+    budgets, rng = {}, np.random.default_rng(0)
+    for c in np.geomspace(1e10, 1e15, 6):
+        n_opt = 0.3 * c ** 0.5
+        n = n_opt * np.exp(np.linspace(-1.2, 1.2, 5))
+        budgets[c] = (n, e + a_coef * n_opt ** -alpha + 0.05 * np.log(n / n_opt) ** 2
+                      + rng.normal(0, 0.002, 5))
+    iso = fits.isoflop_analysis(budgets, lambda n: 6 * np.asarray(n), n_boot=200)
+    ci = iso["frontier_ci"]
+    assert _inside(ci["E"], e) and _inside(ci["alpha"], alpha)
+    assert 0 < ci["E"]["lo"] and iso["frontier"].r2 > 0.99 and not iso["frontier"].e_at_bound
+    three = {c: budgets[c] for c in sorted(budgets)[:3]}
+    assert "frontier" not in fits.isoflop_analysis(three, lambda n: 6 * np.asarray(n),
+                                                   n_boot=20)
+
+
+# ----------------------------------------------------------------------------- power laws
+
+
+@pytest.mark.parametrize("E,A,alpha", [(1.7, 30.0, 0.3), (0.8, 200.0, 0.5)])
+def test_power_law_recovers_known_parameters_within_cis(E, A, alpha):
+    rng = np.random.default_rng(0)
     n = np.geomspace(1e3, 1e7, 9)
     clean = E + A * n ** -alpha
-    noisy = clean * (1 + rng.normal(0, 0.002, n.shape))
-    fit = scaling.fit_power_law(n, noisy)
-    assert fit.alpha == pytest.approx(alpha, rel=0.05)
-    assert fit.E == pytest.approx(E, rel=0.03)
-    assert fit.A == pytest.approx(A, rel=0.1)
-    np.testing.assert_allclose(fit(n), clean, rtol=0.01)
-    assert 0 < fit.alpha_se < 0.05 and fit.r2 > 0.99
+    out = fits.bootstrap_power_law(n, clean * (1 + rng.normal(0, 0.003, n.shape)), n_boot=200)
+    for key, truth in (("E", E), ("A", A), ("alpha", alpha)):
+        assert _inside(out[key], truth), (key, out[key])
+    assert out["law"].r2 > 0.99 and not out["law"].e_at_bound
 
 
-def test_power_law_fit_pure_and_degenerate():
+def test_power_law_without_e_and_at_its_bound():
     n = np.geomspace(1e3, 1e8, 6)
-    fit = scaling.fit_power_law(n, 7.0 * n ** -0.076, fit_e=False)
-    assert fit.E == 0 and fit.alpha == pytest.approx(0.076, rel=1e-3)
-    assert fit.A == pytest.approx(7.0, rel=1e-2)
-    with pytest.raises(UserError, match="distinct sizes"):
-        scaling.fit_power_law([1e3, 1e3, 1e4], [3.0, 3.0, 2.0])
+    pure = fits.fit_power_law(n, 7.0 * n ** -0.076, fit_e=False)
+    assert pure.E == 0 and pure.alpha == pytest.approx(0.076, rel=1e-3)
+    # A pure power law fitted with E: E goes to its bound 0 and says so.
+    assert fits.fit_power_law(n, 7.0 * n ** -0.3).e_at_bound
+    with pytest.raises(UserError, match="distinct"):
+        fits.fit_power_law([1e3, 1e3, 1e4], [3.0, 3.0, 2.0])
 
 
-def test_nd_fit_and_compute_optimal_allocation():
-    rng = np.random.default_rng(0)
-    n, d = np.meshgrid(np.geomspace(1e5, 1e8, 6), np.geomspace(1e7, 1e10, 7))
-    c = scaling.CHINCHILLA
-    loss = c["E"] + c["A"] * n ** -c["alpha"] + c["B"] * d ** -c["beta"]
-    fit = scaling.fit_loss_nd(n.ravel(), d.ravel(), (loss + rng.normal(0, 0.002, n.shape)).ravel())
-    assert fit.alpha == pytest.approx(c["alpha"], rel=0.1)
-    assert fit.beta == pytest.approx(c["beta"], rel=0.1)
-    assert fit.E == pytest.approx(c["E"], abs=0.1)
-    # The closed-form optimum is the minimum of L along C = 6ND (checked by brute force).
+# ----------------------------------------------------------------------------- approach 3
+
+
+def _chinchilla_like(seed, sigma=0.003):
+    """Losses of an IsoFLOP-style design from a known L(N, D), multiplicative noise."""
+    law = loss_nd.NDLaw(E=1.4, A=40.0, alpha=0.35, B=60.0, beta=0.3)
+    rng = np.random.default_rng(seed)
+    n, d = [], []
+    for c in np.geomspace(1e11, 1e13, 4):
+        n_opt, _ = law.optimal(c)
+        sizes = n_opt * np.geomspace(0.25, 4, 5)
+        n += list(sizes)
+        d += list(c / (6 * sizes))
+    n, d = np.array(n), np.array(d)
+    return law, n, d, law(n, d) * np.exp(rng.normal(0, sigma, len(n)))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_approach3_recovers_known_parameters_within_cis(seed):
+    law, n, d, loss = _chinchilla_like(seed)
+    out = loss_nd.bootstrap_loss_nd(n, d, loss, budgets=[1e14], n_boot=100, seed=seed)
+    for key in ("E", "A", "alpha", "B", "beta"):
+        assert _inside(out[key], getattr(law, key)), (key, out[key])
+    assert _inside(out["a"], law.beta / (law.alpha + law.beta))
+    n_true, d_true = law.optimal(1e14)
+    assert _inside(out["optima"][0]["n_opt"], n_true)
+    assert _inside(out["optima"][0]["tokens_per_param"], d_true / n_true)
+
+
+def test_approach3_refuses_collinear_designs_and_optimum_is_the_minimum():
+    n = np.geomspace(1e4, 1e7, 8)
+    with pytest.raises(UserError, match="collinear"):
+        loss_nd.fit_loss_nd(n, 20 * n, 2 + n ** -0.3)
+    law = loss_nd.NDLaw(**scaling.CHINCHILLA)
     budget = 1e20
-    n_opt, d_opt = fit.optimal(budget)
+    n_opt, d_opt = law.optimal(budget)
     assert 6 * n_opt * d_opt == pytest.approx(budget, rel=1e-9)
     grid = np.geomspace(1e6, 1e12, 20001)
-    assert n_opt == pytest.approx(grid[np.argmin(fit(grid, budget / (6 * grid)))], rel=0.01)
-    # Bigger budgets want bigger models and more data.
-    n2, d2 = fit.optimal(100 * budget)
+    assert n_opt == pytest.approx(grid[np.argmin(law(grid, budget / (6 * grid)))], rel=0.01)
+    # With the sweep's own FLOPs per token the numeric optimum matches the closed form at 6N.
+    n_num, d_num = law.optimal(budget, lambda n: 6 * np.asarray(n, dtype=float))
+    assert n_num == pytest.approx(n_opt, rel=1e-4) and d_num == pytest.approx(d_opt, rel=1e-4)
+    n2, d2 = law.optimal(100 * budget)
     assert n2 > n_opt and d2 > d_opt
-    cn, cd = scaling.chinchilla_optimal(budget)
-    assert 6 * cn * cd == pytest.approx(budget)
 
 
-def test_frontier_picks_the_lowest_curve():
-    curves = [
-        {"n": 1, "flops": [1e2, 1e3, 1e4], "loss": [3.0, 2.5, 2.4]},
-        {"n": 2, "flops": [1e3, 1e4, 1e5], "loss": [2.8, 2.2, 1.9]},
-    ]
-    front = scaling.frontier_points(curves, n_levels=5)
-    assert front[0]["n"] == 1 and front[-1]["n"] == 2
-    assert all(p["compute"] > 0 for p in front)
+def test_flops_curve_interpolates_in_log_log():
+    fpt = fits.flops_curve([1e3, 1e4, 1e5], [1e4, 8e4, 7e5])
+    assert fpt(1e4) == pytest.approx(8e4)
+    assert 8e4 < fpt(3e4) < 7e5 and fpt(1e6) > 7e5
+
+
+# ----------------------------------------------------------------------------- families
 
 
 def _sweep(**kw):
-    sw = presets.get_config("austen_cpu").sweep
-    sw = ml_collections.ConfigDict(sw.to_dict())
+    sw = ml_collections.ConfigDict(presets.get_config("shakespeare_isoflop").sweep.to_dict())
     sw.update(kw)
     return sw
 
 
 @pytest.mark.parametrize("preset", sorted(presets.VARIANTS))
-def test_size_families_grow_monotonically(preset):
+def test_families_grow_smoothly(preset):
     config = presets.get_config(preset)
     sizes = scaling.size_family(config.sweep)
     model = config.model.to_dict()
     counts = [flops.param_counts({**model, **s})["non_embedding_params"] for s in sizes]
-    per_token = [flops.flops_per_token({**model, **s}, config.data.seq_len) for s in sizes]
     assert counts == sorted(counts) and len(set(counts)) == len(counts)
-    assert per_token == sorted(per_token)
-    if preset in ("austen_cpu", "gpu_shards", "gpt3"):
-        assert len(sizes) >= 6 and counts[-1] / counts[0] >= 30
+    ratios = np.array(counts[1:]) / np.array(counts[:-1])
+    if config.sweep.family != "table":
+        shapes = {s["d_model"] / s["num_layers"] for s in sizes}
+        depths = {s["num_layers"] for s in sizes}
+        assert len(shapes) == 1 or len(depths) == 1  # one thing varies
+        assert ratios.max() < 4.0
 
 
-def test_rule_derives_depth_heads_and_width():
-    sizes = scaling.size_family(_sweep(d_models=(32, 64, 128), aspect=32.0, head_dim=16,
-                                       ff_mult=4, min_layers=1))
-    assert [s["num_layers"] for s in sizes] == [1, 2, 4]
-    assert [s["num_heads"] for s in sizes] == [2, 4, 8]
-    assert [s["d_ff"] for s in sizes] == [128, 256, 512]
+def test_width_and_aspect_families():
+    sizes = scaling.size_family(_sweep(family="width", depth=3, d_models=(32, 64), head_dim=16))
+    assert [(s["num_layers"], s["d_model"], s["num_heads"], s["d_ff"]) for s in sizes] == \
+        [(3, 32, 2, 128), (3, 64, 4, 256)]
+    sizes = scaling.size_family(_sweep(family="aspect", depths=(2, 3, 4), aspect=32.0,
+                                       head_dim=16))
+    assert [(s["num_layers"], s["d_model"]) for s in sizes] == [(2, 64), (3, 96), (4, 128)]
     with pytest.raises(UserError, match="multiple of sweep.head_dim"):
-        scaling.size_family(_sweep(d_models=(36,), head_dim=8))
-    with pytest.raises(UserError, match="family"):
-        scaling.size_family(_sweep(family="grid"))
+        scaling.size_family(_sweep(family="width", d_models=(36,), head_dim=8))
+    with pytest.raises(UserError, match="increase"):
+        scaling.size_family(_sweep(family="width", d_models=(64, 32)))
+    with pytest.raises(UserError, match="'rule' became"):
+        scaling.size_family(_sweep(family="rule"))
 
 
 def test_table_family_and_selection():
@@ -111,40 +220,19 @@ def test_table_family_and_selection():
         scaling.size_family(_sweep(family="table", table=table, sizes="c"))
 
 
-def test_token_budgets():
-    assert scaling.token_budget(_sweep(budget="fixed", tokens=1000), 10, 60) == 1000
-    assert scaling.token_budget(_sweep(budget="proportional", tokens_per_param=20.0), 1000, 1) \
+def test_budgets_windows_and_tags():
+    assert scaling.token_budget(_sweep(budget="fixed", tokens=1000), 10) == 1000
+    assert scaling.token_budget(_sweep(budget="proportional", tokens_per_param=20.0), 1000) \
         == 20_000
-    iso = _sweep(budget="iso_flops", flops=1e12)
-    assert scaling.token_budget(iso, 1, 1000) == 10 ** 9
     with pytest.raises(UserError, match="budget"):
-        scaling.token_budget(_sweep(budget="chinchilla"), 10, 60)
-    with pytest.raises(UserError, match="sweep.tokens"):
-        scaling.token_budget(_sweep(budget="fixed", tokens=0), 10, 60)
+        scaling.token_budget(_sweep(budget="chinchilla"), 10)
+    assert scaling.compute_budgets(_sweep(flops=(1e12, 1e11))) == [1e11, 1e12]
+    with pytest.raises(UserError, match="sweep.flops"):
+        scaling.compute_budgets(_sweep(flops=()))
+    n = np.geomspace(1e4, 1e6, 9)
+    window = scaling.isoflop_window(n, 6 * n, 6 * 20 * 1e5 ** 2, 5, 20.0)
+    assert window == [2, 3, 4, 5, 6]  # centred on N = 1e5, where D / N = 20
+    assert scaling.isoflop_window(n, 6 * n, 1.0, 5, 20.0) == [0, 1, 2, 3, 4]  # clipped
+    assert [scaling.flops_tag(c) for c in (1e12, 2.5e11, 1.25e13)] == ["1e12", "2.5e11",
+                                                                        "1.25e13"]
     assert scaling.kaplan_lr(1e4) > scaling.kaplan_lr(1e8) > 0
-
-
-def test_tables_and_plots(tmp_path):
-    rows, curves = [], []
-    for i, n in enumerate([1e4, 3e4, 1e5, 3e5]):
-        loss = 1.5 + 30 * n ** -0.3
-        rows.append({"name": f"s{i}", "num_layers": i + 1, "d_model": 32 * (i + 1), "params": n,
-                     "non_embedding_params": int(n), "tokens": int(20 * n), "steps": 10,
-                     "flops": 120 * n * n, "eval_loss": loss, "train_loss": loss,
-                     "wall_time_s": 1.5})
-        f = np.geomspace(1e6, 120 * n * n, 5)
-        curves.append({"n": n, "flops": f, "loss": loss + 1 / np.log(f), "tokens": f / (6 * n),
-                       "train_tokens": f / (6 * n), "train_loss": loss + 1 / np.log(f)})
-    scaling.write_csv(rows, tmp_path / "r.csv")
-    lines = (tmp_path / "r.csv").read_text().splitlines()
-    assert lines[0].startswith("name,") and len(lines) == 5
-    md = scaling.markdown_table(rows)
-    assert md.count("\n") == 6 and "| s3 |" in md and "300,000" in md
-    fit = scaling.fit_power_law([r["non_embedding_params"] for r in rows],
-                                [r["eval_loss"] for r in rows])
-    assert math.isfinite(fit.alpha)
-    scaling.plot_loss_vs_params(rows, fit, str(tmp_path / "p.png"), "non_embedding_params")
-    scaling.plot_loss_vs_compute(rows, curves, None, str(tmp_path / "c.png"))
-    scaling.plot_training_curves(rows, curves, str(tmp_path / "t.png"))
-    for name in ("p.png", "c.png", "t.png"):
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

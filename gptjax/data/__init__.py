@@ -3,12 +3,13 @@
 The contract the rest of gptjax relies on (keep it stable):
 
     tok = make_tokenizer(config, workdir)           # trains or loads; saved in the workdir
-    it = make_train_iter(config, tok, process_index, process_count)
+    it = make_train_iter(config, tok, process_index, process_count)  # or rows=host_rows(...)
     batch = next(it)        # {'inputs': int32 [B_host, T], 'targets': int32 [B_host, T]}
     state = it.get_state()  # JSON-serialisable; it.set_state(state) resumes exactly there
     for batch in make_eval_batches(config, tok, process_index, process_count): ...
 
-B_host = config.train.batch_size // process_count, T = config.data.seq_len; `targets` is
+B_host = config.train.batch_size // process_count (or len(rows): the rows of each global batch
+this process's devices hold, `gptjax.sharding.host_rows`), T = config.data.seq_len; `targets` is
 `inputs` shifted left by one token. Importing this package does not import TensorFlow: only
 reading a TFDS / files source (to tokenize it once) or data.loader=tf does.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from gptjax.data import fileio
+from gptjax import paths
 from gptjax.data.hf_tokenizer import EOS_TOKEN, HFTokenizer
 from gptjax.errors import UserError
 
@@ -53,13 +53,13 @@ def load(path: str) -> HFTokenizer:
         return tok
     vocab, _, merges = path.partition(",")
     if not merges:
-        vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
+        vocab, merges = paths.join(path, "vocab.json"), paths.join(path, "merges.txt")
     for name in (vocab, merges):
-        if not fileio.isfile(name):
+        if not paths.isfile(name):
             raise UserError(f"data.tokenizer.path={path!r}: {name!r} does not exist (give a "
                             f"directory with vocab.json and merges.txt, VOCAB,MERGES, or a "
                             f"tokenizer.json)")
-    bpe = tokenizers.ByteLevelBPETokenizer(vocab, merges)
+    bpe = tokenizers.ByteLevelBPETokenizer(paths.local_copy(vocab), paths.local_copy(merges))
     bpe.add_special_tokens([EOS_TOKEN])
     return _wrap(bpe.to_str())
 

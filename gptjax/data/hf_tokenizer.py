@@ -8,11 +8,10 @@ package (the `gptjax[interop]` extra).
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 
-from gptjax.data import fileio
+from gptjax import paths
 from gptjax.errors import UserError
 
 try:
@@ -35,7 +34,7 @@ class HFTokenizer:
             raise UserError("a Hugging Face tokenizer needs `pip install tokenizers` "
                             "(or 'gptjax[interop]')")
         self.path = path
-        self.data = fileio.read(path)
+        self.data = paths.read_bytes(path)
         try:
             self.tok = tokenizers.Tokenizer.from_str(self.data.decode("utf-8"))
         except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exceptions
@@ -47,7 +46,7 @@ class HFTokenizer:
 
     @classmethod
     def load(cls, path: str) -> HFTokenizer:
-        if not fileio.isfile(path):
+        if not paths.isfile(path):
             raise UserError(f"tokenizer file {path!r} does not exist")
         return cls(path)
 
@@ -62,7 +61,7 @@ class HFTokenizer:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def save(self, directory: str) -> str:
-        path = fileio.join(directory, FILE)
-        if fileio.is_url(path) or os.path.abspath(path) != os.path.abspath(self.path):
-            fileio.atomic_write(path, self.data)
+        path = paths.join(directory, FILE)
+        if paths.is_url(path) or paths.resolve(path) != paths.resolve(self.path):
+            paths.write_bytes(path, self.data)
         return path

@@ -9,8 +9,10 @@ attention, as GPT-2 / nanoGPT train.
 
 The stream of windows is the concatenation of epochs; epoch e is a permutation of all windows
 drawn from (data.seed, e), with a random shift in [0, L) so token positions inside windows differ
-from epoch to epoch. Global batch k is stream positions [k*B, (k+1)*B); process i of n reads only
-positions [k*B + i*B/n, k*B + (i+1)*B/n) -- disjoint slices that together cover the batch.
+from epoch to epoch. Global batch k is stream positions [k*B, (k+1)*B); each process reads only
+its rows r of it (positions k*B + r): by default process i of n the block [i*B/n, (i+1)*B/n),
+in training the rows its devices hold (`gptjax.sharding.host_rows`; processes that hold
+replicas of the same rows read the same rows).
 The iterator's state is the stream position: saving and restoring it is O(1) and exact, and it
 stays meaningful if the number of processes or the batch size changes on resume.
 
@@ -23,22 +25,34 @@ A source that makes its own batches (`Source.batches`, e.g. synthetic) skips all
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import json
-import os
 import queue
 import sys
 import threading
+import weakref
 
 import numpy as np
 
+from gptjax import paths
 from gptjax.data import registry
 from gptjax.data.store import TokenStore, cache_root
 from gptjax.errors import UserError
 
 LOADERS = ("auto", *registry.LOADERS)
 EVAL_SEED_OFFSET = 1_000_003   # a `batches` source's eval stream: seed + this
+_PREFETCHING: weakref.WeakSet = weakref.WeakSet()   # iterators whose prefetch thread runs
+
+
+@atexit.register
+def _stop_prefetching() -> None:
+    """Stops the prefetch threads before the interpreter finalizes: a daemon thread caught
+    inside numpy's C++ code then aborts the process ("terminate called without an active
+    exception") after the program has already finished."""
+    for it in list(_PREFETCHING):
+        it.close()
 
 
 # ----------------------------------------------------------------------------- token arrays
@@ -57,7 +71,7 @@ def token_store(config, tok, workdir: str | None = None) -> TokenStore:
     spec = {"source": key, "tokenizer": tok.fingerprint, "add_eos": bool(d.tokenizer.add_eos)}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     root = cache_root(config, workdir or getattr(tok, "workdir", None))
-    return TokenStore.create(os.path.join(root, "tokens", f"{source.cache_name(config)}-{digest}"),
+    return TokenStore.create(paths.join(root, "tokens", f"{source.cache_name(config)}-{digest}"),
                              tok, key)
 
 
@@ -110,9 +124,12 @@ class Windows:
 
     def starts(self, position: int, count: int) -> np.ndarray:
         """Token offsets of the windows at stream positions [position, position + count)."""
-        pos = np.arange(position, position + count, dtype=np.int64)
-        epochs, idx = np.divmod(pos, self.num_windows)
-        out = np.empty(count, np.int64)
+        return self.at(np.arange(position, position + count, dtype=np.int64))
+
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        """Token offsets of the windows at the given stream positions."""
+        epochs, idx = np.divmod(np.asarray(positions, np.int64), self.num_windows)
+        out = np.empty(len(epochs), np.int64)
         for e in np.unique(epochs):
             perm, shift = self.epoch(int(e))
             sel = epochs == e
@@ -128,6 +145,20 @@ def host_batch(config, process_index: int, process_count: int) -> int:
     if b % process_count:
         raise UserError(f"train.batch_size={b} is not divisible by {process_count} processes")
     return b // process_count
+
+
+def _block(process_index: int, process_count: int, global_batch: int) -> np.ndarray:
+    bh = global_batch // process_count
+    return process_index * bh + np.arange(bh, dtype=np.int64)
+
+
+def batch_rows(config, process_index: int, process_count: int, rows=None) -> np.ndarray:
+    """The rows of each global batch this process reads: `rows` (mesh-aware, from
+    gptjax.sharding.host_rows), else its contiguous block of B / process_count."""
+    if rows is not None:
+        return np.asarray(rows, np.int64)
+    host_batch(config, process_index, process_count)
+    return _block(process_index, process_count, config.train.batch_size)
 
 
 def _gather(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> dict:
@@ -158,11 +189,13 @@ class TrainIterator:
 
     def __init__(self, tokens: np.ndarray, windows: Windows, global_batch: int,
                  process_index: int, process_count: int, loader: str = "numpy",
-                 prefetch: int = 2):
+                 prefetch: int = 2, rows=None):
         self.tokens, self.windows = tokens, windows
         self.global_batch = global_batch
-        self.host_batch = global_batch // process_count
-        self.offset = process_index * self.host_batch
+        if rows is None:
+            rows = _block(process_index, process_count, global_batch)
+        self.rows = np.asarray(rows, np.int64)   # this process's rows of each global batch
+        self.host_batch = len(self.rows)
         self.seq_len = windows.seq_len
         self.loader, self.prefetch = loader, max(0, int(prefetch))
         self.position = 0          # global stream position of the next batch to hand out
@@ -172,7 +205,7 @@ class TrainIterator:
     # -- the batches
     def batch_at(self, position: int) -> dict:
         """This process's part of the global batch starting at stream `position`."""
-        starts = self.windows.starts(position + self.offset, self.host_batch)
+        starts = self.windows.at(position + self.rows)
         return _gather(self.tokens, starts, self.seq_len)
 
     def __iter__(self):
@@ -228,6 +261,7 @@ class TrainIterator:
                 except queue.Empty:
                     pass
             self._thread = None
+        _PREFETCHING.discard(self)
 
     def __del__(self):
         try:
@@ -259,13 +293,14 @@ class TrainIterator:
                 pos += self.global_batch
         self._thread = threading.Thread(target=work, daemon=True, name="gptjax-data")
         self._thread.start()
+        _PREFETCHING.add(self)
 
     def _tf_iterator(self, position: int):
         import tensorflow as tf
         L, bh, B = self.seq_len, self.host_batch, self.global_batch
 
         def starts(j):
-            return self.windows.starts(position + int(j) * B + self.offset, bh)
+            return self.windows.at(position + int(j) * B + self.rows)
 
         ds = tf.data.Dataset.range(1 << 62)
         ds = ds.map(lambda j: tf.ensure_shape(
@@ -291,22 +326,23 @@ class TrainIterator:
 # ----------------------------------------------------------------------------- public
 
 def make_train_iter(config, tokenizer, process_index: int = 0, process_count: int = 1,
-                    workdir: str | None = None):
-    """This process's training batches: {'inputs','targets'} int32 [B/process_count, T]."""
+                    workdir: str | None = None, rows=None):
+    """This process's training batches: {'inputs','targets'} int32 [B/process_count, T], or
+    the given `rows` of each global batch (gptjax.sharding.host_rows)."""
     d = config.data
     source = registry.of(config)
+    rows = batch_rows(config, process_index, process_count, rows)
     if source.batches is not None:
-        return source.batches(config, process_index, process_count, 0)
-    host_batch(config, process_index, process_count)
+        return source.batches(config, process_index, process_count, 0, rows)
     tokens = split_tokens(config, tokenizer, d.train_split, workdir)
     windows = Windows(tokens.size, d.seq_len, d.seed, d.shuffle,
                       f"training split {d.train_split!r}")
     return TrainIterator(tokens, windows, config.train.batch_size, process_index, process_count,
-                         loader=choose_loader(config), prefetch=d.prefetch)
+                         loader=choose_loader(config), prefetch=d.prefetch, rows=rows)
 
 
 def make_eval_batches(config, tokenizer, process_index: int = 0, process_count: int = 1,
-                      workdir: str | None = None) -> list[dict]:
+                      workdir: str | None = None, rows=None) -> list[dict]:
     """A fixed list of up to train.eval_batches batches: non-overlapping windows from the start
     of the eval split, this process's slice of each. A split too small for one global batch
     gives one batch whose windows repeat (the loss average is unchanged in expectation)."""
@@ -314,10 +350,10 @@ def make_eval_batches(config, tokenizer, process_index: int = 0, process_count: 
     if int(config.train.eval_batches) <= 0:
         return []
     source = registry.of(config)
+    rows = batch_rows(config, process_index, process_count, rows)
     if source.batches is not None:   # held out by seed: another stream of the same kind
-        it = source.batches(config, process_index, process_count, EVAL_SEED_OFFSET)
+        it = source.batches(config, process_index, process_count, EVAL_SEED_OFFSET, rows)
         return [next(it) for _ in range(config.train.eval_batches)]
-    bh = host_batch(config, process_index, process_count)
     if not d.eval_split:
         raise UserError("data.eval_split is empty: no held-out data to evaluate on")
     tokens = split_tokens(config, tokenizer, d.eval_split, workdir)
@@ -326,6 +362,6 @@ def make_eval_batches(config, tokenizer, process_index: int = 0, process_count: 
     num_batches = max(1, min(int(config.train.eval_batches), n // B))
     out = []
     for b in range(num_batches):
-        idx = (b * B + process_index * bh + np.arange(bh)) % n
+        idx = (b * B + rows) % n
         out.append(_gather(tokens, idx * d.seq_len, d.seq_len))
     return out

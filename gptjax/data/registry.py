@@ -6,8 +6,9 @@ source. A source provides exactly one of
 * `documents(config, split)` -> an iterable of `str`, one per document: text, which is tokenized
   once into a token store (`store.py`) and which char / bpe / unigram tokenizers are trained on;
 * `store_dir(config)` -> the directory of a token store that is already tokenized;
-* `batches(config, process_index, process_count, seed)` -> an iterator of ready batches with
-  `get_state` / `set_state` (made-up tokens: no text, no store).
+* `batches(config, process_index, process_count, seed, rows)` -> an iterator of ready batches
+  with `get_state` / `set_state` (made-up tokens: no text, no store); `rows` are the rows of
+  each global batch this process reads (`pipeline.batch_rows`).
 
 The built-in sources (tfds, files, shards, synthetic) are registered by `gptjax/data/sources.py`
 when `gptjax.data` is imported; `register(Source(...))` adds one more (docs/data.md).
@@ -37,7 +38,7 @@ class Source:
     required: dict[str, str] = dataclasses.field(default_factory=dict)  # key -> 'VALUE (hint)'
     documents: Callable[..., Iterable[str]] | None = None   # (config, split) -> documents
     store_dir: Callable | None = None           # (config) -> directory of a token store
-    batches: Callable | None = None             # (config, index, count, seed) -> batch iterator
+    batches: Callable | None = None             # (config, index, count, seed, rows) -> batches
     tokenizer: Callable | None = None           # (config) -> the tokenizer the source carries
     cache_key: Callable | None = None           # (config) -> JSON-able identity of its text
     label: Callable | None = None               # (config) -> name for cache directories, logs

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
+from gptjax import paths
 from gptjax.data import registry, tfds_text
 from gptjax.data.registry import Source, documents, source_key  # noqa: F401 - re-exported
 from gptjax.data.synthetic import SyntheticIterator, SyntheticTokenizer
@@ -23,8 +23,8 @@ from gptjax.errors import UserError
 
 
 def shards_dir(config) -> str:
-    d = os.path.expanduser(config.data.shards_dir)
-    if not os.path.isdir(d):
+    d = paths.resolve(config.data.shards_dir)   # a local directory or a bucket URL (copied there)
+    if not paths.isdir(d):
         raise UserError(f"data.shards_dir={d!r} does not exist; write it with `gptjax data export`")
     return d
 

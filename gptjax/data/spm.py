@@ -16,7 +16,7 @@ import re
 import numpy as np
 import sentencepiece as spm
 
-from gptjax.data import fileio
+from gptjax import paths
 from gptjax.errors import UserError
 
 try:
@@ -44,17 +44,17 @@ class SentencePieceTokenizer:
 
     @classmethod
     def load(cls, path: str) -> SentencePieceTokenizer:
-        if not fileio.isfile(path):
+        if not paths.isfile(path):
             raise UserError(f"tokenizer file {path!r} does not exist")
-        data = fileio.read(path)
+        data = paths.read_bytes(path)
         try:
             return cls(data)
         except RuntimeError as e:
             raise UserError(f"{path!r} is not a sentencepiece model ({_last_line(e)})") from None
 
     def save(self, directory: str) -> str:
-        path = fileio.join(directory, FILE)
-        fileio.atomic_write(path, self.model_bytes)
+        path = paths.join(directory, FILE)
+        paths.write_bytes(path, self.model_bytes)
         return path
 
     def encode(self, text: str) -> list[int]:

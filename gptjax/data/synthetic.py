@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from gptjax.data.pipeline import host_batch
+from gptjax.data.pipeline import batch_rows
 from gptjax.errors import UserError
 
 
 class SyntheticIterator:
     """Deterministic random tokens; the state is the batch count."""
 
-    def __init__(self, config, process_index: int, process_count: int, seed_offset: int = 0):
-        self.batch = host_batch(config, process_index, process_count)
+    def __init__(self, config, process_index: int, process_count: int, seed_offset: int = 0,
+                 rows=None):
+        self.rows = batch_rows(config, process_index, process_count, rows)
+        self.global_batch = config.train.batch_size
         self.seq_len = config.data.seq_len
         self.vocab = config.model.vocab_size
         self.seed = config.data.seed + seed_offset
-        self.process_index = process_index
-        self.process_count = process_count
         self.step = 0
 
     def __iter__(self):
@@ -30,9 +30,8 @@ class SyntheticIterator:
         # (multi-host helper) one global batch per step, this process takes its rows: the same
         # data whatever the process count, so N processes reproduce a 1-process run.
         rng = np.random.default_rng([self.seed, self.step])
-        rows = self.batch * self.process_count
-        tokens = rng.integers(0, self.vocab, (rows, self.seq_len + 1), dtype=np.int32)
-        tokens = tokens[self.process_index * self.batch:(self.process_index + 1) * self.batch]
+        tokens = rng.integers(0, self.vocab, (self.global_batch, self.seq_len + 1),
+                              dtype=np.int32)[self.rows]
         self.step += 1
         return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
 

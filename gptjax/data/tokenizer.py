@@ -26,10 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 
-from gptjax.data import fileio, gpt2_bpe, registry
+from gptjax import paths
+from gptjax.data import gpt2_bpe, registry
 from gptjax.data.hf_tokenizer import FILE as HF_FILE
 from gptjax.data.hf_tokenizer import HFTokenizer
 from gptjax.data.spm import FILE as SPM_FILE
@@ -93,11 +95,11 @@ class CharTokenizer:
 
     @classmethod
     def load(cls, path: str) -> CharTokenizer:
-        return cls.from_bytes(fileio.read(path))
+        return cls.from_bytes(paths.read_bytes(path))
 
     def save(self, directory: str) -> str:
-        path = fileio.join(directory, CHAR_FILE)
-        fileio.atomic_write(path, self.to_bytes())
+        path = paths.join(directory, CHAR_FILE)
+        paths.write_bytes(path, self.to_bytes())
         return path
 
     def encode_array(self, text: str) -> np.ndarray:
@@ -134,8 +136,8 @@ def load_tokenizer(directory: str, kind: str | None = None):
     files = TOKENIZER_FILES if kind is None else (
         (HF_FILE,) if kind in ("hf", "gpt2") else (SPM_FILE, CHAR_FILE))
     for name in files:
-        path = fileio.join(directory, name)
-        if fileio.isfile(path):
+        path = paths.join(directory, name)
+        if paths.isfile(path):
             return _LOAD[name](path)
     return None
 
@@ -206,11 +208,13 @@ def _trained(config, source, workdir):
         raise UserError(f"data.source={source.name} has no text to train a "
                         f"data.tokenizer.kind={config.data.tokenizer.kind} tokenizer on; use "
                         "kind=path or hf")
-    cache = None if workdir else os.path.join(cache_root(config, None), "tokenizers",
-                                               tokenizer_cache_key(config))
+    cache = None if workdir else paths.join(cache_root(config, None), "tokenizers",
+                                            tokenizer_cache_key(config))
     tok = load_tokenizer(cache) if cache else None
     if tok is None:
         tok = _train(config, source)
+        print(f"gptjax: trained a {tok.kind} tokenizer of {tok.vocab_size} tokens",
+              file=sys.stderr, flush=True)
         if cache:
             tok.save(cache)
     return tok
