@@ -223,7 +223,7 @@ def compile_config(config, s: Slice, eval_step: bool = True) -> dict:
     _multislice(config, s)
     devices = topology_devices(s)
     mesh = sharding.make_mesh(config.mesh, devices)
-    sharding.check_config(config, mesh, process_count=s.hosts)
+    sharding.check_config(config, mesh)
     c = GPTConfig.from_config(config.model, backend="tpu")
     model, tx = GPT(c), make_optimizer(config)
     abstract, shardings = abstract_train_state(config, mesh, model, tx)
