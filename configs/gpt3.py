@@ -43,7 +43,7 @@ VARIANTS = {
     "175b": (96, 12288, 96, 128, 1536 * N_CTX, 0.6e-4),
 }
 # The TPU slice each size compiles and fits on as shipped (`gptjax compile`, docs/tpu.md).
-SLICES = {"small": "v5p-8", "medium": "v5p-8", "large": "v5p-16", "xl": "v5p-32",
+SLICES = {"small": "v5p-8", "medium": "v5p-16", "large": "v5p-16", "xl": "v5p-32",
           "2.7b": "v5p-32", "6.7b": "v5p-64", "13b": "v5p-128", "175b": "v5p-1024"}
 FSDP_FROM = "xl"            # this size and larger: FSDP over the slice and full remat
 WARMUP_TOKENS = 375e6

@@ -40,7 +40,8 @@ ROWS = [
     gpt3("2.7b"), gpt3("175b"),
     ("gpt2-124m", "configs/gpt2.py:124m", "v5e-8", []),
     ("smoke", "configs/smoke.py", "v6e-4", []),
-    gpt3("medium"), gpt3("large"), gpt3("6.7b"), gpt3("13b"),
+    ("medium, v5p-8", "configs/gpt3.py:medium", "v5p-8", []),
+    gpt3("large"), gpt3("6.7b"), gpt3("13b"), gpt3("medium"),
     gpt3("xl", "--config.model.attention=xla", label="xl, attention=xla"),
     gpt3("small", "--config.model.local_window=256", label="small, local_window=256"),
 ]
