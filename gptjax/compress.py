@@ -11,8 +11,9 @@ unfinished fine-tunes), then measures every variant the same way:
                        Orbax checkpoints also hold the optimizer state and are not counted
     MB in memory       the weights as the model runs with them (quantized ones quantized)
     held-out loss      on the run's eval batches, as `gptjax eval` measures it
-    tasks              evaluation-task accuracy, when gptjax/harness.py provides
-                       `score_workdir(workdir) -> {task: accuracy}` (else empty)
+    TASK k-shot        each --tasks task's main metric at each --shots count (gptjax/tasks.py:
+                       acc_norm of a choice task, acc of a cloze, exact_match of a completion),
+                       scored by the variant as it runs (quantized ones quantized)
     tok/s b1, b16      KV-cache decode speed at batch 1 and 16 (gptjax/generate.py): the
                        best of --repeats generations of --decode-tokens after 16 prompt tokens,
                        per second of wall clock and per second of this process's CPU time
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import os
 import tempfile
 import time
@@ -39,7 +39,8 @@ import time
 import jax
 import numpy as np
 
-from gptjax import checkpoint, evaluate, generate, prune, quant, steps, surgery, trim
+from gptjax import (checkpoint, evaluate, generate, prune, quant, scoring, steps, surgery,
+                    tasks, trim)
 from gptjax.defaults import base_config
 from gptjax.distill import Distillation
 from gptjax.errors import UserError
@@ -134,13 +135,22 @@ def disk_bytes(params) -> int:
         return os.path.getsize(quant.save(d, params, {}))
 
 
-def task_scores(workdir: str) -> dict:
-    """Evaluation-task accuracies, once gptjax/harness.py exists (else {})."""
-    if importlib.util.find_spec("gptjax.harness") is None:
-        return {}
-    harness = importlib.import_module("gptjax.harness")
-    scorer = getattr(harness, "score_workdir", None)
-    return dict(scorer(workdir)) if scorer is not None else {}
+def task_scores(scorer: scoring.Scorer, ctx) -> dict:
+    """{'TASK k-shot': main metric} of every --tasks task at every --shots count."""
+    out = {}
+    for task in ctx.task_list:
+        for k in ctx.shots:
+            result = tasks.run_task(task, scorer, k, ctx.task_limit)
+            out[task_column(task, k)] = result[tasks.MAIN_METRIC[task.format]]
+    return out
+
+
+def task_column(task, shots: int) -> str:
+    return f"{task.name} {shots}-shot {tasks.MAIN_METRIC[task.format]}"
+
+
+def task_columns(ctx) -> list[str]:
+    return [task_column(task, k) for task in ctx.task_list for k in ctx.shots]
 
 
 def measure(name: str, workdir: str, mode: str, ctx) -> dict:
@@ -163,8 +173,10 @@ def measure(name: str, workdir: str, mode: str, ctx) -> dict:
            "nonzero": sum(int(np.count_nonzero(x)) for x in leaves) if dense else -1,
            "layers": c.num_layers, "heads": c.num_heads, "d_ff": c.d_ff,
            "mb_disk": disk_bytes(params) / 1e6 if mode == "none" else float("nan"),
-           "mb_memory": quant.weight_bytes(run_params) / 1e6, "eval_loss": loss,
-           "tasks": "; ".join(f"{k} {v:.3f}" for k, v in task_scores(workdir).items())}
+           "mb_memory": quant.weight_bytes(run_params) / 1e6, "eval_loss": loss}
+    if ctx.task_list:
+        row.update(task_scores(scoring.Scorer(config, run_params, tokenizer, mesh,
+                                              model=model), ctx))
     new = min(ctx.decode_tokens, c.max_seq_len - 1)
     prompt = max(1, min(16, c.max_seq_len - new))
     for batch in ctx.decode_batches:
@@ -173,26 +185,28 @@ def measure(name: str, workdir: str, mode: str, ctx) -> dict:
         row[f"tok_cpu_s_b{batch}"] = timing.tokens_per_cpu_s
     print(f"  {name}: loss {loss:.4f}, {row['mb_memory']:.2f} MB, " + ", ".join(
         f"b{b} {row[f'tok_s_b{b}']:.0f} tok/s ({row[f'tok_cpu_s_b{b}']:.0f} per CPU-s)"
-        for b in ctx.decode_batches), flush=True)
+        for b in ctx.decode_batches) + "".join(
+        f", {k} {row[k]:.3f}" for k in row if k in task_columns(ctx)), flush=True)
     return row
 
 
 # ----------------------------------------------------------------------------- outputs
 
 
-def table(rows: list[dict], batches) -> str:
+def table(rows: list[dict], batches, task_cols=()) -> str:
     base = rows[0]["eval_loss"]
     head = ["variant", "layers x heads, d_ff", "params", "nonzero", "MB disk", "MB memory",
-            "held-out loss", "Δ loss", *[f"tok/s b{b}" for b in batches],
-            *[f"tok/CPU-s b{b}" for b in batches], "tasks"]
+            "held-out loss", "Δ loss", *task_cols, *[f"tok/s b{b}" for b in batches],
+            *[f"tok/CPU-s b{b}" for b in batches]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         disk = "—" if np.isnan(r["mb_disk"]) else f"{r['mb_disk']:.2f}"
         nonzero = f"{r['nonzero']:,}" if r["nonzero"] >= 0 else "—"
         cells = [r["variant"], f"{r['layers']} x {r['heads']}, {r['d_ff']}", f"{r['params']:,}",
                  nonzero, disk, f"{r['mb_memory']:.2f}", f"{r['eval_loss']:.4f}",
-                 f"{r['eval_loss'] - base:+.4f}", *[f"{r[f'tok_s_b{b}']:,.0f}" for b in batches],
-                 *[f"{r[f'tok_cpu_s_b{b}']:,.0f}" for b in batches], r["tasks"] or "—"]
+                 f"{r['eval_loss'] - base:+.4f}", *[f"{r[k]:.3f}" for k in task_cols],
+                 *[f"{r[f'tok_s_b{b}']:,.0f}" for b in batches],
+                 *[f"{r[f'tok_cpu_s_b{b}']:,.0f}" for b in batches]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -232,7 +246,7 @@ def write(rows: list[dict], ctx) -> list[str]:
     md, csv_path, png = (os.path.join(ctx.out, n) for n in
                          ("results.md", "results.csv", "compression.png"))
     with open(md, "w") as f:
-        f.write(table(rows, ctx.decode_batches))
+        f.write(table(rows, ctx.decode_batches, task_columns(ctx)))
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -260,6 +274,23 @@ def add_args(parser):
     parser.add_argument("--decode-tokens", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed decodes per batch size; the fastest counts")
+    parser.add_argument("--tasks", default="",
+                        help="comma-separated evaluation tasks (gptjax/tasks.py: directories or "
+                             "names under ./tasks/, e.g. austen_nextsent) scored on every "
+                             "variant (default: none)")
+    parser.add_argument("--shots", default="0", help="comma-separated shot counts of --tasks")
+    parser.add_argument("--task-limit", type=int, default=None,
+                        help="score only the first N eval examples of each task")
+
+
+def _shots(text: str) -> list[int]:
+    try:
+        shots = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        shots = []
+    if not shots or min(shots) < 0:
+        raise UserError(f"--shots {text!r}: expected comma-separated integers >= 0")
+    return shots
 
 
 def run(args):
@@ -268,7 +299,9 @@ def run(args):
     if unknown or not methods:
         raise UserError(f"--methods {args.methods!r}: choose from {', '.join(METHODS)}")
     args.workdir = os.path.abspath(args.workdir)
-    checkpoint.read_config(args.workdir)  # a clear error before any work
+    checkpoint.read_config(args.workdir)  # clear errors before any work
+    args.task_list = [tasks.load_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
+    args.shots = _shots(args.shots)
     args.scratch = os.path.abspath(args.scratch or args.workdir.rstrip("/") + "-compress")
     args.decode_batches = [int(b) for b in args.decode_batches.split(",")]
     os.makedirs(args.scratch, exist_ok=True)
@@ -278,6 +311,6 @@ def run(args):
         for name, workdir, mode in METHODS[m](args):
             rows.append(measure(name, workdir, mode, args))
     paths = write(rows, args)
-    print(table(rows, args.decode_batches))
+    print(table(rows, args.decode_batches, task_columns(args)))
     print(f"done in {time.time() - t0:.0f}s -> {', '.join(paths)}")
     return 0

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax import checkpoint, evaluate, generate, sharding, steps
+from gptjax import checkpoint, evaluate, generate, quant, sharding, steps
 from gptjax.config import apply_overrides
 from gptjax.errors import UserError
 from gptjax.model import GPT
@@ -72,8 +72,9 @@ def prefix_id(tokenizer) -> int:
 def make_score_step(config, mesh, param_shardings, model: GPT):
     """Jitted `(params, batch) -> (log-prob sum [B], all-greedy [B])` per row, where batch =
     {'inputs', 'targets', 'weights'} [B, T]: the eval step's forward and loss, kept per row.
-    Padded vocabulary columns are masked, so an imported GPT-2 matches its original."""
-    forward = steps.make_forward(config, model)
+    Padded vocabulary columns are masked, so an imported GPT-2 matches its original.
+    Quantized weights (gptjax/quant.py) are dequantized inside the step, as `gptjax eval` does."""
+    forward = steps.make_forward(config, model, lambda p: quant.dequantize(p, model.config.dtype))
     vocab = model.config.vocab_size
     row_loss = jax.vmap(steps.cross_entropy)
 
@@ -102,15 +103,21 @@ class Stats:
 class Scorer:
     """The scoring primitives for one model on one mesh (see the module docstring)."""
 
-    def __init__(self, config, params, tokenizer, mesh, batch_size: int = 32):
+    def __init__(self, config, params, tokenizer, mesh, batch_size: int = 32,
+                 model: GPT | None = None):
+        """`model`: what runs the params (default: the config's GPT; a Qwix w8a8 model and
+        its params come from `quant.prepare`)."""
         self.config, self.params, self.tokenizer, self.mesh = config, params, tokenizer, mesh
-        self.model = GPT(model_config(config))
+        self.model = model or GPT(model_config(config))
         self.window = self.model.config.max_seq_len
         shards = sharding.axis_size(mesh, sharding.BATCH_AXES)
         self.batch_size = -(-max(1, int(batch_size)) // shards) * shards
         self.prefix = prefix_id(tokenizer)
         self.stats = Stats()
-        param_shardings = jax.tree.map(lambda x: x.sharding, params)
+        # Quantized trees (a `gptjax quantize` workdir's) are placed by their arrays, as in
+        # `gptjax eval`.
+        param_shardings = None if quant.is_quantized(params) else jax.tree.map(
+            lambda x: x.sharding, params)
         self._step = make_score_step(config, mesh, param_shardings, self.model)
         self._programs: dict = {}
 

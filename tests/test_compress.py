@@ -1,15 +1,19 @@
 """`gptjax compress`, `quantize`, `prune`, `trim` and `distill` on the command line: help,
 clear one-line errors, and (slow) the whole report on the tiny model."""
 
+import argparse
 import csv
 import os
 import subprocess
 import sys
 
 import pytest
-from compress_helpers import train_tiny
+from compress_helpers import TINY, tiny, train_tiny
+from eval_helpers import tiny_workdir
 
+from gptjax import surgery, tasks
 from gptjax.cli import main
+from gptjax.data.tokenizer import SyntheticTokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,6 +54,17 @@ def test_bad_input_is_one_line(trained, tmp_path, capsys, args, message):
     assert __import__("re").search(message, err), err
 
 
+def test_student_of_another_vocabulary_is_one_line(trained, tmp_path, capsys):
+    config, _, params = tiny(noisy=False, vocab_size=50)
+    other = surgery.write_workdir(str(tmp_path / "v50"), config, SyntheticTokenizer(50), params)
+    code = main(["distill", "--config", "configs/smoke.py:tiny", "--workdir",
+                 str(tmp_path / "student"), f"--config.distill.teacher={trained}",
+                 f"--config.distill.init_from={other}", *TINY])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "has a vocabulary of 50 tokens, the teacher" in err and "100" in err, err
+
+
 def test_quantized_workdir_loads_without_the_float_checkpoint(trained, tmp_path, capsys):
     from gptjax.evaluate import evaluate_workdir
     out = tmp_path / "int4"
@@ -60,6 +75,32 @@ def test_quantized_workdir_loads_without_the_float_checkpoint(trained, tmp_path,
     float_loss = evaluate_workdir(str(trained), batches=1)["loss"]
     result = evaluate_workdir(str(out), batches=1)
     assert result["step"] == 10 and abs(result["loss"] - float_loss) < 0.05
+
+
+def test_task_accuracy_of_each_variant_as_it_runs(tmp_path, shakespeare_manual_dir, repo_dir,
+                                                  capsys):
+    """The report's task columns: every variant scored as it runs (int8 weights quantized, w8a8
+    through Qwix), the same numbers `gptjax evaluate-tasks` gives for the same workdir."""
+    workdir = tiny_workdir(str(tmp_path / "run"), str(shakespeare_manual_dir / "input.txt"))
+    task = str(repo_dir / "tasks" / "shakespeare_nextline")
+    out, scratch = tmp_path / "report", tmp_path / "scratch"
+    assert main(["compress", "--workdir", workdir, "--out", str(out), "--scratch", str(scratch),
+                 "--methods", "float,int8,w8a8", "--recover-steps", "0", "--eval-batches", "1",
+                 "--decode-batches", "1", "--decode-tokens", "2", "--repeats", "1",
+                 "--tasks", task, "--task-limit", "24"]) == 0
+    assert f"-> {out}/results.md" in capsys.readouterr().out
+    column = "shakespeare_nextline 0-shot acc_norm"
+    by = {row["variant"]: row for row in csv.DictReader(open(out / "results.csv"))}
+    assert column in open(out / "results.md").read().splitlines()[0]
+    flags = argparse.Namespace(step=None, batch_size=32, overrides=(), show_prompt=False,
+                               json=False, limit=24)
+    for name, variant in (("float", workdir), ("int8", str(scratch / "int8"))):
+        (result,), _ = tasks.evaluate_workdir(variant, [tasks.load_task(task)], [0], flags)
+        assert float(by[name][column]) == pytest.approx(result["acc_norm"]), name
+    assert 0.0 <= float(by["w8a8 (Qwix)"][column]) <= 1.0
+    code = main(["compress", "--workdir", workdir, "--out", str(out), "--tasks", task,
+                 "--shots", "0,x"])
+    assert code == 2 and "--shots '0,x'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

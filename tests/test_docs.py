@@ -59,7 +59,7 @@ def _env_len(cmd) -> int:
 def scratch(tmp_path_factory):
     """A directory that looks like the repository (configs, examples, docs) for relative paths."""
     root = tmp_path_factory.mktemp("docs")
-    for name in ("configs", "examples", "docs", "README.md", "launch", "tests", "gptjax",
+    for name in ("configs", "examples", "docs", "README.md", "launch", "tests", "gptjax", "tasks",
                  "pyproject.toml", ".venv"):
         if (REPO / name).exists():
             os.symlink(REPO / name, root / name)
