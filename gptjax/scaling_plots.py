@@ -29,8 +29,13 @@ def _colors(n: int):
     return [_plt().get_cmap("viridis")(v) for v in np.linspace(0, 0.9, max(n, 1))]
 
 
-def _finish(fig, ax, path: str, xlabel: str, ylabel: str, title: str, logy: bool = False):
+def _finish(fig, ax, path: str, xlabel: str, ylabel: str, title: str, logy: bool = False,
+            xticks=None):
+    from matplotlib.ticker import NullFormatter
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if xticks is not None:
+        ax.set_xticks(xticks, [f"{v:g}" for v in xticks])
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
@@ -166,17 +171,19 @@ def lr_sweep(lr: dict, path: str, title: str):
     fig, ax = _plt().subplots(figsize=(6.4, 4.4))
     entries = sorted(lr["sizes"], key=lambda s: (s["d_model"], s["budget"]))
     for s, color in zip(entries, _colors(len(entries)), strict=True):
-        order = np.argsort(s["lrs"])
-        ax.plot(np.array(s["lrs"])[order], np.array(s["losses"])[order], "o-", color=color,
-                ms=3, lw=1, label=s["size"])
-        if "lr_opt" in s:
-            u = np.log(s["lr_opt"] / s["x_ref"])
+        ax.plot(s["lrs"], s["losses"], "o-", color=color, ms=3, lw=1, label=s["size"])
+        if "lr_opt" in s:  # the local parabola and its minimum
+            xs = _span(s["fitted"], 1.0, 50)
+            u = np.log(xs / s["x_ref"])
             c0, c1, c2 = s["coef"]
+            ax.plot(xs, c0 + c1 * u + c2 * u * u, ":", color=color, lw=1)
+            u = math.log(s["lr_opt"] / s["x_ref"])
             ax.plot([s["lr_opt"]], [c0 + c1 * u + c2 * u * u], "*", color=color, ms=10,
                     mec="k")
     if "lr_opt_vs_width" in lr:
         ax.plot([], [], "k*", label=f"LR_opt ∝ width^{lr['lr_opt_vs_width']:.2f}")
-    _finish(fig, ax, path, "peak learning rate", "final eval loss (nats / token)", title)
+    _finish(fig, ax, path, "peak learning rate", "final eval loss (nats / token)", title,
+            xticks=sorted({lr for s in entries for lr in s["lrs"]}))
 
 
 def draw_all(config, workdir: str, rows, curves, fit_rows, report: dict) -> None:
@@ -195,4 +202,5 @@ def draw_all(config, workdir: str, rows, curves, fit_rows, report: dict) -> None
         loss_vs_params(fit_rows, report["loss_vs_params"], out("loss_vs_params.png"), key,
                        f"{name}: final loss vs size")
     if "lr_sweep" in report:
-        lr_sweep(report["lr_sweep"], out("lr_sweep.png"), f"{name}: learning-rate sweep")
+        kind = "muP" if config.model.mup else "standard parametrisation"
+        lr_sweep(report["lr_sweep"], out("lr_sweep.png"), f"{name} ({kind}): learning rate")

@@ -79,7 +79,7 @@ def test_isoflop_exponents_recover_known_values_within_their_cis(seed):
 
 
 def test_frontier_fit_needs_four_minima_and_recovers_e():
-    # Minima of a known frontier L = E + A·N^-alpha over 2.5 decades of N.
+    # Minima of a known frontier L = E + A·N_opt^-alpha over 2.5 decades of N.
     e, a_coef, alpha = 1.2, 40.0, 0.4
     budgets, rng = {}, np.random.default_rng(0)
     for c in np.geomspace(1e10, 1e15, 6):
@@ -88,8 +88,9 @@ def test_frontier_fit_needs_four_minima_and_recovers_e():
         budgets[c] = (n, e + a_coef * n_opt ** -alpha + 0.05 * np.log(n / n_opt) ** 2
                       + rng.normal(0, 0.002, 5))
     iso = fits.isoflop_analysis(budgets, lambda n: 6 * np.asarray(n), n_boot=200)
-    ci = iso["frontier_ci"]
-    assert _inside(ci["E"], e) and _inside(ci["alpha"], alpha)
+    ci = iso["frontier_ci"]  # L*(C) = E + A'·C^-(alpha / 2), since N_opt ∝ C^0.5
+    assert _inside(ci["E"], e) and _inside(ci["alpha"], alpha / 2)
+    assert _inside(ci["alpha_n"], alpha)
     assert 0 < ci["E"]["lo"] and iso["frontier"].r2 > 0.99 and not iso["frontier"].e_at_bound
     three = {c: budgets[c] for c in sorted(budgets)[:3]}
     assert "frontier" not in fits.isoflop_analysis(three, lambda n: 6 * np.asarray(n),
