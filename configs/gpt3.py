@@ -1,40 +1,81 @@
-"""GPT-3 model sizes (Brown et al. 2020, Table 2.1): `--config configs/gpt3.py:SIZE`.
+"""GPT-3 (Brown et al. 2020, Table 2.1 and Appendix B): `--config configs/gpt3.py:SIZE`.
 
-Two printed rows do not add up, and are resolved so parameter counts match the table:
+As in the paper: T=2048, GPT-2's vocabulary (50257 tokens, padded to 50304), batch 0.5M / 1M /
+2M / 3.2M tokens = 256 / 512 / 1024 / 1536 sequences, Adam (0.9, 0.95), weight decay 0.1,
+gradient clipping 1.0, linear warmup over 375M tokens, cosine decay to 10% of the peak over
+260B tokens, 300B tokens in all. Token budgets become steps per size:
+warmup = 375M / tokens per step, decay = 260B / tokens per step, steps = 300B / tokens per step.
+
+Not implemented: the paper's batch-size ramp (linearly from 32k tokens to the full batch over
+the first 4-12B tokens, i.e. the first 1.3-4% of training). Each batch size is a different
+compiled step and a different data-pipeline position, so a ramp costs a recompile and breaks
+exact resume; it changes the optimisation only at the very start.
+
+The paper alternates dense and locally banded attention layers without giving the band's
+width; these configs use dense attention in every layer. `--config.model.local_window=256`
+(say) turns every other layer into a band of that many tokens (splash attention skips the
+blocks outside it).
+
+Two printed rows of Table 2.1 do not add up, and are resolved so parameter counts match it:
 - XL: "24 heads x 128" gives 3072 != d_model 2048. We use 16 heads x 128 = 2048 (1.32B params).
 - 13B: d_model 5140 is not divisible by 40 heads. We use d_model 5120 = 40 x 128 (12.9B params).
-Batch sizes are the table's tokens / 2048, rounded to whole sequences (3.2M -> 1536 x 2048).
+
+Partitioning defaults (docs/tpu.md): the three small sizes train data-parallel with the MLP and
+attention projections kept for the backward pass (remat save_proj); XL and up shard parameters,
+gradients and Adam state over the whole slice (FSDP) and recompute each layer in the backward
+pass (remat full). SLICES names the smallest slice each size is documented to fit; check any
+other with `gptjax compile --config configs/gpt3.py:SIZE --topology TYPE`.
 """
 
 from gptjax.defaults import base_config
 
-# name: (n_layers, d_model, n_heads, d_head, batch tokens, learning rate)
-VARIANTS = {
-    "small": (12, 768, 12, 64, 0.5e6, 6.0e-4),
-    "medium": (24, 1024, 16, 64, 0.5e6, 3.0e-4),
-    "large": (24, 1536, 16, 96, 0.5e6, 2.5e-4),
-    "xl": (24, 2048, 16, 128, 1e6, 2.0e-4),
-    "2.7b": (32, 2560, 32, 80, 1e6, 1.6e-4),
-    "6.7b": (32, 4096, 32, 128, 2e6, 1.2e-4),
-    "13b": (40, 5120, 40, 128, 2e6, 1.0e-4),
-    "175b": (96, 12288, 96, 128, 3.2e6, 0.6e-4),
-}
 N_CTX = 2048
+# name: (n_layers, d_model, n_heads, d_head, batch tokens, learning rate); the paper's 0.5M /
+# 1M / 2M / 3.2M tokens are 256 / 512 / 1024 / 1536 sequences of N_CTX tokens.
+VARIANTS = {
+    "small": (12, 768, 12, 64, 256 * N_CTX, 6.0e-4),
+    "medium": (24, 1024, 16, 64, 256 * N_CTX, 3.0e-4),
+    "large": (24, 1536, 16, 96, 256 * N_CTX, 2.5e-4),
+    "xl": (24, 2048, 16, 128, 512 * N_CTX, 2.0e-4),
+    "2.7b": (32, 2560, 32, 80, 512 * N_CTX, 1.6e-4),
+    "6.7b": (32, 4096, 32, 128, 1024 * N_CTX, 1.2e-4),
+    "13b": (40, 5120, 40, 128, 1024 * N_CTX, 1.0e-4),
+    "175b": (96, 12288, 96, 128, 1536 * N_CTX, 0.6e-4),
+}
+# The TPU slice each size compiles and fits on as shipped (`gptjax compile`, docs/tpu.md).
+SLICES = {"small": "v5p-8", "medium": "v5p-16", "large": "v5p-16", "xl": "v5p-32",
+          "2.7b": "v5p-32", "6.7b": "v5p-64", "13b": "v5p-128", "175b": "v5p-1024"}
+FSDP_FROM = "xl"            # this size and larger: FSDP over the slice and full remat
+WARMUP_TOKENS = 375e6
+DECAY_TOKENS = 260e9
+TRAIN_TOKENS = 300e9
 
 
 def get_config(size: str = "small"):
     layers, d_model, heads, d_head, batch_tokens, lr = VARIANTS[size]
+    batch = batch_tokens // N_CTX
     c = base_config()
     c.name = f"gpt3-{size}"
+    c.model.vocab_size = 50257      # GPT-2's tokenizer, as counted by `gptjax info`
+    c.model.vocab_from_tokenizer = False
+    c.data.tokenizer.kind = "gpt2"
+    c.data.tokenizer.vocab_size = 50257
     c.model.num_layers = layers
     c.model.d_model = d_model
     c.model.num_heads = heads
     c.model.head_dim = d_head
     c.model.d_ff = 4 * d_model
     c.model.max_seq_len = N_CTX
-    c.model.remat = "save_proj"
     c.data.seq_len = N_CTX
-    c.train.batch_size = int(batch_tokens // N_CTX) // 8 * 8
+    c.train.batch_size = batch
+    tokens_per_step = batch * N_CTX
+    c.train.steps = round(TRAIN_TOKENS / tokens_per_step)
     c.optim.lr = lr
-    c.optim.warmup_steps = 375  # GPT-3: 375M tokens of warmup at 1M tokens/step
+    c.optim.warmup_steps = round(WARMUP_TOKENS / tokens_per_step)
+    c.optim.decay_steps = round(DECAY_TOKENS / tokens_per_step)
+    c.optim.min_lr_ratio = 0.1
+    sharded = list(VARIANTS).index(size) >= list(VARIANTS).index(FSDP_FROM)
+    c.model.remat = "full" if sharded else "save_proj"
+    c.mesh.data = 1 if sharded else -1
+    c.mesh.fsdp = -1 if sharded else 1
     return c

@@ -20,12 +20,24 @@ import platform
 import sys
 import time
 
+import flax
+import jax
+import jaxlib
+import numpy as np
+import optax
+
+from gptjax import distributed, sharding
+from gptjax.cli import add_config_arg
+from gptjax.errors import UserError
+from gptjax.flops import model_stats
+from gptjax.metrics import peak_flops, throughput
+from gptjax.model import GPT
+from gptjax.optim import make_optimizer
+from gptjax.state import abstract_train_state, create_train_state, model_config
+from gptjax.steps import make_train_step
+
 
 def _versions() -> dict:
-    import flax
-    import jax
-    import jaxlib
-    import optax
     out = {"python": platform.python_version(), "jax": jax.__version__,
            "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__}
     try:
@@ -49,26 +61,18 @@ def _peak_memory(devices) -> int | None:
 
 def bench(config, steps: int = 10, warmup: int = 2, seed: int = 0) -> dict:
     """Times `steps` train steps of `config` after compiling and `warmup` steps."""
-    import jax
-    import numpy as np
-
-    from gptjax import distributed, sharding, train
-    from gptjax.errors import UserError
-    from gptjax.flops import model_stats
-    from gptjax.metrics import peak_flops, throughput
-
     if steps < 1 or warmup < 0:
         raise UserError(f"--steps={steps} must be >= 1 and --warmup={warmup} >= 0")
     distributed.maybe_initialize(config)
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_config(config, mesh)
-    c = train.model_config(config)
-    model = train.GPT(c)
-    tx = train.make_optimizer(config)
+    c = model_config(config)
+    model = GPT(c)
+    tx = make_optimizer(config)
     t0 = time.perf_counter()
-    state = train.create_train_state(config, mesh, model, tx)
-    _, shardings = train.abstract_train_state(config, mesh, model, tx)
-    step_fn = train.make_train_step(config, mesh, shardings, model, tx)
+    _, shardings = abstract_train_state(config, mesh, model, tx)
+    state = create_train_state(config, mesh, model, tx, shardings)
+    step_fn = make_train_step(config, mesh, shardings, model, tx)
 
     B, T = int(config.train.batch_size), int(config.data.seq_len)
     rng = np.random.default_rng(seed + jax.process_index())
@@ -145,7 +149,6 @@ def format_result(r: dict) -> str:
 
 
 def add_args(parser):
-    from gptjax.cli import add_config_arg
     add_config_arg(parser)
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")

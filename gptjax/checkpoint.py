@@ -6,9 +6,11 @@ One checkpoint holds
   config  the full config the run used (JSON, primary process);
   data    each process's input-iterator position, `data/process_<i>.json`, written by that
           process itself (each host reads a different part of the data).
-Saves are asynchronous: the step loop goes on while Orbax writes. Orbax writes into a temporary
-directory and renames it only when every process has finished, so an interrupted save leaves a
-`<step>.orbax-checkpoint-tmp-*` directory that `latest_step` never returns.
+Saves are asynchronous: the step loop goes on while Orbax writes. A save is committed only when
+every process has finished: on a local disk by renaming its temporary directory (an interrupted
+save leaves a `<step>.orbax-checkpoint-tmp-*` directory), on `gs://` by writing
+`<step>/commit_success.txt` last (a bucket has no rename); `latest_step` never returns an
+uncommitted step. The workdir may be any path `gptjax.paths` takes, a bucket URL included.
 The tokenizer lives in the workdir beside `config.json` (`gptjax.data.make_tokenizer` saves and
 reloads it there); `load_for_inference` needs only the workdir.
 
@@ -21,14 +23,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gptjax import data, paths, quant, sharding
+from gptjax.config import from_dict
 from gptjax.errors import UserError
+from gptjax.state import abstract_train_state, with_shardings
 
 CONFIG_FILE = "config.json"
 # What a failing write raises: OSError (ENOSPC, EACCES, EROFS, ...), tensorstore's ValueError
@@ -37,7 +42,7 @@ _WRITE_ERRORS = (OSError, ValueError, RuntimeError)
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    return paths.join(paths.resolve(workdir), "checkpoints")
 
 
 def _data_handler() -> ocp.JsonCheckpointHandler:
@@ -77,7 +82,7 @@ class Checkpointer:
                 # (`<step>.orbax-checkpoint-tmp*`) at start; they are never restored anyway.
                 cleanup_tmp_directories=True,
                 create=True)
-        if read_only and not os.path.isdir(self.directory):
+        if read_only and not paths.isdir(self.directory):
             raise UserError(f"no checkpoints in {workdir}: expected {self.directory}/<step>/ "
                             f"(train first with `gptjax train --workdir {workdir}`)")
         with _quiet_absl():
@@ -126,7 +131,7 @@ class Checkpointer:
     def _write_failed(self, e: BaseException) -> UserError:
         """Disk full, permissions, ... -> one line (reliability, tests/test_faults.py).
 
-        Orbax commits a checkpoint by an atomic rename, so every older checkpoint is complete.
+        Orbax commits a checkpoint only once it is complete, so every older one is intact.
         """
         try:
             self.manager.wait_until_finished()  # an earlier save may still be in flight
@@ -218,17 +223,23 @@ def _all_finite(leaves):
 # ----------------------------------------------------------------------------- inference
 
 
+def write_config(workdir: str, config) -> dict:
+    """Writes the run's final config to `WORKDIR/config.json` (primary process); -> its dict."""
+    config_dict = config.to_dict()
+    if jax.process_index() == 0:
+        paths.write_text(paths.join(workdir, CONFIG_FILE), json.dumps(config_dict, indent=2))
+    return config_dict
+
+
 def read_config(workdir: str):
     """The run's final config (`WORKDIR/config.json`) as a ConfigDict."""
-    from gptjax.config import from_dict
-    path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.isfile(workdir):
+    path = paths.join(workdir, CONFIG_FILE)
+    if paths.isfile(workdir):
         raise UserError(f"--workdir {workdir} is a file, not a directory")
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise UserError(f"{path} not found: is {workdir} a gptjax workdir? "
                         f"(train first with `gptjax train --config ... --workdir {workdir}`)")
-    with open(path) as f:
-        return from_dict(json.load(f))
+    return from_dict(json.loads(paths.read_text(path)))
 
 
 def load_params(workdir: str, config, mesh=None, step: int | None = None):
@@ -236,9 +247,6 @@ def load_params(workdir: str, config, mesh=None, step: int | None = None):
 
     mesh=None puts every parameter whole on one device. Only the params are read from disk.
     """
-    from gptjax import sharding
-    from gptjax.train import abstract_train_state
-
     ckpt = Checkpointer(workdir, read_only=True, pytree=True)
     step = ckpt.latest_step() if step is None else int(step)
     if step is None:
@@ -249,8 +257,7 @@ def load_params(workdir: str, config, mesh=None, step: int | None = None):
     if mesh is None:
         mesh = sharding.single_device_mesh()
     abstract, shardings = abstract_train_state(config, mesh)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract.params, shardings.params)
+    target = with_shardings(abstract.params, shardings.params)
     saved = ckpt.state_metadata(step)
     saved_params = saved["params"] if isinstance(saved, dict) else saved.params
     check_compatible(saved_params, target, f"{ckpt.directory}/{step}")
@@ -262,13 +269,25 @@ def load_params(workdir: str, config, mesh=None, step: int | None = None):
     return out["state"]["params"], step
 
 
-def load_for_inference(workdir: str, mesh=None, step: int | None = None):
-    """-> (config, params, tokenizer) of a trained workdir; used by sample / eval / convert."""
-    from gptjax import data
-    config = read_config(workdir)
+class Loaded(NamedTuple):
+    config: Any
+    params: Any
+    tokenizer: Any
+    step: int
+
+
+def load_for_inference(workdir: str, mesh=None, step: int | None = None,
+                       config=None) -> Loaded:
+    """-> (config, params, tokenizer, step) of a trained workdir: sample, eval, convert, ...
+
+    `config`: the workdir's config with the caller's overrides applied (default: as saved)."""
+    config = read_config(workdir) if config is None else config
     tokenizer = data.make_tokenizer(config, workdir)
     if tokenizer.vocab_size != config.model.vocab_size:
         raise UserError(f"tokenizer in {workdir} has {tokenizer.vocab_size} tokens but the "
                         f"checkpoint's config.model.vocab_size is {config.model.vocab_size}")
-    params, _ = load_params(workdir, config, mesh=mesh, step=step)
-    return config, params, tokenizer
+    if quant.has_quantized(workdir):  # `gptjax quantize` output: no float checkpoint
+        params, info = quant.load(workdir)
+        return Loaded(config, params, tokenizer, int(info.get("step", 0)))
+    params, step = load_params(workdir, config, mesh=mesh, step=step)
+    return Loaded(config, params, tokenizer, step)

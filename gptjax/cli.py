@@ -11,21 +11,29 @@ import argparse
 import importlib
 import sys
 
+from gptjax.config import get_config
 from gptjax.errors import UserError
 
 COMMANDS = {
     "info": ("gptjax.info", "parameter count, training FLOPs per token and memory of a config"),
     "train": ("gptjax.train", "train a model in a workdir (resumes if it holds a checkpoint)"),
     "eval": ("gptjax.evaluate", "held-out loss / perplexity of a trained workdir"),
+    "evaluate-tasks": ("gptjax.tasks", "zero/one/few-shot in-context tasks (GPT-3 style)"),
     "sample": ("gptjax.sample", "generate text from a trained workdir"),
     "plot": ("gptjax.metrics", "draw the loss curves of a workdir to loss.png"),
     "data": ("gptjax.data.cli", "tokenizers, exporting shards, input-pipeline benchmark"),
     "bench": ("gptjax.bench", "time the real train step on synthetic data (no TensorFlow)"),
     "bench-decode": ("gptjax.generate", "KV-cache decode tokens/s of a config (random weights)"),
     "plan": ("gptjax.plan", "per-device memory of a config on a mesh and device"),
+    "compile": ("gptjax.compile", "compile the train step for a TPU slice here: memory, FLOPs"),
     "sweep": ("gptjax.sweep", "model-size scaling sweeps, fits and plots"),
     "finetune": ("gptjax.finetune", "fine-tune on prompt/response JSONL"),
     "convert": ("gptjax.interop", "import / export Hugging Face GPT-2 weights"),
+    "quantize": ("gptjax.quant", "write an int8 / int4 weight-only copy of a workdir"),
+    "prune": ("gptjax.prune", "prune weights, heads or MLP neurons (+ recovery fine-tune)"),
+    "trim": ("gptjax.trim", "drop layers or unused vocabulary: a smaller model"),
+    "distill": ("gptjax.distill", "train a student on a teacher's soft targets"),
+    "compress": ("gptjax.compress", "size / quality / speed report of compression methods"),
 }
 
 
@@ -78,12 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, unknown = _split_overrides(rest)
         if unknown:
             raise UserError(f"unrecognised arguments: {' '.join(unknown)}")
-        if getattr(args, "config", None) is not None:
-            from gptjax.config import get_config
-            args.config = get_config(args.config, args.overrides)
-        elif args.overrides and not hasattr(args, "workdir"):
-            raise UserError("--config.KEY=VALUE overrides need --config FILE.py first")
         module = importlib.import_module(COMMANDS[selected][0])
+        if getattr(args, "config", None) is not None:
+            args.config = get_config(args.config, args.overrides)
+        elif args.overrides and not getattr(module, "APPLIES_OVERRIDES", False):
+            raise UserError(f"`gptjax {selected}` takes no --config.KEY=VALUE overrides "
+                            f"(got {args.overrides[0]})")
         return int(module.run(args) or 0)
     except UserError as e:
         print(f"gptjax: error: {e}", file=sys.stderr)

@@ -29,7 +29,8 @@ def load_module(path: str):
 
 def _resolve(path: str, spec: str) -> str:
     if not path.endswith(".py"):
-        raise UserError(f"--config {spec!r}: expected a Python file like configs/smoke.py[:VARIANT]")
+        raise UserError(f"--config {spec!r}: expected a Python file like "
+                        f"configs/smoke.py[:VARIANT]")
     if os.path.isfile(path):
         return path
     here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
@@ -52,8 +53,7 @@ def load_config(spec: str) -> ConfigDict:
     if variant and not names:
         raise UserError(f"--config {spec!r}: {path} has no variants; use --config {path}")
     if variant and variant not in names:
-        match = difflib.get_close_matches(variant, names, n=1, cutoff=0.5)
-        hint = f" (did you mean '{match[0]}'?)" if match else ""
+        hint = did_you_mean(variant, names)
         raise UserError(f"--config {spec!r}: unknown variant {variant!r}{hint}; {path} has "
                         f"{', '.join(names)}")
     config = module.get_config(variant) if variant else module.get_config()
@@ -71,9 +71,14 @@ def _flat_keys(config: ConfigDict, prefix: str = "") -> list[str]:
     return keys
 
 
-def _closest(key: str, config: ConfigDict) -> str:
-    match = difflib.get_close_matches(key, _flat_keys(config), n=1, cutoff=0.5)
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean 'X'?)' with the closest of `choices`, or '' when none is close."""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _closest(key: str, config: ConfigDict) -> str:
+    return did_you_mean(key, _flat_keys(config))
 
 
 def _parse_value(key: str, text: str, current):

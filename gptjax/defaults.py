@@ -16,6 +16,8 @@ def base_config() -> ml_collections.ConfigDict:
     # --- model (gptjax/model.py) ---
     m = c.model = ml_collections.ConfigDict()
     m.vocab_size = 50257            # real vocabulary; the embedding is padded to vocab_multiple
+    m.vocab_from_tokenizer = True   # train sets vocab_size to the tokenizer's; False: a
+                                    # mismatch is an error (configs/gpt2.py, gpt3.py)
     m.vocab_multiple = 128
     m.num_layers = 12
     m.d_model = 768
@@ -31,7 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.embed_dropout = 0.0
     m.attn_dropout = 0.0
     m.resid_dropout = 0.0
-    m.attention = "auto"            # auto | xla | cudnn
+    m.attention = "auto"            # auto | xla | cudnn | splash (auto: splash on TPU, cudnn on
+                                    # GPU, xla on CPU; gptjax/attention.py)
     m.local_window = 0              # > 0: sliding-window causal attention of this many tokens...
     m.local_every = 2               # ...on every `local_every`-th layer (GPT-3's alternating bands)
     m.init_std = 0.02
@@ -44,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # --- data (gptjax/data; docs/data.md) ---
     d = c.data = ml_collections.ConfigDict()
-    d.source = "tfds"               # tfds | files | synthetic | shards
+    d.source = "tfds"               # a registered source: tfds | files | shards | synthetic | ...
     d.tfds_name = "tiny_shakespeare"  # any TFDS text dataset: lm1b, c4/en, wikipedia/20230601.en
     d.train_split = "train"         # TFDS split syntax works: "train[:10%]"
     d.eval_split = "validation"     # source=files always has train and validation
@@ -61,11 +64,11 @@ def base_config() -> ml_collections.ConfigDict:
     d.shuffle = True                # seeded permutation of all windows each epoch (+ random shift)
     d.seed = 0
     d.prefetch = 2                  # batches prepared ahead of the training step
-    d.loader = "auto"               # auto | tf | numpy (auto: tf.data for tfds/files, numpy else)
+    d.loader = "auto"               # auto | tf | numpy (auto: as the source says; numpy if no TF)
     d.cache_dir = ""                # tokenized shards cache ('' = WORKDIR/data or ~/.cache/gptjax)
     t = d.tokenizer = ml_collections.ConfigDict()
-    t.kind = "bpe"                  # char | bpe | unigram | path
-    t.path = ""                     # kind=path: an existing sentencepiece .model
+    t.kind = "bpe"                  # char | bpe | unigram | path | hf
+    t.path = ""                     # kind=path: a sentencepiece .model; kind=hf: tokenizer.json
     t.vocab_size = 8192             # bpe / unigram (char: the corpus decides)
     t.byte_fallback = True          # unknown characters -> byte pieces instead of <unk>
     t.add_eos = True                # EOS after every document (char: only if a split has several)
@@ -89,6 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
     tr = c.train = ml_collections.ConfigDict()
     tr.batch_size = 8               # global batch, in sequences
     tr.grad_accum = 1               # micro-batches per step (batch_size must divide evenly)
+    tr.loss_chunk = 256             # cross-entropy in blocks of this many positions: no float32
+                                    # [B, T, vocab] logits live at once (0 = one block)
     tr.steps = 1000
     tr.seed = 0                     # parameter init and dropout (key of step s = fold_in(key, s))
     tr.log_every = 10               # fetch metrics from the device (the only per-interval sync)
@@ -100,7 +105,6 @@ def base_config() -> ml_collections.ConfigDict:
     tr.keep_every = 0               # ... plus every K-th step for good (0 = none)
     tr.async_checkpoint = True      # write checkpoints in the background while training goes on
     tr.nonfinite = "skip"           # skip | stop: what to do when loss or grads are NaN/Inf
-    tr.inject_nan_at = -1           # test hook: make step N's gradients NaN
     tr.plot = True                  # write loss.png in the workdir at the end
 
     # --- partitioning (gptjax/sharding.py) ---
@@ -108,6 +112,9 @@ def base_config() -> ml_collections.ConfigDict:
     mesh.data = -1                  # -1 = all devices left over; data x fsdp x tensor = devices
     mesh.fsdp = 1                   # batch split over data x fsdp; params over fsdp ('embed')
     mesh.tensor = 1                 # heads, MLP and vocab split (num_heads % tensor == 0)
+    mesh.dcn_data = 1               # of each axis, the factor across TPU slices (multislice, DCN)
+    mesh.dcn_fsdp = 1               # or across processes on GPU / CPU; the rest stays inside
+    mesh.dcn_tensor = 1             # (docs/multihost.md)
     # logical axis -> mesh axes. The model only ever names logical axes.
     mesh.rules = (
         ("batch", ("data", "fsdp")),
@@ -135,7 +142,7 @@ def base_config() -> ml_collections.ConfigDict:
     s.top_p = 1.0                   # nucleus sampling: smallest set with this mass (1 = off)
     s.seed = 0
     s.stop_at_eos = True            # stop a sample at the tokenizer's EOS (if it has one)
-    s.quantize = "none"             # none | int8: weight-only int8 (gptjax/quant.py)
+    s.quantize = "none"             # none | int8 | int4 | w8a8 (gptjax/quant.py)
 
     # --- fine-tuning on prompt/response JSONL (gptjax/finetune.py; configs/finetune.py) ---
     ft = c.finetune = ml_collections.ConfigDict()
@@ -147,6 +154,13 @@ def base_config() -> ml_collections.ConfigDict:
     ft.response_key = "response"
     ft.add_eos = True               # end every response with EOS (if the tokenizer has one)
 
+    # --- distillation (gptjax/distill.py; docs/compression.md) ---
+    ds = c.distill = ml_collections.ConfigDict()
+    ds.teacher = ""                 # the teacher's gptjax workdir (its newest checkpoint)
+    ds.temperature = 2.0            # soft targets: softmax(logits / T) of teacher and student
+    ds.alpha = 0.5                  # loss = alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE
+    ds.init_from = ""               # start the student from this workdir's params ('' = fresh)
+
     # --- multi-host (gptjax/distributed.py) ---
     dist = c.distributed = ml_collections.ConfigDict()
     dist.coordinator_address = ""   # 'host:port' of process 0 ('' = env, auto-detect or single)
@@ -156,6 +170,7 @@ def base_config() -> ml_collections.ConfigDict:
     dist.heartbeat_timeout = 100    # s a silent peer is tolerated during the run
     dist.auto_detect = True         # initialise on TPU pods / multi-task SLURM steps unasked
     dist.local_device_ids = ""      # e.g. '0,1': devices of this process ('' = JAX's choice)
+    dist.prepare_timeout = 7200     # s the other processes wait for process 0 to prepare the data
 
     # --- scaling sweeps (gptjax/sweep.py, gptjax/scaling.py, gptjax/fits.py; docs/scaling.md) ---
     sw = c.sweep = ml_collections.ConfigDict()

@@ -209,3 +209,38 @@ def sync(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
+
+
+def once(what: str, fn, timeout: int):
+    """fn() on process 0 first; the others wait (at most `timeout` seconds) until it is done,
+    then call fn() themselves, which finds its results on disk: process 0 trains the tokenizer
+    and tokenizes the data once, the others read the same files. -> fn()'s result, everywhere.
+
+    The wait is on the coordination service (no device collective), so it can be long; if
+    process 0 fails, every other process stops with its error instead of waiting."""
+    import jax
+    if jax.process_count() == 1:
+        return fn()
+    from jax._src import distributed as jax_distributed  # the coordination client, no public API
+    client = jax_distributed.global_state.client
+    key = f"gptjax/once/{what}"
+    if jax.process_index() == 0:
+        try:
+            result = fn()
+        except BaseException as e:
+            lines = str(e).strip().splitlines()
+            client.key_value_set(key, f"error: {lines[-1] if lines else type(e).__name__}")
+            raise
+        client.key_value_set(key, "ok")
+        return result
+    try:
+        status = client.blocking_key_value_get(key, int(timeout) * 1000)
+    except Exception as e:  # noqa: BLE001 - DEADLINE_EXCEEDED (or the service went away)
+        raise UserError(f"process {jax.process_index()}: process 0 did not {what} within "
+                        f"{timeout}s (config.distributed.prepare_timeout): "
+                        f"{str(e).strip().splitlines()[0]}") from None
+    if status != "ok":
+        raise UserError(f"process {jax.process_index()}: process 0 failed to {what}: "
+                        f"{status[len('error: '):]}")
+    return fn()
+

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import functools
 import time
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax import quant
+from gptjax.cli import add_config_arg
 from gptjax.errors import UserError
 from gptjax.model import GPT, GPTConfig
 
@@ -65,7 +67,7 @@ def init_cache(model: GPT, params, batch: int, cache_len: int):
 
 
 def _weights(model: GPT, params):
-    # int8 weights (gptjax/quant.py) are dequantized here, at their point of use inside the
+    # Quantized weights (gptjax/quant.py) are dequantized here, at their point of use inside the
     # step, so they stay int8 in device memory; float params pass through unchanged.
     return quant.dequantize(params, model.config.dtype)
 
@@ -242,14 +244,44 @@ def measure_copy_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
     return 2 * n * 4 * repeats / (time.perf_counter() - t0)
 
 
+class DecodeTiming(NamedTuple):
+    tokens_per_s: float        # wall clock, the fastest run
+    steps_per_s: float
+    compile_s: float           # compile + first run
+    tokens_per_cpu_s: float    # per second of this process's CPU time (all threads), the best
+                               # run: what other jobs on a shared machine barely change
+
+
+def time_decode(model: GPT, params, batch: int, prompt_len: int = 16, new_tokens: int = 128,
+                repeats: int = 3) -> DecodeTiming:
+    """The best of `repeats` timed generations of `new_tokens` per row (top-k 50 sampling)
+    after a `prompt_len`-token prompt."""
+    s = Sampling(max_new_tokens=new_tokens, temperature=1.0, top_k=50)
+    prompts, lengths, cache_len = pad_prompts([[1] * prompt_len] * batch, new_tokens,
+                                              model.config)
+    fn = make_generate(model, s, cache_len)
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(params, prompts, lengths, jax.random.key(1)))
+    compile_s = time.perf_counter() - t0
+    wall, cpu = [], []
+    for r in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out, steps = fn(params, prompts, lengths, jax.random.key(2 + r))
+        jax.block_until_ready(out)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    steps = int(steps)
+    return DecodeTiming(batch * steps / min(wall), steps / min(wall), compile_s,
+                        batch * steps / max(min(cpu), 1e-9))
+
+
 def add_args(parser: argparse.ArgumentParser) -> None:
-    from gptjax.cli import add_config_arg
     add_config_arg(parser)
     parser.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per batch size")
-    parser.add_argument("--quantize", choices=("none", "int8"), default="none")
+    parser.add_argument("--quantize", choices=quant.MODES, default="none")
     parser.add_argument("--bandwidth", type=float, default=0.0,
                         help="memory bandwidth in GB/s for the roofline (0 = measure a copy)")
 
@@ -261,34 +293,19 @@ def run(args) -> int:
     params = jax.jit(lambda r: nn.unbox(model.init(r, jnp.zeros((1, 1), jnp.int32))["params"]))(
         jax.random.key(0))
     params = cast_params(params, c.dtype)
+    model, params = quant.prepare(model, params, args.quantize)
     weight_bytes = quant.weight_bytes(params)
-    if args.quantize == "int8":
-        params = quant.quantize(params)
-        weight_bytes = quant.weight_bytes(params)
     bandwidth = args.bandwidth * 1e9 or measure_copy_bandwidth()
     print(f"{args.config.name}: {c.num_layers} layers, d_model {c.d_model}, weights "
           f"{weight_bytes / 1e6:.1f} MB ({args.quantize}, compute {jnp.dtype(c.dtype).name}), "
           f"device {jax.devices()[0].device_kind}, bandwidth {bandwidth / 1e9:.1f} GB/s")
-    s = Sampling(max_new_tokens=args.new_tokens, temperature=1.0, top_k=50)
     for batch in (int(b) for b in args.batch.split(",")):
-        prompts, lengths, cache_len = pad_prompts([[1] * args.prompt_len] * batch,
-                                                  args.new_tokens, c)
-        fn = make_generate(model, s, cache_len)
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(params, prompts, lengths, jax.random.key(1)))
-        compile_s = time.perf_counter() - t0
-        times = []
-        for r in range(args.repeats):
-            t0 = time.perf_counter()
-            out, steps = fn(params, prompts, lengths, jax.random.key(2 + r))
-            jax.block_until_ready(out)
-            times.append(time.perf_counter() - t0)
-        best = min(times)
-        tok_s = batch * int(steps) / best
+        tok_s, steps_s, compile_s, _ = time_decode(model, params, batch, args.prompt_len,
+                                                   args.new_tokens, args.repeats)
         # Each step reads every weight once: the bound is bandwidth / weight bytes (steps/s).
         bound = bandwidth / weight_bytes
-        print(f"batch {batch:3d}: {tok_s:10.1f} tokens/s ({int(steps) / best:8.1f} steps/s, "
-              f"{100 * int(steps) / best / bound:5.1f}% of the weight-bandwidth bound "
+        print(f"batch {batch:3d}: {tok_s:10.1f} tokens/s ({steps_s:8.1f} steps/s, "
+              f"{100 * steps_s / bound:5.1f}% of the weight-bandwidth bound "
               f"{bound:.1f} steps/s; compile+first run {compile_s:.1f} s)")
     return 0
 

@@ -20,13 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
 
+from gptjax import checkpoint
+from gptjax.config import load_config
+from gptjax.data.hf_tokenizer import HFTokenizer
 from gptjax.errors import UserError
-from gptjax.model import GPTConfig, layers_to_scanned, scanned_to_layers
+from gptjax.layouts import layers_to_scanned, scanned_to_layers
+from gptjax.model import GPTConfig
 
 PREFIX = "transformer."
 
@@ -240,37 +243,6 @@ def save_hf(directory: str, params, c: GPTConfig) -> None:
     save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
 
 
-class HFTokenizer:
-    """GPT-2's byte-level BPE from a `tokenizer.json` (needs the `tokenizers` package): lets
-    a workdir imported from Hugging Face encode prompts and decode samples."""
-
-    kind = "hf"
-    FILE = "hf_tokenizer.json"
-
-    def __init__(self, path: str):
-        try:
-            from tokenizers import Tokenizer
-        except ImportError:
-            raise UserError("the GPT-2 tokenizer needs `pip install tokenizers` "
-                            "(or 'gptjax[interop]')") from None
-        self.path = path
-        self.tok = Tokenizer.from_file(path)
-        self.vocab_size = self.tok.get_vocab_size()
-        self.eos_id = self.tok.token_to_id("<|endoftext|>")
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids) -> str:
-        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
-
-    def save(self, directory: str) -> str:
-        out = os.path.join(directory, self.FILE)
-        if os.path.abspath(out) != os.path.abspath(self.path):
-            shutil.copyfile(self.path, out)
-        return out
-
-
 def hf_tokenizer(source: str) -> HFTokenizer:
     """The tokenizer.json beside a HF checkpoint (a directory, file or hub name)."""
     path = _resolve(source, patterns=["tokenizer.json"])
@@ -282,19 +254,11 @@ def hf_tokenizer(source: str) -> HFTokenizer:
     return HFTokenizer(file)
 
 
-def saved_hf_tokenizer(workdir: str) -> HFTokenizer | None:
-    path = os.path.join(workdir, HFTokenizer.FILE)
-    return HFTokenizer(path) if os.path.isfile(path) else None
-
-
 def save_params_workdir(config, workdir: str, params, step: int = 0) -> None:
     """A workdir that `load_for_inference` reads: config.json + checkpoints/<step>/ holding
     only the params (a train run would start its optimizer afresh from them)."""
-    from gptjax import checkpoint
     os.makedirs(workdir, exist_ok=True)
-    config_dict = config.to_dict()
-    with open(os.path.join(workdir, checkpoint.CONFIG_FILE), "w") as f:
-        json.dump(config_dict, f, indent=2)
+    config_dict = checkpoint.write_config(workdir, config)
     ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False)
     ckpt.save(step, {"params": params}, {}, config_dict)
     ckpt.close()
@@ -319,23 +283,28 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def import_to_workdir(source: str, workdir: str, base_config: str = "configs/gpt2.py") -> dict:
     """Writes WORKDIR/config.json and a step-0 checkpoint holding the imported params (and
     hf_tokenizer.json when the checkpoint has a tokenizer.json)."""
-    from gptjax.config import load_config
-
     hf_config, state = load_hf(source)
     config = load_config(base_config)
     model_keys = config_from_hf(hf_config, int(config.model.vocab_multiple))
+    try:
+        tokenizer = hf_tokenizer(source)
+    except UserError as e:
+        tokenizer = None
+        print(f"gptjax: note: no tokenizer imported ({e}); sampling text needs one")
     with config.unlocked():
         config.model.update(model_keys)
         config.model.param_dtype = "float32"
-        config.data.source = "synthetic"  # no training text: the tokenizer is GPT-2's own
+        if tokenizer is not None:
+            config.data.tokenizer.kind = "hf"   # the workdir's hf_tokenizer.json
+            config.data.tokenizer.path = ""
+        else:   # ids only: no text, and a stand-in tokenizer of model.vocab_size
+            config.data.source = "synthetic"
         config.data.seq_len = min(int(config.data.seq_len), int(config.model.max_seq_len))
     c = GPTConfig.from_config(config.model)
     params = hf_to_params(state, c)
     save_params_workdir(config, workdir, params)
-    try:
-        hf_tokenizer(source).save(workdir)
-    except UserError as e:
-        print(f"gptjax: note: no tokenizer imported ({e}); sampling text needs one")
+    if tokenizer is not None:
+        tokenizer.save(workdir)
     return {"workdir": workdir, "layers": c.num_layers, "d_model": c.d_model,
             "vocab_size": c.vocab_size}
 
@@ -346,7 +315,6 @@ def run(args) -> int:
         print(f"imported {args.hf} -> {info['workdir']} ({info['layers']} layers, d_model "
               f"{info['d_model']}, vocab {info['vocab_size']})")
         return 0
-    from gptjax import checkpoint
     config = checkpoint.read_config(args.workdir)
     c = GPTConfig.from_config(config.model)
     params, step = checkpoint.load_params(args.workdir, config)

@@ -8,11 +8,14 @@ missing from PEAK_BF16_FLOPS (CPUs included) get no MFU rather than a made-up on
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import sys
 import time
+
+from gptjax import paths
 
 # Dense bf16 peak FLOP/s per device (vendor datasheets, no sparsity), matched against
 # `jax.devices()[0].device_kind` lower-cased; first match wins, so specific names come first.
@@ -69,17 +72,21 @@ class MetricsWriter:
     def __init__(self, workdir: str, total_steps: int, start_step: int = 0,
                  enabled: bool = True, tensorboard: bool = True, progress: bool | None = None):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = paths.join(workdir, "metrics.jsonl")
         self.tb = None
         self.bar = None
         if not enabled:
             return
-        _truncate_after(self.path, start_step)
-        self.file = open(self.path, "a")
+        # On a bucket (no append): written locally, uploaded every 10 s, by flush() and close().
+        self.staged = paths.Staged(workdir)
+        self.staged.fetch("metrics.jsonl")
+        local = self.staged.path("metrics.jsonl")
+        _truncate_after(local, start_step)
+        self.file = open(local, "a")
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
-                self.tb = SummaryWriter(os.path.join(workdir, "tb"), flush_secs=30)
+                self.tb = SummaryWriter(self.staged.path("tb"), flush_secs=30)
             except ImportError:  # optional: jsonl and loss.png still work
                 self.tb = None
         if progress is None:
@@ -100,6 +107,16 @@ class MetricsWriter:
             for k, v in record.items():
                 if k not in ("step", "split", "time") and isinstance(v, (int, float)):
                     self.tb.add_scalar(f"{split}/{k}", v, int(step))
+        self.staged.sync(force=False)
+
+    def flush(self) -> None:
+        """Makes every record so far durable in the workdir (uploaded, on a bucket): called
+        before a checkpoint, so a run resumed from it finds all of its steps' records."""
+        if not self.enabled:
+            return
+        if self.tb is not None:
+            self.tb.flush()
+        self.staged.sync()
 
     def progress(self, step: int, postfix: str = "") -> None:
         if self.bar is not None:
@@ -133,6 +150,7 @@ class MetricsWriter:
                     if events is not None and hasattr(events, "_closed"):
                         events._closed = True
         self.file.close()
+        self.staged.close()
 
 
 def _plain(v):
@@ -153,7 +171,7 @@ def _truncate_after(path: str, step: int) -> None:
 
 def read_jsonl(path: str, raw: bool = False) -> list:
     out = []
-    with open(path) as f:
+    with paths.open(path) as f:
         for line in f:
             line = line.strip()
             if not line:
@@ -172,8 +190,8 @@ def plot(workdir: str, out: str | None = None) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    path = paths.join(workdir, "metrics.jsonl")
+    if not paths.isfile(path):
         from gptjax.errors import UserError
         raise UserError(f"{path} not found: is {workdir} a gptjax workdir with a trained run?")
     series: dict[str, dict[int, float]] = {}
@@ -187,13 +205,15 @@ def plot(workdir: str, out: str | None = None) -> str:
                 marker="o" if split != "train" else None, ms=3)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(os.path.basename(os.path.abspath(workdir)))
+    ax.set_title(paths.name(paths.resolve(workdir)))
     ax.grid(alpha=0.3)
     ax.legend()
-    out = out or os.path.join(workdir, "loss.png")
+    out = out or paths.join(workdir, "loss.png")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    paths.write_bytes(out, png.getvalue())
     return out
 
 

@@ -1,8 +1,8 @@
 """GPT: a decoder-only transformer (GPT-2 / GPT-3 family) in Flax linen.
 
-Read top to bottom: config -> attention -> MLP -> block -> the stack -> GPT.
-Every parameter and activation carries *logical* axis names ('embed', 'heads', 'batch', ...);
-`gptjax/sharding.py` owns the one table that maps them onto the physical mesh.
+Read top to bottom: config -> attention -> MLP -> block -> the stack -> GPT. Every parameter and
+activation carries *logical* axis names ('embed', 'heads', 'batch', ...); gptjax/sharding.py
+owns the one table that maps them onto the physical mesh.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from gptjax.attention import ATTENTIONS, AUTO_ATTENTION, fused_attention
 from gptjax.errors import UserError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -64,10 +65,9 @@ class GPTConfig:
     @property
     def width_mult(self) -> float:
         """d_model / mup_base_width under muP (Yang et al. 2021, "Tensor Programs V", Table 3),
-        else 1. Hidden matrices start with std / sqrt(width_mult) (variance 1 / fan_in) and
-        `gptjax.optim` gives them the learning rate lr / width_mult; the logits are multiplied
-        by 1 / width_mult; attention divides q·k by head_dim instead of sqrt(head_dim).
-        Embeddings, norms and biases keep their init and learning rate."""
+        else 1. Hidden matrices start with std / sqrt(width_mult) and learn at lr / width_mult
+        (gptjax.optim); logits are multiplied by 1 / width_mult; attention divides q·k by
+        head_dim, not sqrt(head_dim). Embeddings, norms and biases keep their init and lr."""
         return self.d_model / self.mup_base_width if self.mup else 1.0
 
     @property
@@ -94,7 +94,9 @@ class GPTConfig:
             dtype = "float32" if backend == "cpu" else "bfloat16"
         attention = kwargs.get("attention", "auto")
         if attention == "auto":
-            attention = "cudnn" if backend == "gpu" and dtype != "float32" else "xla"
+            attention = AUTO_ATTENTION.get(backend, "xla")
+            if attention == "cudnn" and dtype == "float32":
+                attention = "xla"  # cuDNN's fused attention runs in 16-bit only
         for key, value in (("dtype", dtype), ("param_dtype", kwargs.get("param_dtype", "float32"))):
             if value not in DTYPES:
                 raise UserError(f"config.model.{key}={value!r}: choose one of {sorted(DTYPES)}")
@@ -109,8 +111,8 @@ class GPTConfig:
             raise UserError(f"config.model: {msg}")
         if self.position not in ("learned", "sinusoidal", "rotary"):
             bad(f"position={self.position!r}: choose learned, sinusoidal or rotary")
-        if self.attention not in ("xla", "cudnn"):
-            bad(f"attention={self.attention!r}: choose auto, xla or cudnn")
+        if self.attention not in ATTENTIONS:
+            bad(f"attention={self.attention!r}: choose auto, {', '.join(ATTENTIONS)}")
         if self.remat not in REMAT_POLICIES:
             bad(f"remat={self.remat!r}: choose one of {', '.join(REMAT_POLICIES)}")
         if self.position == "rotary" and self.head_dim % 2:
@@ -135,9 +137,8 @@ REMAT_POLICIES = {
 
 
 class _Logical(nn.LogicallyPartitioned):
-    """A logically partitioned param whose constraint is skipped while its rank differs from
-    its names: DenseGeneral builds multi-axis kernels flat and reshapes them after `unbox`
-    (and re-runs that init under `apply` to check shapes, where rules and a mesh are active)."""
+    """A logically partitioned param whose constraint is skipped while its rank differs from its
+    names (DenseGeneral builds multi-axis kernels flat, then reshapes them after `unbox`)."""
 
     def unbox(self, apply_constraint=True):
         if getattr(self.value, "ndim", len(self.names)) != len(self.names):
@@ -224,9 +225,7 @@ class Attention(nn.Module):
             out = explicit_attention(q, k, v, attention_mask(positions, positions, self.window),
                                      dropout, c.dtype, c.attn_scale)
         else:
-            out = jax.nn.dot_product_attention(
-                q, k, v, scale=c.attn_scale, is_causal=True, implementation=c.attention,
-                local_window_size=(self.window - 1, 0) if self.window else None)
+            out = fused_attention(q, k, v, self.window, c.attention, c.attn_scale)
         out = checkpoint_name(constrain(out, ("batch", "length", "act_heads", "kv")), "attn_out")
 
         # Residual projections start smaller (GPT-2): std / sqrt(2 * num_layers).
@@ -324,16 +323,49 @@ def _remat(module_cls, c: GPTConfig):
     return nn.remat(module_cls, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
 
 
+# ----------------------------------------------------------------------------- output head
+
+
+def output_head(params, c: GPTConfig):
+    """The output projection: the token embedding [V, D] when tied, else the head kernel [D, V]."""
+    return params["wte"]["embedding"] if c.tie_embeddings else params["head"]["kernel"]
+
+
+def logits_from_hidden(x_btd, head, c: GPTConfig):
+    """Final hidden states [B, T, D] -> float32 logits [B, T, padded_vocab]: a compute-dtype
+    matmul accumulated in float32 (never rounded to bfloat16); padded vocabulary columns get the
+    float32 minimum, so no softmax sees them. gptjax/steps.py applies it block by block."""
+    spec = "btd,vd->btv" if c.tie_embeddings else "btd,dv->btv"
+    logits = jnp.einsum(spec, x_btd.astype(c.dtype), head.astype(c.dtype),
+                        preferred_element_type=jnp.float32)
+    if c.mup:  # muP's readout: an O(1) weight times 1 / width_mult
+        logits = logits / c.width_mult
+    if c.padded_vocab == c.vocab_size:
+        return logits
+    valid = jnp.arange(c.padded_vocab) < c.vocab_size
+    return jnp.where(valid, logits, jnp.finfo(jnp.float32).min)
+
+
+class Head(nn.Module):
+    """The untied output kernel [D, V], as a parameter (`logits_from_hidden` applies it)."""
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self):
+        c = self.config
+        init = logical(nn.initializers.normal(c.init_std), ("embed", "vocab"))
+        return self.param("kernel", init, (c.d_model, c.padded_vocab), c.param_dtype)
+
+
 class GPT(nn.Module):
     config: GPTConfig
 
     @nn.compact
-    def __call__(self, tokens, positions=None, deterministic: bool = True, decode: bool = False):
-        """tokens [B, T] int -> logits [B, T, padded_vocab] in the compute dtype.
-
-        decode=True reads and updates the key/value cache (collection 'cache', which must be
-        mutable); `positions` then say where in the cache each token goes (gptjax/generate.py).
-        """
+    def __call__(self, tokens, positions=None, deterministic: bool = True, decode: bool = False,
+                 hidden: bool = False):
+        """tokens [B, T] -> float32 logits [B, T, padded_vocab]; hidden=True: the final
+        LayerNorm's output [B, T, D]. decode=True reads and updates the KV cache (collection
+        'cache', mutable); `positions` say where each token goes in it (gptjax/generate.py)."""
         c = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
@@ -362,36 +394,7 @@ class GPT(nn.Module):
                 x = Block(c, c.window(i), deterministic, decode, name=f"layer_{i}")(x, positions)
 
         x = layer_norm(c, "ln_f")(x)
-        if c.tie_embeddings:
-            logits = embed.attend(x)
-        else:
-            logits = nn.Dense(c.padded_vocab, use_bias=False, dtype=c.dtype,
-                              param_dtype=c.param_dtype, name="head",
-                              kernel_init=logical(nn.initializers.normal(c.init_std),
-                                                  ("embed", "vocab")))(x)
-        if c.mup:  # muP's readout: an O(1) weight times 1 / width_mult
-            logits = logits / c.width_mult
-        return constrain(logits, ("batch", "length", "act_vocab"))
-
-
-# ----------------------------------------------------------------------------- layouts
-
-
-def scanned_to_layers(params, c: GPTConfig):
-    """Scanned params {'layers': {'block_j': stacked}} -> unrolled {'layer_i': ...}."""
-    params = dict(params)
-    stacked = params.pop("layers")
-    for i in range(c.num_layers):
-        group, j = divmod(i, c.group_size)
-        params[f"layer_{i}"] = jax.tree.map(lambda a, g=group: a[g], stacked[f"block_{j}"])
-    return params
-
-
-def layers_to_scanned(params, c: GPTConfig):
-    """Inverse of `scanned_to_layers`."""
-    params = dict(params)
-    layers = [params.pop(f"layer_{i}") for i in range(c.num_layers)]
-    g = c.group_size
-    params["layers"] = {f"block_{j}": jax.tree.map(lambda *a: jnp.stack(a), *layers[j::g])
-                        for j in range(g)}
-    return params
+        head = embed.embedding if c.tie_embeddings else Head(c, name="head")()
+        if hidden:
+            return x
+        return constrain(logits_from_hidden(x, head, c), ("batch", "length", "act_vocab"))

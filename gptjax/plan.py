@@ -18,21 +18,12 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
+from gptjax import compile as tpu_compile
+from gptjax.devices import DEVICES, GiB, human_bytes  # noqa: F401  (plan.DEVICES, plan.GiB)
 from gptjax.errors import UserError
+from gptjax.sharding import parse_mesh  # noqa: F401  (plan.parse_mesh)
+from gptjax.steps import block_size
 
-GiB = 2 ** 30
-# Memory per device, bytes, as the runtime reports it (nvidia-smi's MiB for GPUs; TPU HBM per
-# chip from Cloud TPU's system-architecture pages). backend picks the compute dtype ("auto").
-DEVICES = {
-    "h100": (81559 * 2 ** 20, "gpu"),    # H100 SXM 80GB
-    "h200": (143771 * 2 ** 20, "gpu"),   # H200 141GB
-    "a100": (81920 * 2 ** 20, "gpu"),    # A100 80GB
-    "v4": (32 * GiB, "tpu"),
-    "v5e": (16 * GiB, "tpu"),
-    "v5p": (95 * GiB, "tpu"),
-    "v6e": (32 * GiB, "tpu"),
-    "cpu": (0, "cpu"),                   # no limit checked; float32 compute (for validation)
-}
 # The share of device memory a step may plan to use: XLA also needs workspace (cuBLAS, cuDNN,
 # collectives) and fragmentation costs some. On GPUs run with XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
 # (launch/env/gpu.env); JAX's default preallocation is only 75% of the device.
@@ -83,22 +74,6 @@ class Plan:
         return asdict(self)
 
 
-def parse_mesh(text: str) -> dict:
-    """'data=2,fsdp=4,tensor=1' -> {'data': 2, 'fsdp': 4, 'tensor': 1} (missing axes = 1)."""
-    from gptjax.sharding import AXES
-    out = {a: 1 for a in AXES}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or key not in AXES:
-            raise UserError(f"--mesh {text!r}: expected AXIS=SIZE pairs with AXIS in {AXES}, "
-                            f"e.g. data=2,fsdp=4,tensor=1")
-        try:
-            out[key] = int(value)
-        except ValueError:
-            raise UserError(f"--mesh {text!r}: {key}={value!r} is not an integer") from None
-    return out
-
-
 def resolve_mesh(mesh: dict, num_devices: int) -> dict:
     from gptjax.sharding import AXES, mesh_shape
     return dict(zip(AXES, mesh_shape(mesh, num_devices), strict=True))
@@ -127,7 +102,7 @@ def state_bytes(config, mesh: dict) -> dict:
     from gptjax import sharding
     from gptjax.model import GPT
     from gptjax.optim import make_optimizer
-    from gptjax.train import model_config
+    from gptjax.state import model_config
 
     model = GPT(model_config(config))
     rules = sharding.logical_rules(config)
@@ -158,7 +133,8 @@ def state_bytes(config, mesh: dict) -> dict:
             "optimizer_bytes": int(opt_bytes)}
 
 
-def activation_bytes(c, batch: float, seq_len: int, tensor: int) -> tuple[int, int]:
+def activation_bytes(c, batch: float, seq_len: int, tensor: int,
+                     loss_chunk: int = 0) -> tuple[int, int]:
     """(activations kept for the backward pass, float32 logits) per device, in bytes.
 
     `c` is the GPTConfig with the device's compute dtype; `batch` sequences per device.
@@ -178,7 +154,8 @@ def activation_bytes(c, batch: float, seq_len: int, tensor: int) -> tuple[int, i
     if c.remat != "none":
         layers += per_token(ACT_TRANSIENT) * c.group_size
     acts = tokens * layers
-    logits = tokens * (c.padded_vocab / tensor) * 4 * LOGIT_COPIES
+    block = batch * block_size(seq_len, loss_chunk)  # tokens of one cross-entropy block
+    logits = block * (c.padded_vocab / tensor) * 4 * LOGIT_COPIES
     return int(acts), int(logits)
 
 
@@ -199,7 +176,8 @@ def plan(config, mesh: dict, device: str = "h100", num_devices: int | None = Non
     c = GPTConfig.from_config(config.model, backend=backend)
     state = state_bytes(config, mesh)
     batch = tr.batch_size / accum / shards
-    acts, logits = activation_bytes(c, batch, int(config.data.seq_len), mesh["tensor"])
+    acts, logits = activation_bytes(c, batch, int(config.data.seq_len), mesh["tensor"],
+                                    int(config.train.loss_chunk))
     import jax.numpy as jnp
     embedding = c.padded_vocab * c.d_model * jnp.dtype(c.param_dtype).itemsize / mesh["tensor"]
     workspace = int(EMBEDDING_COPIES * embedding)
@@ -223,15 +201,16 @@ def measure(config) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from gptjax import sharding, train
+    from gptjax import sharding, steps
+    from gptjax.state import abstract_train_state
     mesh = sharding.make_mesh(config.mesh)
-    abstract, shardings = train.abstract_train_state(config, mesh)
+    abstract, shardings = abstract_train_state(config, mesh)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                          abstract, shardings)
     shape = (config.train.batch_size, config.data.seq_len)
     bs = sharding.batch_sharding(mesh)
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bs) for k in ("inputs", "targets")}
-    step = train.make_train_step(config, mesh, shardings)
+    step = steps.make_train_step(config, mesh, shardings)
     with jax.set_mesh(mesh):
         compiled = step.lower(state, batch).compile()
     ma = compiled.memory_analysis()
@@ -248,13 +227,6 @@ def measure(config) -> dict:
     return out
 
 
-def _human(n: float) -> str:
-    for unit, scale in (("GiB", GiB), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:.0f} B"
-
-
 def add_args(parser):
     from gptjax.cli import add_config_arg
     add_config_arg(parser)
@@ -268,6 +240,9 @@ def add_args(parser):
     parser.add_argument("--measure", action="store_true",
                         help="also compile the real train step here and print XLA's measured "
                              "peak (uses config.mesh on the local devices)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="TPU devices: the closed-form estimate only, even where libtpu is "
+                             "installed (by default plan then asks the TPU compiler)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -289,8 +264,22 @@ def run(args):
         if args.device != "cpu":
             print("gptjax plan: note: --measure compiles for the local devices; compare it "
                   "with --device cpu on a CPU machine", flush=True)
+    chips = math.prod(p.mesh.values())
+    tpu_slice = None if args.estimate else tpu_compile.slice_for(args.device, chips)
+    if tpu_slice is not None:  # libtpu is here: the TPU compiler's numbers, not the estimate
+        with config.unlocked():
+            config.mesh.update(p.mesh)
+        report = tpu_compile.compile_config(config, tpu_slice, eval_step=False)
+        result.update(source=f"TPU compiler ({tpu_slice.name})", compiler=report,
+                      estimate_bytes=result["total_bytes"],
+                      total_bytes=report["memory"]["total_bytes"], fits=report["fits"])
     if args.json:
         print(json.dumps(result))
+        return 0
+    if tpu_slice is not None:
+        print(tpu_compile.format_report(result["compiler"]))
+        print(f"  (closed-form estimate: {human_bytes(result['estimate_bytes'])}; --estimate "
+              f"prints it in full)")
         return 0
     m = p.mesh
     print(f"{p.name} on {m['data']}x{m['fsdp']}x{m['tensor']} (data x fsdp x tensor) "
@@ -301,17 +290,17 @@ def run(args):
             ("logits (float32)", p.logits_bytes), ("embedding grads", p.embedding_grad_bytes),
             ("total per device", p.total_bytes)]
     for label, value in rows:
-        print(f"  {label:<18} {_human(value):>12}")
+        print(f"  {label:<18} {human_bytes(value):>12}")
     if p.device_bytes:
         verdict = "fits" if p.fits else "does NOT fit"
-        print(f"  {p.device}: {_human(p.device_bytes)}, plan within {USABLE_FRACTION:.0%} = "
-              f"{_human(p.usable_bytes)} -> {verdict}")
+        print(f"  {p.device}: {human_bytes(p.device_bytes)}, plan within {USABLE_FRACTION:.0%} = "
+              f"{human_bytes(p.usable_bytes)} -> {verdict}")
         if not p.fits:
             print("  try: --config.model.remat=full, a larger fsdp axis, "
                   "--config.optim.state_dtype=bfloat16, or a smaller batch with grad_accum")
     if args.measure:
         ms = result["measured"]
         err = 100.0 * (p.total_bytes - ms["peak_bytes"]) / ms["peak_bytes"]
-        print(f"  measured (XLA, {ms['device_kind']}): {_human(ms['peak_bytes'])} "
+        print(f"  measured (XLA, {ms['device_kind']}): {human_bytes(ms['peak_bytes'])} "
               f"(estimate {err:+.1f}%)")
     return 0

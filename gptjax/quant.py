@@ -1,44 +1,52 @@
-"""int8 weight-only quantization for inference (`--quantize int8` on sample / eval).
+"""Quantization for inference through Qwix, Google's JAX quantization library (the one MaxText
+uses): `--quantize int8 | int4 | w8a8` on `gptjax sample` / `eval` / `compress`, and quantized
+workdirs that load without the float checkpoint (`gptjax quantize`).
 
-Every matmul weight is stored as int8 with one float32 scale per *output* channel (symmetric:
-w ~= q * scale, q in [-127, 127], scale = max|w| over the input axes / 127):
+Weight-only (int8, int4): every matmul weight becomes a `qwix.QArray` (symmetric absmax:
+w ~= q * scale), made by `qwix.quantize` with a scale per *output* channel and, along the
+contracted (input) axes, one scale per `group` input channels (0 = one per output channel):
 
-    attn/qkv/kernel  [d, 3, heads, head_dim]  scale per (3, heads, head_dim)
-    attn/proj/kernel [heads, head_dim, d]      scale per d
-    mlp/*, head      [in, out]                 scale per out
-    wte/embedding    [vocab, d]                scale per row (a row is both a looked-up vector
-                                               and, tied, the output channel of the logits)
+    attn/qkv/kernel  [d, 3, heads, head_dim]  output axes (3, heads, head_dim), input d
+    attn/proj/kernel [heads, head_dim, d]      output d; a scale per head x group of head_dim
+    mlp/*, head      [in, out]                 output out, input in
+    wte/embedding    [vocab, d]                a row is both a looked-up vector and, tied,
+                                               the output channel of the logits
 
-LayerNorms, biases and position embeddings stay in float (a tiny share of the bytes). A
-quantized tree holds `QTensor(q, scale)` leaves in place of those arrays; `dequantize` turns
-them back into compute-dtype arrays *inside* the jitted step (q.astype(dtype) * scale), so the
-weights live in device memory as int8 and XLA fuses the conversion into the consumer.
+int8 defaults to per-channel scales, int4 to groups of 32. The leading layer axis of scanned
+params is an output axis, so every layer has its own scales. LayerNorms, biases and position
+embeddings stay float. `dequantize` (`qwix.dequantize`) turns the QArrays back into compute-dtype
+arrays *inside* the jitted step, so the weights live in device memory quantized.
+
+w8a8 (int8 weights and activations): `qwix.PtqProvider` intercepts the transformer blocks'
+matmuls and quantizes their inputs at run time. It covers the blocks only: Qwix's interception
+cannot serve the embedding's lookup (`jnp.take` on a quantized array), and its
+`quantize_params` ignores `nn.scan`'s stacked layer axis (one scale for all layers), so
+`quantize_w8a8` quantizes each layer's slice itself. Evaluation and decoding only.
 """
 
 from __future__ import annotations
 
-import flax.struct
+import json
+import os
+
+import flax.linen as nn
+import flax.traverse_util as traverse
 import jax
 import jax.numpy as jnp
 import numpy as np
+import qwix
+from qwix._src.providers.ptq import WithAux  # Qwix's param wrapper (no public name)
 
 from gptjax.errors import UserError
 
-MODES = ("none", "int8")
+MODES = ("none", "int8", "int4", "w8a8")
+QTYPES = {"int8": jnp.int8, "int4": jnp.int4}
+DEFAULT_GROUP = {"int8": 0, "int4": 32}
+QUANTIZED_FILE = "quantized.npz"  # a quantized workdir's weights (no checkpoints/ needed)
 
 
-@flax.struct.dataclass
-class QTensor:
-    q: jax.Array       # int8, the weight's shape
-    scale: jax.Array   # float32, broadcastable to q (1 on the reduced input axes)
-
-    @property
-    def shape(self):
-        return self.q.shape
-
-
-def _is_q(x) -> bool:
-    return isinstance(x, QTensor)
+def is_qarray(x) -> bool:
+    return isinstance(x, qwix.QArray)
 
 
 def _names(path) -> tuple[str, ...]:
@@ -61,66 +69,191 @@ def input_axes(path, ndim: int) -> tuple[int, ...] | None:
     return (ndim - 2,)  # nn.Dense: [in, out]
 
 
-def quantize_array(w, axes: tuple[int, ...]) -> QTensor:
+def quantize_array(w, axes: tuple[int, ...], mode: str = "int8", group: int = 0,
+                   name: str = "weight") -> qwix.QArray:
+    """One weight -> QArray: a scale per output channel and per `group` channels of the last
+    input axis (the other input axes, e.g. proj's heads, get a scale each)."""
     w = jnp.asarray(w, jnp.float32)
-    scale = jnp.max(jnp.abs(w), axis=axes, keepdims=True) / 127.0
-    scale = jnp.where(scale == 0, 1.0, scale)
-    q = jnp.clip(jnp.round(w / scale), -127, 127).astype(jnp.int8)
-    return QTensor(q, scale)
+    channelwise = [a for a in range(w.ndim) if a not in axes]
+    tiled = {a: 1 for a in axes[:-1]}
+    size = w.shape[axes[-1]]
+    if group and group < size:
+        if size % group:
+            raise UserError(f"--group {group} does not divide {name}'s input axis of {size}; "
+                            f"choose a divisor (or 0 for per-channel scales)")
+        tiled[axes[-1]] = group
+    return qwix.quantize(w, QTYPES[mode], channelwise_axes=channelwise, tiled_axes=tiled)
 
 
-def quantize(params, mode: str = "int8"):
-    """Float params -> a tree with QTensor leaves for the matmul weights (mode 'none': as is)."""
+def _check_mode(mode: str, allowed=MODES) -> None:
+    if mode not in allowed:
+        raise UserError(f"--quantize {mode!r}: choose one of {', '.join(allowed)}")
+
+
+def quantize(params, mode: str = "int8", group: int | None = None):
+    """Float params -> a tree with QArray leaves for the matmul weights (mode 'none': as is)."""
     if mode in (None, "none"):
         return params
-    if mode != "int8":
-        raise UserError(f"--quantize {mode!r}: choose one of {', '.join(MODES)}")
+    _check_mode(mode, ("int8", "int4"))
+    group = DEFAULT_GROUP[mode] if group is None else int(group)
+    if group < 0:
+        raise UserError(f"--group {group} must be >= 0 (0 = per-channel scales)")
 
     def one(path, x):
         axes = input_axes(path, np.ndim(x))
-        return x if axes is None else quantize_array(x, axes)
+        return x if axes is None else quantize_array(x, axes, mode, group, "/".join(_names(path)))
     return jax.jit(lambda p: jax.tree_util.tree_map_with_path(one, p))(params)
 
 
 def dequantize(params, dtype):
-    """QTensor leaves -> `dtype` arrays; plain float trees pass through unchanged."""
-    return jax.tree.map(
-        lambda x: (x.q.astype(dtype) * x.scale.astype(dtype)) if _is_q(x) else x,
-        params, is_leaf=_is_q)
+    """QArray leaves -> `dtype` arrays; float trees (and w8a8's Qwix params) pass through."""
+    def one(x):
+        return qwix.dequantize(x).astype(dtype) if is_qarray(x) else x
+    return jax.tree.map(one, params, is_leaf=lambda x: is_qarray(x) or isinstance(x, WithAux))
 
 
 def is_quantized(params) -> bool:
-    return any(_is_q(x) for x in jax.tree.leaves(params, is_leaf=_is_q))
+    return any(is_qarray(x) for x in jax.tree.leaves(params, is_leaf=is_qarray))
+
+
+def _bits(x) -> int:
+    dtype = jnp.dtype(x.dtype)
+    return jnp.iinfo(dtype).bits if jnp.issubdtype(dtype, jnp.integer) else 8 * dtype.itemsize
 
 
 def weight_bytes(params) -> int:
-    """Bytes the parameters occupy as stored (int8 values + scales for QTensor leaves)."""
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    """Bytes the parameters occupy as stored: int4 values count half a byte, plus the scales."""
+    leaves = jax.tree.leaves(params)
+    return sum((x.size * _bits(x) + 7) // 8 for x in leaves)
 
 
 def bf16_bytes(params) -> int:
     """Bytes the same parameters would occupy in bfloat16: the baseline for int8."""
-    return sum((x.q if _is_q(x) else x).size * 2 for x in jax.tree.leaves(params, is_leaf=_is_q))
+    return sum((x.qvalue if is_qarray(x) else x).size * 2
+               for x in jax.tree.leaves(params, is_leaf=is_qarray))
 
 
-def make_eval_step(config):
-    """Jitted `(quantized params, batch) -> (sum of token losses, token count)`: the eval step
-    of gptjax/train.py with the weights dequantized inside, for `gptjax eval --quantize int8`."""
-    import flax.linen as nn
-    import optax
+def prepare(model: nn.Module, params, mode: str = "none", group: int | None = None):
+    """-> (model, params) to run with `mode`: weight-only modes quantize the params, w8a8 also
+    wraps the model. Run them with `dequantize` as the step's params transform."""
+    _check_mode(mode)
+    if mode != "none" and is_quantized(params):
+        raise UserError(f"--quantize {mode}: the workdir's weights are already quantized")
+    if mode == "w8a8":
+        return quantize_w8a8(model, params)
+    return model, quantize(params, mode, group)
 
-    from gptjax import sharding
-    from gptjax.model import GPT, GPTConfig
 
-    model = GPT(GPTConfig.from_config(config.model))
-    rules = sharding.logical_rules(config)
+# ----------------------------------------------------------------------------- w8a8
 
-    def eval_step(qparams, batch):
-        with nn.logical_axis_rules(rules):
-            logits = model.apply({"params": dequantize(qparams, model.config.dtype)},
-                                 batch["inputs"], deterministic=True)
-        losses = optax.softmax_cross_entropy_with_integer_labels(
-            logits.astype(jnp.float32), batch["targets"])
-        return losses.sum(), jnp.asarray(losses.size, jnp.float32)
 
-    return jax.jit(eval_step)
+def w8a8_model(model: nn.Module) -> nn.Module:
+    """The model with its blocks' matmuls in int8 weights x int8 activations (Qwix PTQ)."""
+    rule = qwix.QuantizationRule(module_path="layers?_?.*", weight_qtype=jnp.int8,
+                                 act_qtype=jnp.int8)
+    return qwix.quantize_model(model, qwix.PtqProvider([rule]))
+
+
+def quantize_w8a8(model: nn.Module, params):
+    """-> (Qwix model, its params): block kernels as Qwix's WithAux(QArray), per layer."""
+    qmodel = w8a8_model(model)
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    abstract = nn.unbox(jax.eval_shape(qmodel.init, jax.random.key(0), tokens)["params"])
+    wanted = traverse.flatten_dict(abstract, is_leaf=lambda _, x: isinstance(x, WithAux))
+    out = {}
+    for path, w in traverse.flatten_dict(params).items():
+        target = wanted.get(path)
+        if not isinstance(target, WithAux):
+            out[path] = w
+            continue
+        how = target.how
+        one = lambda x, how=how: qwix.quantize(  # noqa: E731
+            x, how.qtype, channelwise_axes=how.channelwise_axes, tiled_axes=how.tiled_axes)
+        # Scanned layers: quantize each layer's slice (Qwix sees one layer's shapes).
+        out[path] = target.replace(array=jax.vmap(one)(w) if path[0] == "layers" else one(w))
+    return qmodel, traverse.unflatten_dict(out)
+
+
+# ----------------------------------------------------------------------------- workdirs
+
+
+def _pack_int4(q: np.ndarray) -> np.ndarray:
+    """int4 values -> bytes holding two values each (low nibble first)."""
+    flat = q.astype(np.int8).reshape(-1) & 0xF
+    flat = np.pad(flat, (0, flat.size % 2)).astype(np.uint8)
+    return flat[0::2] | (flat[1::2] << 4)
+
+
+def _unpack_int4(packed: np.ndarray, shape) -> np.ndarray:
+    nibbles = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(-1).astype(np.int8)
+    nibbles = np.where(nibbles > 7, nibbles - 16, nibbles)
+    return nibbles[:int(np.prod(shape))].reshape(shape)
+
+
+def save(directory: str, params, info: dict) -> str:
+    """Writes a quantized param tree to DIRECTORY/quantized.npz (int4 packed two per byte);
+    `info` (mode, group, step) is kept beside the arrays. -> the file's path."""
+    arrays, leaves = {}, {}
+    for i, (path, x) in enumerate(traverse.flatten_dict(params, sep="/").items()):
+        if is_qarray(x):
+            q = np.asarray(x.qvalue)
+            bits = _bits(x.qvalue)
+            arrays[f"q{i}"] = _pack_int4(q) if bits == 4 else q
+            arrays[f"s{i}"] = np.asarray(x.scale)
+            leaves[path] = {"i": i, "bits": bits, "shape": list(q.shape)}
+        else:
+            arrays[f"a{i}"] = np.asarray(x)
+            leaves[path] = {"i": i}
+    meta = json.dumps({**info, "leaves": leaves})
+    path = os.path.join(directory, QUANTIZED_FILE)
+    np.savez(path, __meta__=np.frombuffer(meta.encode(), np.uint8), **arrays)
+    return path
+
+
+def has_quantized(workdir: str) -> bool:
+    return os.path.isfile(os.path.join(workdir, QUANTIZED_FILE))
+
+
+def load(workdir: str):
+    """-> (param tree with QArray leaves, info dict) of a workdir written by `save`."""
+    with np.load(os.path.join(workdir, QUANTIZED_FILE)) as f:
+        meta = json.loads(f["__meta__"].tobytes().decode())
+        flat = {}
+        for path, leaf in meta.pop("leaves").items():
+            i = leaf["i"]
+            if "bits" not in leaf:
+                flat[path] = jnp.asarray(f[f"a{i}"])
+                continue
+            qtype = jnp.int4 if leaf["bits"] == 4 else jnp.int8
+            q = f[f"q{i}"]
+            q = _unpack_int4(q, leaf["shape"]) if leaf["bits"] == 4 else q
+            flat[path] = qwix.QArray(jnp.asarray(q).astype(qtype), jnp.asarray(f[f"s{i}"]),
+                                     qtype=qtype)
+    return traverse.unflatten_dict(flat, sep="/"), meta
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_args(parser):
+    parser.add_argument("--workdir", required=True, help="a trained gptjax workdir")
+    parser.add_argument("--out", required=True, help="new workdir for the quantized model")
+    parser.add_argument("--mode", choices=("int8", "int4"), default="int8")
+    parser.add_argument("--group", type=int, default=None,
+                        help="input channels per scale (0 = per output channel; default: "
+                             "int8 0, int4 32)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+
+
+def run(args):
+    # checkpoint and surgery import this module (QArray trees load through it): import late.
+    from gptjax import checkpoint, surgery
+    config, params, tokenizer, step = checkpoint.load_for_inference(args.workdir, step=args.step)
+    q = quantize(params, args.mode, args.group)
+    out = surgery.start_workdir(args.out, config, tokenizer, args.workdir)
+    group = DEFAULT_GROUP[args.mode] if args.group is None else args.group
+    path = save(out, q, {"mode": args.mode, "group": group, "step": step,
+                         "source": os.path.abspath(args.workdir)})
+    print(f"{args.mode} weights ({weight_bytes(q) / 1e6:.2f} MB, float "
+          f"{weight_bytes(params) / 1e6:.2f} MB) -> {path}")
+    return 0

@@ -17,9 +17,13 @@ import time
 import flax.linen as nn
 import jax
 
-from gptjax import generate, quant, sharding
+from gptjax import checkpoint, generate, quant, sharding
+from gptjax.config import apply_overrides
+from gptjax.defaults import base_config
 from gptjax.errors import UserError
 from gptjax.model import GPT, GPTConfig
+
+APPLIES_OVERRIDES = True  # --config.sample.KEY=VALUE (and any other key) apply to this run
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +37,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, help="0 = off")
     parser.add_argument("--top-p", type=float, help="1 = off")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--quantize", choices=quant.MODES, help="int8: weight-only int8")
+    parser.add_argument("--quantize", choices=quant.MODES,
+                        help="int8 / int4: weight-only; w8a8: int8 weights and activations "
+                             "(gptjax/quant.py)")
     parser.add_argument("--stream", action="store_true",
                         help="print the first sample's tokens as they are generated")
     parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
@@ -44,8 +50,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args, config) -> dict:
     """config.sample with the command-line flags applied."""
-    from gptjax.config import apply_overrides
-    from gptjax.defaults import base_config
     for key, value in base_config().sample.items():  # keys newer than the run's config.json
         if key not in config.sample:
             config.sample[key] = value
@@ -68,22 +72,20 @@ def _settings(args, config) -> dict:
 
 
 def load(workdir: str, mesh=None, step: int | None = None):
-    """-> (config, params, tokenizer); a workdir made from HF GPT-2 uses its saved tokenizer."""
-    from gptjax import checkpoint, interop
-    config, params, tokenizer = checkpoint.load_for_inference(workdir, mesh=mesh, step=step)
-    hf_tok = interop.saved_hf_tokenizer(workdir)
-    return config, params, hf_tok or tokenizer
+    """-> (config, params, tokenizer) of a trained, fine-tuned or imported workdir."""
+    config, params, tokenizer, _ = checkpoint.load_for_inference(workdir, mesh=mesh, step=step)
+    return config, params, tokenizer
 
 
 def sample(workdir: str, args) -> list[str]:
-    from gptjax import checkpoint
     config = checkpoint.read_config(workdir)
     mesh = sharding.make_mesh(config.mesh) if args.shard else None
     config, params, tokenizer = load(workdir, mesh, args.step)
     s = _settings(args, config)
     c = GPTConfig.from_config(config.model)
-    model = GPT(c)
-    params = quant.quantize(generate.cast_params(params, c.dtype), s["quantize"])
+    weights = s["quantize"] if s["quantize"] != "none" else (
+        "quantized" if quant.is_quantized(params) else "float")
+    model, params = quant.prepare(GPT(c), generate.cast_params(params, c.dtype), s["quantize"])
 
     eos = tokenizer.eos_id if (s["stop_at_eos"] and tokenizer.eos_id is not None) else -1
     settings = generate.Sampling(max_new_tokens=int(s["max_new_tokens"]),
@@ -102,7 +104,7 @@ def sample(workdir: str, args) -> list[str]:
         streamer.finish()
     texts = [tokenizer.decode(ids) for ids in out]
     print(f"[{len(rows)} samples, {sum(map(len, out))} tokens in {seconds:.1f}s (incl. "
-          f"compile), {s['quantize']} weights]", file=sys.stderr)
+          f"compile), {weights} weights]", file=sys.stderr)
     prompts = [p for p in s["prompts"] for _ in range(s["num_samples"])]
     return [prompt + text for prompt, text in zip(prompts, texts, strict=True)]
 

@@ -10,6 +10,11 @@ config change:
     --config.mesh.tensor=2                        Megatron-style heads / MLP / vocab split
 
 Batches are split over ('data', 'fsdp'); parameters over 'fsdp' (the 'embed' axis) and 'tensor'.
+
+Multislice (several TPU slices joined by the data-center network, DCN): `mesh.dcn_data=2` says
+that a factor 2 of the data axis runs across slices and the rest inside each slice, over ICI
+(`mesh_utils.create_hybrid_device_mesh`, as MaxText does). On GPUs / CPUs each process counts
+as a slice, which puts any axis across processes (tests/test_multiprocess.py).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import math
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gptjax.errors import UserError
@@ -51,22 +57,69 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
+def _granules(devices) -> tuple[bool, int]:
+    """-> (by slice, count): the slices of a TPU multislice job, elsewhere the processes."""
+    slices = {getattr(d, "slice_index", None) for d in devices}
+    if len(slices) > 1 and None not in slices:
+        return True, len(slices)
+    return False, len({d.process_index for d in devices})
+
+
+def device_grid(mesh_cfg, devices) -> np.ndarray:
+    """The devices arranged as the (data, fsdp, tensor) mesh; `mesh.dcn_*` factors of an axis
+    run across slices (TPU multislice) or processes (elsewhere), the rest inside them."""
+    devices = list(devices)
+    shape = mesh_shape(mesh_cfg, len(devices))
+    dcn = tuple(int(mesh_cfg.get(f"dcn_{a}", 1)) for a in AXES)
+    spec = ", ".join(f"dcn_{a}={d}" for a, d in zip(AXES, dcn, strict=True))
+    by_slice, granules = _granules(devices)
+    if any(d < 1 for d in dcn) or any(s % d for s, d in zip(shape, dcn, strict=True)):
+        raise UserError(f"config.mesh ({spec}): each must be >= 1 and divide its axis "
+                        f"{dict(zip(AXES, shape, strict=True))}")
+    if math.prod(dcn) == 1:
+        if by_slice:
+            raise UserError(f"this job spans {granules} TPU slices: set config.mesh.dcn_data="
+                            f"{granules} (data parallelism across slices, over DCN)")
+        try:
+            return jax.make_mesh(shape, AXES, devices=devices).devices
+        except (TypeError, ValueError, NotImplementedError):
+            # make_mesh wants devices in a physical topology order; else the given order.
+            return np.asarray(devices).reshape(shape)
+    if math.prod(dcn) != granules:
+        raise UserError(f"config.mesh ({spec}) spans {math.prod(dcn)} slices / processes but "
+                        f"the devices are in {granules}")
+    ici = tuple(s // d for s, d in zip(shape, dcn, strict=True))
+    return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                                process_is_granule=not by_slice,
+                                                allow_split_physical_axes=True)
+
+
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
     """A mesh with axes (data, fsdp, tensor) over `devices` (default: all devices).
 
     Axis types are Auto (not Explicit) on every jax version: sharding is driven by the logical
     constraints and the in/out shardings of jit, not by sharding-in-types.
     """
-    devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_shape(mesh_cfg, len(devices))
+    grid = device_grid(mesh_cfg, jax.devices() if devices is None else devices)
     kwargs = {}
     if hasattr(jax.sharding, "AxisType"):
         kwargs["axis_types"] = (jax.sharding.AxisType.Auto,) * len(AXES)
-    try:
-        return jax.make_mesh(shape, AXES, devices=devices, **kwargs)
-    except (TypeError, ValueError, NotImplementedError):
-        # make_mesh wants devices in a physical topology order; fall back to the given order.
-        return Mesh(np.asarray(devices).reshape(shape), AXES, **kwargs)
+    return Mesh(grid, AXES, **kwargs)
+
+
+def parse_mesh(text: str) -> dict:
+    """'data=2,fsdp=4,tensor=1' -> {'data': 2, 'fsdp': 4, 'tensor': 1} (missing axes = 1)."""
+    out = {a: 1 for a in AXES}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in AXES:
+            raise UserError(f"--mesh {text!r}: expected AXIS=SIZE pairs with AXIS in {AXES}, "
+                            f"e.g. data=2,fsdp=4,tensor=1")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            raise UserError(f"--mesh {text!r}: {key}={value!r} is not an integer") from None
+    return out
 
 
 def single_device_mesh(device=None) -> Mesh:
@@ -139,10 +192,9 @@ def check_shardable(abstract_tree, shardings, what: str = "parameter") -> None:
                     f"change config.mesh or config.mesh.rules, or the model size")
 
 
-def check_config(config, mesh: Mesh, process_count: int | None = None) -> None:
+def check_config(config, mesh: Mesh) -> None:
     """Shape checks that would otherwise surface as XLA errors (or silent padding)."""
     tr, m = config.train, config.model
-    process_count = jax.process_count() if process_count is None else process_count
     shards = axis_size(mesh, BATCH_AXES)
     accum = int(tr.grad_accum)
     if accum < 1:
@@ -157,9 +209,6 @@ def check_config(config, mesh: Mesh, process_count: int | None = None) -> None:
             f"per micro-batch do not split over data x fsdp = {mesh.shape['data']} x "
             f"{mesh.shape['fsdp']} = {shards} devices; use a batch size that is a multiple of "
             f"{shards * accum}")
-    if tr.batch_size % process_count:
-        raise UserError(f"config.train.batch_size={tr.batch_size} is not divisible by "
-                        f"{process_count} processes")
     tensor = mesh.shape["tensor"]
     if m.num_heads % tensor:
         raise UserError(f"config.model.num_heads={m.num_heads} is not divisible by "
@@ -171,10 +220,22 @@ def check_config(config, mesh: Mesh, process_count: int | None = None) -> None:
                         f"model.max_seq_len={m.max_seq_len}")
 
 
-def global_batch(batch: dict, mesh: Mesh) -> dict:
-    """This process's rows {'inputs','targets'} [B_host, T] -> global jax.Arrays [B, T]."""
+def host_rows(mesh: Mesh, batch_size: int) -> np.ndarray:
+    """The rows of a global batch this process must supply, sorted: every row that one of its
+    devices holds (as MaxText and Levanter do). With the batch split over (data, fsdp) these are
+    B / process_count distinct rows when those axes span the processes; when another axis
+    (tensor) spans them, processes holding replicas of the same rows get the same rows."""
+    shards = batch_sharding(mesh, 1).addressable_devices_indices_map((batch_size,))
+    rows = {r for index in shards.values() for r in range(*index[0].indices(batch_size))}
+    return np.asarray(sorted(rows), np.int64)
+
+
+def global_batch(batch: dict, mesh: Mesh, batch_size: int | None = None) -> dict:
+    """This process's rows {'inputs','targets'} [len(host_rows), T] -> global jax.Arrays
+    [batch_size, T] (None: inferred, right only when every process holds distinct rows)."""
     out = {}
     for k, v in batch.items():
         v = np.asarray(v)
-        out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+        shape = None if batch_size is None else (int(batch_size), *v.shape[1:])
+        out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v, shape)
     return out

@@ -33,6 +33,7 @@ from gptjax import flops, scaling
 from gptjax.errors import UserError
 
 CONFIG_FILE = "sweep_config.json"
+APPLIES_OVERRIDES = True  # `--workdir W --config.KEY=VALUE` changes the saved sweep config
 RESULT_FILE = "result.json"
 
 

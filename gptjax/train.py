@@ -1,553 +1,383 @@
-"""The training job: sharded train state, jitted train/eval steps, and the loop around them.
+"""`gptjax train`: set a run up, then step and run hooks (gptjax/loop.py) until the last step.
 
-    state = create_train_state(config, mesh)            # sharded from birth, never on one device
-    step_fn = make_train_step(config, mesh, shardings)  # jit, donated state, grad accumulation
-    state, metrics = step_fn(state, global_batch)       # metrics stay on device until a log step
+    train(config, workdir)                          # pretraining on config.data
+    train(config, workdir, task=Finetuning())       # the same loop on prompt/response pairs
 
-`train(config, workdir)` runs it end to end: tokenizer + data, resume from the newest complete
-checkpoint, periodic eval / async checkpoints / metrics, SIGTERM-safe exit.
-Step numbers count finished steps: after the k-th batch `state.step == k`.
+What is trained on comes from a *task* (`Pretraining` here, `gptjax.finetune.Finetuning`,
+`gptjax.distill.Distillation`): it names the tokenizer, the batches, the eval set and the
+starting state. Everything else is shared: resume from the newest complete checkpoint (params,
+optimizer, data position), metrics every `train.log_every` steps, eval every
+`train.eval_every`, asynchronous checkpoints every `train.ckpt_every`, SIGTERM-safe exit.
 """
 
 from __future__ import annotations
 
-import collections
 import copy
-import json
-import math
-import os
-import signal
-import threading
+import dataclasses
+import errno
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
 
-import flax
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from gptjax import sharding
+from gptjax import checkpoint, data, distributed, loop, paths, sharding, steps
+from gptjax.cli import add_config_arg
 from gptjax.errors import UserError
-from gptjax.model import GPT, GPTConfig
-from gptjax.optim import make_optimizer, schedule
+from gptjax.evaluate import eval_metrics, evaluate, prepare_eval_batches
+from gptjax.flops import model_stats
+from gptjax.metrics import MetricsWriter, format_duration, plot, throughput
+from gptjax.model import GPT
+from gptjax.optim import make_optimizer
+from gptjax.state import abstract_train_state, create_train_state, model_config, with_shardings
 
 
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array        # int32 [], finished steps
-    params: Any            # unboxed params (logical axes live in `abstract_train_state`)
-    opt_state: Any
-    rng: jax.Array         # uint32 key data; dropout key of step s = fold_in(rng, s)
-    skipped: jax.Array     # int32 [], steps whose update was dropped for non-finite values
+@dataclasses.dataclass
+class RunData:
+    """What a task hands the loop: batches that can report and restore their position."""
+    config: object                      # the run's final config (model section included)
+    tokenizer: object
+    batches: Iterator                   # host batches; .get_state() / .set_state(dict)
+    eval_batches: Callable[[], list]    # -> global eval batches (called once, if eval is on)
+    init_state: Callable                # (config, mesh, model, tx, shardings) -> TrainState
+    describe: str = ""                  # one phrase for the start line
+    eval_first: bool = False            # also evaluate the starting params (fine-tuning)
+    # A task's own objective: (config, model, param_shardings) -> loss_and_grads(params, batch,
+    # key, frozen); None = next-token loss. `frozen`: arrays it reads but never trains (a
+    # distillation teacher, pruning masks), already placed on the mesh.
+    objective: Callable | None = None
+    frozen: object = None
 
 
-# ----------------------------------------------------------------------------- state
+class Pretraining:
+    """Next-token prediction on `config.data` (gptjax.data)."""
+
+    def prepare(self, config, workdir: str, mesh) -> RunData:
+        rows = sharding.host_rows(mesh, config.train.batch_size)  # mesh-aware per-host data
+
+        def load():  # trains the tokenizer and tokenizes the splits where nothing is cached
+            tokenizer = data.make_tokenizer(config, workdir)
+            check_vocab(config, tokenizer)
+            batches = data.make_train_iter(config, tokenizer, jax.process_index(),
+                                           jax.process_count(), rows=rows)
+            evals = (prepare_eval_batches(config, tokenizer, mesh)
+                     if config.train.eval_every >= 0 else [])
+            return tokenizer, batches, evals
+
+        # Process 0 prepares the data, the others then read the same files.
+        tokenizer, batches, evals = distributed.once(
+            "prepare the data", load, config.distributed.prepare_timeout)
+        return RunData(config, tokenizer, batches, lambda: evals,
+                       lambda cfg, mesh, model, tx, sh: create_train_state(cfg, mesh, model, tx,
+                                                                            sh))
 
 
-def model_config(config) -> GPTConfig:
-    return GPTConfig.from_config(config.model)
+def check_vocab(config, tokenizer) -> None:
+    """model.vocab_size must be the tokenizer's, unless model.vocab_from_tokenizer says the
+    tokenizer decides (then it is set here, and the start line shows it)."""
+    have, want = int(tokenizer.vocab_size), int(config.model.vocab_size)
+    if have == want:
+        return
+    if config.model.vocab_from_tokenizer:
+        config.model.vocab_size = have
+        return
+    raise UserError(f"config.model.vocab_size={want} but the {tokenizer.kind} tokenizer has "
+                    f"{have} tokens; give data.tokenizer settings that make {want} (GPT-2's own "
+                    f"files: data.tokenizer.kind=gpt2, data.tokenizer.path=DIR with vocab.json "
+                    f"and merges.txt), or let the tokenizer decide with "
+                    f"--config.model.vocab_from_tokenizer=true")
 
 
-def _init_tokens(config):
-    return jnp.zeros((1, min(config.data.seq_len, config.model.max_seq_len)), jnp.int32)
+def prepare_workdir(workdir: str) -> str:
+    """The resolved workdir (local or a bucket URL), checked to be writable now."""
+    return paths.prepare_dir(workdir, "--workdir")
 
 
-def _make_init_fn(config, model, tx):
-    seed = int(config.train.seed)
-
-    def init(_=None):
-        key = jax.random.key(seed)
-        params_key, dropout_key = jax.random.split(key)
-        params = nn.unbox(model.init(params_key, _init_tokens(config))["params"])
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params), rng=jax.random.key_data(dropout_key),
-                          skipped=jnp.zeros((), jnp.int32))
-    return init
-
-
-def abstract_train_state(config, mesh, model: GPT | None = None, tx=None):
-    """-> (abstract TrainState of ShapeDtypeStructs, TrainState of NamedShardings).
-
-    Nothing is allocated: shapes come from `jax.eval_shape`, shardings from the params' logical
-    axis names through `config.mesh.rules`; Adam moments take their parameter's sharding.
-    """
-    model = model or GPT(model_config(config))
-    tx = tx or make_optimizer(config)
-    rules = sharding.logical_rules(config)
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), _init_tokens(config)))["params"]
-    param_sh = sharding.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
-    abstract = jax.eval_shape(_make_init_fn(config, model, tx))
-    repl = sharding.replicated(mesh)
-    opt_sh = optax.tree_map_params(
-        tx, lambda _, s: s, abstract.opt_state, param_sh,
-        transform_non_params=lambda _: repl,
-        is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
-    shardings = TrainState(step=repl, params=param_sh, opt_state=opt_sh, rng=repl, skipped=repl)
-    sharding.check_shardable(abstract.params, param_sh, "parameter")
-    return abstract, shardings
-
-
-def create_train_state(config, mesh, model: GPT | None = None, tx=None):
-    """Initialises the train state directly into its shardings (jit with out_shardings)."""
-    model = model or GPT(model_config(config))
-    tx = tx or make_optimizer(config)
-    _, shardings = abstract_train_state(config, mesh, model, tx)
-    with jax.set_mesh(mesh):
-        return jax.jit(_make_init_fn(config, model, tx), out_shardings=shardings)()
-
-
-# ----------------------------------------------------------------------------- steps
-
-
-def cross_entropy(logits, targets):
-    """Mean next-token cross-entropy in float32 (logits [B, T, V], targets [B, T])."""
-    logits = logits.astype(jnp.float32)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-
-
-def _uses_dropout(c: GPTConfig) -> bool:
-    return max(c.embed_dropout, c.attn_dropout, c.resid_dropout) > 0
-
-
-def make_loss_and_grads(config, model: GPT | None = None, param_shardings=None):
-    """(params, batch, key) -> (loss, grads), with grad accumulation over micro-batches.
-
-    The global batch [B, T] is split into A = train.grad_accum micro-batches of B/A rows
-    (row r goes to micro-batch r % A, so every device keeps its rows local); gradients are
-    averaged in float32, so 4 x B/4 equals one step of B up to rounding. The running sum is
-    sharded like the params (`param_shardings`), so FSDP keeps it spread over devices.
-    """
-    model = model or GPT(model_config(config))
-    rules = sharding.logical_rules(config)
-    accum = int(config.train.grad_accum)
-    train_mode = _uses_dropout(model.config)
-
-    def loss_fn(params, micro, key):
-        with nn.logical_axis_rules(rules):
-            logits = model.apply({"params": params}, micro["inputs"],
-                                 deterministic=not train_mode, rngs={"dropout": key})
-        return cross_entropy(logits, micro["targets"])
-
-    grad_fn = jax.value_and_grad(loss_fn)
-
-    def loss_and_grads(params, batch, key):
-        if accum == 1:
-            return grad_fn(params, batch, key)
-
-        def split(x):
-            x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
-            with nn.logical_axis_rules(rules):
-                return nn.with_logical_constraint(x, (None, "batch", "length"))
-        micro = jax.tree.map(split, batch)
-
-        def body(carry, xs):
-            loss_sum, grad_sum = carry
-            i, mb = xs
-            loss, grads = grad_fn(params, mb, jax.random.fold_in(key, i))
-            grad_sum = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_sum, grads)
-            return (loss_sum + loss, grad_sum), None
-
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        if param_shardings is not None:
-            zeros = jax.lax.with_sharding_constraint(zeros, param_shardings)
-        (loss_sum, grad_sum), _ = jax.lax.scan(
-            body, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(accum), micro))
-        grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), grad_sum, params)
-        return loss_sum / accum, grads
-
-    return loss_and_grads
-
-
-def make_train_step(config, mesh, shardings: TrainState, model: GPT | None = None, tx=None):
-    """Jitted `(state, batch) -> (state, metrics)`; the state is donated (updated in place).
-
-    Non-finite loss or gradient norm: the update is dropped inside the step (params and Adam
-    state unchanged, `skipped` += 1); train.nonfinite='stop' then stops the loop at the next
-    log step. train.inject_nan_at=N makes the gradients of step N NaN (a test hook).
-    """
-    model = model or GPT(model_config(config))
-    tx = tx or make_optimizer(config)
-    loss_and_grads = make_loss_and_grads(config, model, shardings.params)
-    lr_fn = schedule(config.optim, config.train.steps)
-    inject = int(config.train.inject_nan_at)
-
-    def train_step(state: TrainState, batch):
-        number = state.step + 1
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        loss, grads = loss_and_grads(state.params, batch, key)
-        if inject >= 0:
-            grads = jax.tree.map(lambda g: jnp.where(number == inject, jnp.nan, g), grads)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_state = state.replace(
-            step=number,
-            params=jax.tree.map(keep, params, state.params),
-            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
-            skipped=state.skipped + (~finite).astype(jnp.int32))
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_fn(state.step),
-                   "finite": finite, "skipped": new_state.skipped}
-        return new_state, metrics
-
-    batch_sh = sharding.batch_sharding(mesh)
-    return jax.jit(train_step, in_shardings=(shardings, batch_sh),
-                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
-
-
-def make_eval_step(config, mesh, param_shardings, model: GPT | None = None):
-    """Jitted `(params, batch) -> (sum of token losses, token count)` in float32."""
-    model = model or GPT(model_config(config))
-    rules = sharding.logical_rules(config)
-
-    def eval_step(params, batch):
-        with nn.logical_axis_rules(rules):
-            logits = model.apply({"params": params}, batch["inputs"], deterministic=True)
-        losses = optax.softmax_cross_entropy_with_integer_labels(
-            logits.astype(jnp.float32), batch["targets"])
-        return losses.sum(), jnp.asarray(losses.size, jnp.float32)
-
-    return jax.jit(eval_step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=sharding.replicated(mesh))
-
-
-def evaluate(eval_fn, params, batches, mesh) -> dict:
-    """Mean token loss over the eval batches (already global arrays or host numpy)."""
-    total, count = 0.0, 0.0
-    sums = []
-    for batch in batches:
-        if not isinstance(batch["inputs"], jax.Array):
-            batch = sharding.global_batch(batch, mesh)
-        sums.append(eval_fn(params, batch))
-    for s, n in jax.device_get(sums):
-        total, count = total + float(s), count + float(n)
-    if count == 0:
-        raise UserError("the eval set is empty: check config.data.eval_split / holdout")
-    loss = total / count
-    return {"loss": loss, "perplexity": math.exp(min(loss, 80.0)), "tokens": int(count)}
-
-
-def eval_metrics(result: dict, tokenizer_kind: str) -> dict:
-    out = dict(result)
-    if tokenizer_kind == "char":
-        out["bits_per_char"] = result["loss"] / math.log(2)
-    return out
-
-
-def prepare_eval_batches(config, tokenizer, mesh) -> list:
-    from gptjax import data
-    batches = list(data.make_eval_batches(config, tokenizer, jax.process_index(),
-                                          jax.process_count()))
-    n = int(config.train.eval_batches)
-    if n > 0:
-        batches = batches[:n]
-    shards = sharding.axis_size(mesh, sharding.BATCH_AXES)
-    out = []
-    for b in batches:
-        rows = np.asarray(b["inputs"]).shape[0] * jax.process_count()
-        if rows % shards:  # a short final batch that does not split over the mesh
-            continue
-        out.append(sharding.global_batch(b, mesh))
-    return out
-
-
-# ----------------------------------------------------------------------------- the loop
-
-
-class _StopFlag:
-    """SIGTERM / SIGINT -> finish the current step, checkpoint, exit cleanly.
-
-    With several processes the flag is agreed on at log steps (an all-gather of one int), so
-    that every process stops after the same step even if only some got the signal.
-    """
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def should_stop(self, at_log_step: bool) -> bool:
-        if jax.process_count() == 1:
-            return self.signum is not None
-        if not at_log_step:
-            return False
-        from jax.experimental import multihost_utils
-        flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
-        signum = int(np.max(flags))
-        if signum and self.signum is None:
-            self.signum = signum
-        return bool(signum)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _prepare_workdir(workdir: str) -> str:
-    if not workdir:
-        raise UserError("--workdir is required")
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UserError(f"--workdir {workdir} is a file; give a directory (it is created)")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create --workdir {workdir}: {e.strerror}") from None
-    return os.path.abspath(workdir)
-
-
-def _validate_train_config(config) -> None:
+def validate(config) -> None:
     tr = config.train
     if tr.nonfinite not in ("skip", "stop"):
         raise UserError(f"config.train.nonfinite={tr.nonfinite!r}: choose skip or stop")
-    for key in ("steps", "log_every"):
+    for key in ("steps", "log_every", "batch_size"):
         if int(tr[key]) <= 0:
             raise UserError(f"config.train.{key}={tr[key]} must be positive")
-    if tr.batch_size <= 0:
-        raise UserError(f"config.train.batch_size={tr.batch_size} must be positive")
 
 
-def _model_stats(config) -> dict:
-    from gptjax.flops import model_stats
-    return model_stats(model_config(config), config.data.seq_len, config.optim.state_dtype)
+# ----------------------------------------------------------------------------- hooks
 
 
+class MetricsLog:
+    """Every step: keep its metrics (on device). Every log_every: fetch them, write one record,
+    print one line; a non-finite step with train.nonfinite=stop ends the run here."""
 
-def _interval_record(fetched: list[dict], first: int, elapsed: float, nonfinite: str,
-                     tokens_per_step: int, stats: dict, n_dev: int, device_kind: str) -> dict:
-    """Per-step device metrics of one log interval (steps first+1 ...) -> one record."""
-    from gptjax.metrics import throughput
-    bad = [first + i + 1 for i, m in enumerate(fetched) if not m["finite"]]
-    if bad and nonfinite == "stop":
-        m = fetched[bad[0] - first - 1]
-        raise UserError(f"step {bad[0]}: loss {m['loss']} / gradient norm {m['grad_norm']} is not "
-                        f"finite (train.nonfinite=stop); checkpoints hold only earlier steps. "
-                        f"Lower config.optim.lr, or set config.train.nonfinite=skip")
-    good = [m for m in fetched if m["finite"]] or fetched
-    n = len(fetched)
-    tokens_per_s = n * tokens_per_step / elapsed
-    record = {
-        "loss": float(np.mean([m["loss"] for m in good])),
-        "lr": float(fetched[-1]["lr"]),
-        "grad_norm": float(np.mean([m["grad_norm"] for m in good])),
-        "step_time": elapsed / n,
-        "tokens_per_s": tokens_per_s,
-        "skipped": int(fetched[-1]["skipped"]),  # all skipped steps of the run so far
-        **throughput(tokens_per_s, stats["flops_per_token"], n_dev, device_kind),
-    }
-    if bad:
-        record["skipped_steps"] = len(bad)
-        record["skipped_at"] = bad
-    return record
+    def __init__(self, writer: MetricsWriter, config, stats: dict):
+        self.writer, self.total, self.nonfinite = writer, config.train.steps, config.train.nonfinite
+        self.log_every = config.train.log_every
+        self.tokens_per_step = config.train.batch_size * config.data.seq_len
+        self.flops_per_token = stats["flops_per_token"]
+        self.n_dev, self.kind = jax.device_count(), jax.devices()[0].device_kind
+        self.pending, self.last = [], {}
+        self.restart(0, 0.0)
+
+    def restart(self, step: int, paused: float) -> None:
+        self.first, self.t0, self.paused0 = step, time.time(), paused
+
+    def __call__(self, info: loop.StepInfo) -> None:
+        self.pending.append(info.metrics)
+        if not (info.step % self.log_every == 0 or info.last or info.stopping):
+            return
+        fetched, self.pending = jax.device_get(self.pending), []
+        elapsed = max(time.time() - self.t0 - (info.paused - self.paused0), 1e-9)
+        record = self.record(fetched, elapsed)
+        self.last = record
+        if record.get("skipped_steps"):
+            self.writer.print(f"step(s) {record.pop('skipped_at')}: non-finite loss or "
+                              f"gradients, update skipped")
+        self.writer.write(info.step, "train", record)
+        self.writer.print(self.line(info.step, record))
+        self.writer.progress(info.step, f"loss {record['loss']:.3f}")
+        self.restart(info.step, info.paused)
+
+    def record(self, fetched: list[dict], elapsed: float) -> dict:
+        bad = [self.first + i + 1 for i, m in enumerate(fetched) if not m["finite"]]
+        if bad and self.nonfinite == "stop":
+            m = fetched[bad[0] - self.first - 1]
+            raise UserError(f"step {bad[0]}: loss {m['loss']} / gradient norm {m['grad_norm']} "
+                            f"is not finite (train.nonfinite=stop); checkpoints hold only earlier "
+                            f"steps. Lower config.optim.lr, or set config.train.nonfinite=skip")
+        good = [m for m in fetched if m["finite"]] or fetched
+        tokens_per_s = len(fetched) * self.tokens_per_step / elapsed
+        record = {
+            "loss": float(np.mean([m["loss"] for m in good])),
+            "lr": float(fetched[-1]["lr"]),
+            "grad_norm": float(np.mean([m["grad_norm"] for m in good])),
+            "step_time": elapsed / len(fetched),
+            "tokens_per_s": tokens_per_s,
+            "skipped": int(fetched[-1]["skipped"]),  # all skipped steps of the run so far
+            **throughput(tokens_per_s, self.flops_per_token, self.n_dev, self.kind),
+        }
+        if bad:
+            record.update(skipped_steps=len(bad), skipped_at=bad)
+        return record
+
+    def line(self, step: int, r: dict) -> str:
+        mfu = f", MFU {r['mfu']:.1f}%" if "mfu" in r else ""
+        return (f"step {step}/{self.total}: loss {r['loss']:.4f}, lr {r['lr']:.2e}, grad norm "
+                f"{r['grad_norm']:.3f}, {r['step_time'] * 1e3:.0f} ms/step, "
+                f"{r['tokens_per_s']:,.0f} tok/s, {r['tflops_per_device']:.3g} TFLOP/s/dev{mfu}, "
+                f"ETA {format_duration((self.total - step) * r['step_time'])}")
 
 
-def _log_line(step: int, total: int, r: dict) -> str:
-    from gptjax.metrics import format_duration
-    mfu = f", MFU {r['mfu']:.1f}%" if "mfu" in r else ""
-    return (f"step {step}/{total}: loss {r['loss']:.4f}, lr {r['lr']:.2e}, grad norm "
-            f"{r['grad_norm']:.3f}, {r['step_time'] * 1e3:.0f} ms/step, "
-            f"{r['tokens_per_s']:,.0f} tok/s, {r['tflops_per_device']:.3g} TFLOP/s/dev{mfu}, "
-            f"ETA {format_duration((total - step) * r['step_time'])}")
+class Evaluation:
+    """Held-out loss (perplexity, bits/char) on the run's fixed eval batches."""
+
+    def __init__(self, eval_fn, batches: list, mesh, writer: MetricsWriter, tokenizer_kind: str):
+        self.eval_fn, self.batches, self.mesh = eval_fn, batches, mesh
+        self.writer, self.kind, self.last, self.first = writer, tokenizer_kind, None, None
+
+    def __call__(self, info: loop.StepInfo) -> None:
+        result = eval_metrics(evaluate(self.eval_fn, info.state.params, self.batches, self.mesh),
+                              self.kind)
+        self.writer.write(info.step, "eval", result)
+        extra = f", {result['bits_per_char']:.3f} bits/char" if "bits_per_char" in result else ""
+        self.writer.print(f"step {info.step}: eval loss {result['loss']:.4f}, "
+                          f"perplexity {result['perplexity']:.2f}{extra}")
+        self.last = {**result, "step": info.step}
 
 
-def train(config, workdir: str) -> dict:
+class Saving:
+    """A checkpoint of the state and every process's data position (async; the last one and
+    the one on a stop signal are waited for)."""
+
+    def __init__(self, ckpt: checkpoint.Checkpointer, batches, config_dict: dict,
+                 saved: int | None, writer: MetricsWriter | None = None):
+        self.ckpt, self.batches, self.config_dict, self.saved = ckpt, batches, config_dict, saved
+        self.writer = writer
+
+    def __call__(self, info: loop.StepInfo) -> None:
+        if self.saved != info.step:
+            if not checkpoint.all_finite(info.state.params):
+                raise UserError(f"step {info.step}: parameters are not finite; not saving a "
+                                f"checkpoint (lower config.optim.lr or set "
+                                f"config.train.nonfinite=skip)")
+            if self.writer is not None:  # a run resumed from this checkpoint finds all its records
+                self.writer.flush()
+            self.ckpt.save(info.step, info.state, self.batches.get_state(), self.config_dict)
+            self.saved = info.step
+        if info.stopping:
+            self.ckpt.wait()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _start(run: RunData, workdir: str, mesh, model, tx):
+    """-> (checkpointer, state, latest saved step): resumed if the workdir holds a checkpoint."""
+    config = run.config
+    abstract, shardings = abstract_train_state(config, mesh, model, tx)
+    ckpt = checkpoint.Checkpointer.from_config(workdir, config)
+    try:
+        latest = ckpt.latest_step()
+        if latest is None:
+            return ckpt, run.init_state(config, mesh, model, tx, shardings), shardings, None
+        saved_vocab = ckpt.restore_config(latest)["model"]["vocab_size"]
+        if saved_vocab != config.model.vocab_size:
+            raise UserError(f"checkpoint {ckpt.directory}/{latest} was trained with a vocabulary "
+                            f"of {saved_vocab} tokens but this run has "
+                            f"{config.model.vocab_size}; use a new --workdir")
+        state, data_state = ckpt.restore(latest, with_shardings(abstract, shardings))
+        run.batches.set_state(data_state)
+        return ckpt, state, shardings, latest
+    except BaseException:
+        ckpt.close()  # its background clean-up must not outlive the process mid-flight
+        raise
+
+
+def train(config, workdir: str, task=None) -> dict:
     """Trains `config` in `workdir` (resuming from its newest complete checkpoint).
 
     Returns the final metrics: step, loss, eval_loss, tokens_per_s, wall_time, skipped, ...
     """
-    from gptjax import checkpoint, data, distributed
-    from gptjax.metrics import MetricsWriter, plot
-
     t_start = time.time()
     config = copy.deepcopy(config)
-    workdir = _prepare_workdir(workdir)
-    _validate_train_config(config)
+    workdir = prepare_workdir(workdir)
+    validate(config)
     distributed.maybe_initialize(config)  # before anything touches a device
-    tr = config.train
-    primary = jax.process_index() == 0
-
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_config(config, mesh)
-    tokenizer = data.make_tokenizer(config, workdir)
-    if tokenizer.vocab_size != config.model.vocab_size:
-        config.model.vocab_size = int(tokenizer.vocab_size)
-    model = GPT(model_config(config))
-    tx = make_optimizer(config)
-    abstract, shardings = abstract_train_state(config, mesh, model, tx)
-
-    ckpt = checkpoint.Checkpointer.from_config(workdir, config)
-    latest = ckpt.latest_step()
-    train_iter = data.make_train_iter(config, tokenizer, jax.process_index(),
-                                      jax.process_count())
-    if latest is not None:
-        saved_vocab = ckpt.restore_config(latest)["model"]["vocab_size"]
-        if saved_vocab != tokenizer.vocab_size:
-            raise UserError(f"checkpoint {ckpt.directory}/{latest} was trained with a vocabulary "
-                            f"of {saved_vocab} tokens but the tokenizer has "
-                            f"{tokenizer.vocab_size}; use a new --workdir")
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              abstract, shardings)
-        state, data_state = ckpt.restore(latest, target)
-        train_iter.set_state(data_state)
-    else:
-        state = create_train_state(config, mesh, model, tx)
-    start_step = int(jax.device_get(state.step))
-    config_dict = config.to_dict()
-    if primary:
-        with open(os.path.join(workdir, checkpoint.CONFIG_FILE), "w") as f:
-            json.dump(config_dict, f, indent=2)
-
-    writer = MetricsWriter(workdir, tr.steps, start_step, enabled=primary)
-    stats = _model_stats(config)
-    device_kind = jax.devices()[0].device_kind
-    n_dev = jax.device_count()
-    tokens_per_step = tr.batch_size * config.data.seq_len
-    writer.print(
-        f"gptjax train: {config.name}, {stats['params']:,} params, mesh "
-        f"{dict(mesh.shape)} on {n_dev} x {device_kind}, batch {tr.batch_size} x "
-        f"{config.data.seq_len} tokens" + (f", resumed at step {start_step}" if start_step
-                                            else ""))
-
-    step_fn = make_train_step(config, mesh, shardings, model, tx)
-    eval_fn = make_eval_step(config, mesh, shardings.params, model)
-    eval_batches = prepare_eval_batches(config, tokenizer, mesh) if tr.eval_every >= 0 else []
-    kind = config.data.tokenizer.kind
-
-    def run_eval(step):
-        result = eval_metrics(evaluate(eval_fn, state.params, eval_batches, mesh), kind)
-        writer.write(step, "eval", result)
-        result["step"] = step
-        extra = f", {result['bits_per_char']:.3f} bits/char" if "bits_per_char" in result else ""
-        writer.print(f"step {step}: eval loss {result['loss']:.4f}, "
-                     f"perplexity {result['perplexity']:.2f}{extra}")
-        return result
-
-    saved = {"step": latest}
-
-    def save(step):
-        if saved["step"] == step:  # e.g. a signal right after an interval save
-            return
-        if not checkpoint.all_finite(state.params):
-            raise UserError(f"step {step}: parameters are not finite; not saving a checkpoint "
-                            f"(lower config.optim.lr or set config.train.nonfinite=skip)")
-        ckpt.save(step, state, train_iter.get_state(), config_dict)
-        saved["step"] = step
-
-    step = start_step
-    last_eval, last_loss, tokens_per_s, interrupted = None, float("nan"), 0.0, False
-    pending: list[dict] = []
-    inflight: collections.deque = collections.deque()
-    compile_time, first_batch = 0.0, None
+    with config.unlocked():
+        run = (task or Pretraining()).prepare(config, workdir, mesh)
+    config, tr = run.config, run.config.train
+    model, tx = GPT(model_config(config)), make_optimizer(config)
+    ckpt, state, shardings, latest = _start(run, workdir, mesh, model, tx)
+    start = int(jax.device_get(state.step))
+    config_dict = checkpoint.write_config(workdir, config)
+    primary = jax.process_index() == 0
+    writer = MetricsWriter(workdir, tr.steps, start, enabled=primary)
+    stats = model_stats(model.config, config.data.seq_len, config.optim.state_dtype)
+    writer.print(f"gptjax train: {config.name}{run.describe}, {stats['params']:,} params "
+                 f"(vocabulary {config.model.vocab_size}), mesh "
+                 f"{dict(mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}, "
+                 f"batch {tr.batch_size} x {config.data.seq_len} tokens"
+                 + (f", resumed at step {start}" if start else ""))
+    hooks, evaluation = _hooks(run, mesh, model, shardings, writer, stats,
+                               Saving(ckpt, run.batches, config_dict, latest, writer))
+    step, stopped, compile_time = start, False, 0.0
     try:
-        with jax.set_mesh(mesh), _StopFlag() as stop:
+        with jax.set_mesh(mesh), loop.StopFlag() as stop:
+            step_fn = _train_step(run, mesh, shardings, model, tx)
             if step < tr.steps:
                 t0 = time.time()
-                first_batch = sharding.global_batch(next(train_iter), mesh)
-                step_fn = step_fn.lower(state, first_batch).compile()
+                batches = _global(run.batches, mesh, tr.batch_size)
+                first = next(batches)
+                step_fn = _compile(step_fn, state, first, run.frozen)
                 compile_time = time.time() - t0
                 writer.print(f"compiled the train step in {compile_time:.1f}s")
-            t_interval, paused = time.time(), 0.0
-            interval_start = step
-            while step < tr.steps:
-                if first_batch is not None:
-                    batch, first_batch = first_batch, None
-                else:
-                    batch = sharding.global_batch(next(train_iter), mesh)
-                state, metrics = step_fn(state, batch)
-                step += 1
-                pending.append(metrics)
-                # Bounded run-ahead: wait for the step `max_inflight` back (the device still has
-                # the newer ones queued, so it never idles). Without it the host could queue a
-                # whole log interval, and a SIGTERM would first wait for all of it.
-                inflight.append(metrics["loss"])
-                if len(inflight) > max(int(tr.max_inflight), 1):
-                    inflight.popleft().block_until_ready()
-                at_end = step == tr.steps
-                log_step = step % tr.log_every == 0 or at_end
-                stopping = stop.should_stop(log_step)
-                if log_step or stopping:
-                    fetched, pending = jax.device_get(pending), []
-                    elapsed = max(time.time() - t_interval - paused, 1e-9)
-                    record = _interval_record(fetched, interval_start, elapsed, tr.nonfinite,
-                                              tokens_per_step, stats, n_dev, device_kind)
-                    last_loss, tokens_per_s = record["loss"], record["tokens_per_s"]
-                    if record.get("skipped_steps"):
-                        writer.print(f"step(s) {record.pop('skipped_at')}: non-finite loss or "
-                                     f"gradients, update skipped")
-                    writer.write(step, "train", record)
-                    writer.print(_log_line(step, tr.steps, record))
-                    writer.progress(step, f"loss {last_loss:.3f}")
-                    t_interval, paused, interval_start = time.time(), 0.0, step
-                t_pause = time.time()
-                if eval_batches and tr.eval_every > 0 and (step % tr.eval_every == 0 or at_end):
-                    last_eval = run_eval(step)
-                if stopping:
-                    save(step)
-                    ckpt.wait()
-                    writer.print(f"stopped by signal {signal.Signals(stop.signum).name} after step "
-                                 f"{step}; checkpoint saved, rerun the same command to resume")
-                    interrupted = True
-                    break
-                if (tr.ckpt_every > 0 and step % tr.ckpt_every == 0) or at_end:
-                    save(step)
-                paused += time.time() - t_pause
-            if step >= tr.steps and last_eval is None and eval_batches:
-                last_eval = run_eval(step)
+                if evaluation is not None and run.eval_first and step == 0:
+                    evaluation(loop.StepInfo(0, state, {}, False, False, 0.0))
+                    evaluation.first = evaluation.last
+                state, step, stopped = loop.run(state, step_fn, _prepend(first, batches), hooks,
+                                                step, tr.steps, stop, tr.max_inflight)
+            if stopped:
+                writer.print(f"stopped by signal {stop.name} after step {step}; checkpoint "
+                             f"saved in {time.time() - stop.agreed_at:.1f}s, rerun the same "
+                             f"command to resume")
+            elif evaluation is not None and evaluation.last is None:
+                evaluation(loop.StepInfo(step, state, {}, True, False, 0.0))
     finally:
         # Waits for a pending async save, also when the loop raised: that save is of an
         # earlier, finite step and must not be left half-written.
         try:
             ckpt.close()
-        finally:  # reliability: also when that save failed (disk full), close the rest
+        finally:  # also when that save failed (disk full), close the rest
             writer.close()
-            if hasattr(train_iter, "close"):  # background prefetch threads
-                train_iter.close()
-    skipped = int(jax.device_get(state.skipped))
+            if hasattr(run.batches, "close"):  # background prefetch threads
+                run.batches.close()
     if primary and tr.plot:
-        try:
-            plot(workdir)
-        except Exception as e:  # a plotting problem must not fail a finished run
-            print(f"gptjax: could not draw loss.png: {e}")
-    result = {"step": step, "loss": last_loss, "tokens_per_s": tokens_per_s,
-              "wall_time": time.time() - t_start, "compile_time": compile_time,
-              "skipped": skipped, "interrupted": interrupted, "workdir": workdir}
-    if last_eval is not None:
-        result.update({f"eval_{k}": v for k, v in last_eval.items()})
+        _plot(workdir)
+    log = hooks[0].fn.last
+    result = {"step": step, "loss": log.get("loss", float("nan")),
+              "tokens_per_s": log.get("tokens_per_s", 0.0), "wall_time": time.time() - t_start,
+              "compile_time": compile_time, "skipped": int(jax.device_get(state.skipped)),
+              "interrupted": stopped, "workdir": workdir}
+    if evaluation is not None and evaluation.last is not None:
+        result.update({f"eval_{k}": v for k, v in evaluation.last.items()})
+        if evaluation.first is not None:
+            result["eval_start_loss"] = evaluation.first["loss"]
     return result
+
+
+def _train_step(run: RunData, mesh, shardings, model, tx):
+    objective = run.objective and run.objective(run.config, model, shardings.params)
+    return steps.make_train_step(run.config, mesh, shardings, model, tx,
+                                 loss_and_grads=objective, frozen=run.frozen)
+
+
+def _compile(step_fn, state, batch, frozen):
+    """-> the compiled `(state, batch) -> (state, metrics)` (frozen arrays bound)."""
+    if frozen is None:
+        return step_fn.lower(state, batch).compile()
+    compiled = step_fn.lower(state, batch, frozen).compile()
+    return lambda state, batch: compiled(state, batch, frozen)
+
+
+def _hooks(run: RunData, mesh, model, shardings, writer, stats: dict, saving: Saving):
+    """-> ([metrics log, eval (if there is an eval set), checkpoint], the eval hook or None)."""
+    tr = run.config.train
+    hooks = [loop.Hook(MetricsLog(writer, run.config, stats), every=1, on_stop=True,
+                       pause=False)]
+    evaluation = None
+    eval_batches = run.eval_batches() if tr.eval_every >= 0 else []
+    if eval_batches:
+        eval_fn = steps.make_eval_step(run.config, mesh, shardings.params, model)
+        evaluation = Evaluation(eval_fn, eval_batches, mesh, writer,
+                                run.config.data.tokenizer.kind)
+        hooks.append(loop.Hook(evaluation, every=tr.eval_every))
+    hooks.append(loop.Hook(saving, every=max(tr.ckpt_every, 0), on_stop=True))
+    return hooks, evaluation
+
+
+def _global(batches: Iterator, mesh, batch_size: int) -> Iterator:
+    for batch in batches:
+        yield sharding.global_batch(batch, mesh, batch_size)
+
+
+def _prepend(first, rest: Iterator) -> Iterator:
+    yield first
+    yield from rest
+
+
+def _plot(workdir: str) -> None:
+    try:
+        plot(workdir)
+    except Exception as e:  # a plotting problem must not fail a finished run
+        print(f"gptjax: could not draw loss.png: {e}")
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
 def add_args(parser):
-    from gptjax.cli import add_config_arg
     add_config_arg(parser)
     parser.add_argument("--workdir", required=True,
                         help="run directory: checkpoints, metrics, config.json, tokenizer; "
                              "training resumes if it already holds a checkpoint")
 
 
-def run(args):
-    import errno
+def storage_errors(fn, workdir: str):
+    """Runs fn(); a full / read-only disk becomes one line (tests/test_faults.py)."""
     try:
-        result = train(args.config, args.workdir)
-    except OSError as e:  # reliability (tests/test_faults.py): a full / read-only disk -> 1 line
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+        return fn()
+    except OSError as e:
+        local_error = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                  errno.EPERM)
+        if not (local_error or paths.is_url(workdir)):  # a bucket: gcsfs's HTTP errors
             raise
-        raise UserError(f"cannot write in --workdir {args.workdir}: {e}; its checkpoints are "
-                        f"unchanged: fix the storage and rerun the same command") from None
+        raise UserError(f"cannot write in --workdir {workdir}: {paths.first_line(e)}; its "
+                        f"checkpoints are unchanged: fix the storage and rerun the same "
+                        f"command") from None
+
+
+def summary(result: dict) -> str:
     parts = [f"step {result['step']}", f"train loss {result['loss']:.4f}"]
     if "eval_loss" in result:
         at = result.get("eval_step")
@@ -556,6 +386,11 @@ def run(args):
     if "eval_bits_per_char" in result:
         parts.append(f"{result['eval_bits_per_char']:.3f} bits/char")
     parts.append(f"{result['wall_time']:.0f}s")
+    return "done: " + ", ".join(parts) + f" -> {result['workdir']}"
+
+
+def run(args):
+    result = storage_errors(lambda: train(args.config, args.workdir), args.workdir)
     if jax.process_index() == 0:
-        print("done: " + ", ".join(parts) + f" -> {result['workdir']}")
+        print(summary(result))
     return 0

@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # Sourced by launch/*.sh: creates and activates .venv with gptjax and its dependencies.
 # Re-installs only when pyproject.toml changed. Set GPTJAX_EXTRAS=cuda on a GPU machine
-# (tpu on a TPU VM, interop-test for the transformers parity tests).
+# (tpu on a TPU VM, gcs for gs:// workdirs elsewhere, interop-test for the transformers parity
+# tests, eval for lm-eval-harness, eval-test for its tests, gcs-test for the GCS emulator tests);
+# several: a comma list, e.g. GPTJAX_EXTRAS=interop-test,eval-test.
 PYTHON="${PYTHON:-python3}"
 if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv

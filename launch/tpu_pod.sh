@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
-# Train on a Cloud TPU pod slice: every worker (host) runs the same gptjax command, and
-# jax.distributed finds its peers from the TPU metadata (gptjax/distributed.py).
+# Train on Cloud TPU slices: every worker (host) of every slice runs the same gptjax command,
+# and jax.distributed finds its peers from the TPU metadata (gptjax/distributed.py).
 #
-#   launch/tpu_pod.sh [--dry-run] create            # create the TPU VM slice
-#   launch/tpu_pod.sh [--dry-run] setup             # copy this checkout, install, mount GCS
+#   launch/tpu_pod.sh [--dry-run] check ARGS...     # here, no TPU: gptjax compile ARGS for
+#                                                   # ACCELERATOR x NUM_SLICES (fits? memory)
+#   launch/tpu_pod.sh [--dry-run] create            # create the slice(s)
+#   launch/tpu_pod.sh [--dry-run] setup             # copy this checkout to every worker, install
 #   launch/tpu_pod.sh [--dry-run] train ARGS...     # gptjax train ARGS on all workers
 #   launch/tpu_pod.sh [--dry-run] run 'COMMAND'     # any shell command on all workers
 #   launch/tpu_pod.sh [--dry-run] delete
 #
 # Settings (environment): TPU_NAME, ZONE, ACCELERATOR (v4-32, v5litepod-16, v5p-32, v6e-16,
-# ...), PROJECT (optional; gcloud's default otherwise), BUCKET (gs://bucket: mounted with
-# gcsfuse at MOUNT=/mnt/gcs on every worker, so checkpoints, metrics and the tokenizer are
-# shared), TPU_VERSION (the TPU software version; derived from ACCELERATOR).
+# ...), PROJECT (optional; gcloud's default otherwise), NUM_SLICES (default 1: one slice, a
+# TPU VM; N > 1: Multislice, N slices of ACCELERATOR joined over the data-center network, as
+# a queued resource), TPU_VERSION (the TPU software version; derived from ACCELERATOR).
+# The workdir is a bucket, --workdir gs://BUCKET/runs/NAME: checkpoints, metrics and the
+# tokenizer are written there directly (no FUSE mount; docs/multihost.md).
 # Example:
-#   export TPU_NAME=gpt ZONE=us-east5-a ACCELERATOR=v5p-32 BUCKET=gs://my-bucket
+#   export TPU_NAME=gpt ZONE=us-east5-a ACCELERATOR=v5p-32
+#   launch/tpu_pod.sh check --config configs/gpt3.py:xl    # needs libtpu here: pip install -e '.[tpu]'
 #   launch/tpu_pod.sh create && launch/tpu_pod.sh setup
 #   launch/tpu_pod.sh train --config configs/gpt3.py:xl --config.mesh.fsdp=-1 \
-#       --config.mesh.data=1 --config.data.data_dir=gs://my-bucket/tfds --workdir /mnt/gcs/runs/xl
+#       --config.mesh.data=1 --config.data.data_dir=gs://my-bucket/tfds \
+#       --workdir gs://my-bucket/runs/xl
+#   NUM_SLICES=2 launch/tpu_pod.sh create   # ... and train with --config.mesh.dcn_data=2
 # --dry-run prints the gcloud commands instead of running them.
 set -euo pipefail
 
@@ -25,7 +32,6 @@ if [[ "${1:-}" == "--dry-run" ]]; then
   DRY_RUN=1
   shift
 fi
-MOUNT="${MOUNT:-/mnt/gcs}"
 REMOTE_DIR="${REMOTE_DIR:-gptjax}"
 
 die() {
@@ -59,27 +65,59 @@ tpu_version() {  # Cloud TPU software versions for JAX, per generation
   esac
 }
 
-gcloud_tpu() {  # gcloud compute tpus tpu-vm SUBCOMMAND NAME --zone ... [--project ...] ARGS
+slices() {  # NUM_SLICES, checked
+  local n="${NUM_SLICES:-1}"
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "NUM_SLICES=$n: expected a positive integer"
+  echo "$n"
+}
+
+gcloud_tpu() {  # gcloud compute tpus tpu-vm|queued-resources SUBCOMMAND ARGS --zone ... [--project]
   local sub="$1"
   shift
-  local extra=()
+  local kind=tpu-vm extra=()
+  if [[ "$(slices)" -gt 1 ]]; then
+    kind=queued-resources  # Multislice: the slices are nodes of one queued resource
+  fi
   if [[ -n "${PROJECT:-}" ]]; then
     extra+=(--project="$PROJECT")
   fi
-  run gcloud compute tpus tpu-vm "$sub" "$@" --zone="$ZONE" "${extra[@]}"
+  run gcloud compute tpus "$kind" "$sub" "$@" --zone="$ZONE" "${extra[@]}"
+}
+
+all_workers() {  # the flags that address every worker (of every slice)
+  if [[ "$(slices)" -gt 1 ]]; then
+    echo "--node=all --worker=all"
+  else
+    echo "--worker=all"
+  fi
 }
 
 on_all_workers() {  # COMMAND string, run by bash on every worker at once
-  gcloud_tpu ssh "$TPU_NAME" --worker=all --command="$1"
+  local flags
+  read -r -a flags <<<"$(all_workers)"
+  gcloud_tpu ssh "$TPU_NAME" "${flags[@]}" --command="$1"
 }
 
 cmd_create() {
   need TPU_NAME ZONE ACCELERATOR
-  local version="${TPU_VERSION:-}"
+  local version="${TPU_VERSION:-}" n
   if [[ -z "$version" ]]; then
     version="$(tpu_version "$ACCELERATOR")"
   fi
-  gcloud_tpu create "$TPU_NAME" --accelerator-type="$ACCELERATOR" --version="$version"
+  n="$(slices)"
+  if [[ "$n" -gt 1 ]]; then
+    gcloud_tpu create "$TPU_NAME" --node-count="$n" --node-prefix="$TPU_NAME" \
+      --accelerator-type="$ACCELERATOR" --runtime-version="$version"
+  else
+    gcloud_tpu create "$TPU_NAME" --accelerator-type="$ACCELERATOR" --version="$version"
+  fi
+}
+
+cmd_check() {  # runs here: the TPU compiler on the slice ACCELERATOR describes
+  need ACCELERATOR
+  [[ $# -gt 0 ]] || die "check needs gptjax compile arguments, e.g. --config configs/gpt3.py:xl"
+  run env JAX_PLATFORMS=cpu "${PYTHON:-python3}" -m gptjax compile --topology "$ACCELERATOR" \
+    --num-slices "$(slices)" "$@"
 }
 
 cmd_setup() {
@@ -89,25 +127,14 @@ cmd_setup() {
   archive="${TMPDIR:-/tmp}/gptjax-src.tar.gz"
   # The checkout as committed (git archive): no local runs, caches or virtualenvs travel.
   run git -C "$repo" archive --format=tar.gz -o "$archive" HEAD
-  gcloud_tpu scp "$archive" "$TPU_NAME:gptjax-src.tar.gz" --worker=all
+  local flags
+  read -r -a flags <<<"$(all_workers)"
+  gcloud_tpu scp "$archive" "$TPU_NAME:gptjax-src.tar.gz" "${flags[@]}"
+  # .[tpu] includes gcsfs: gs:// workdirs and data are read and written directly.
   local install="set -e; mkdir -p ~/$REMOTE_DIR && tar -xzf ~/gptjax-src.tar.gz -C ~/$REMOTE_DIR"
   install+=" && cd ~/$REMOTE_DIR && python3 -m venv .venv && .venv/bin/pip install -q -U pip"
   install+=" && .venv/bin/pip install -q -e '.[tpu]'"
   on_all_workers "$install"
-  if [[ -n "${BUCKET:-}" ]]; then
-    [[ "$BUCKET" == gs://* ]] || die "BUCKET=$BUCKET: expected gs://NAME"
-    # Cloud Storage FUSE (packages.cloud.google.com), mounted on every worker.
-    local mount="set -e; if ! command -v gcsfuse >/dev/null; then"
-    mount+=" curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg"
-    mount+=" | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null"
-    mount+=" && echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc]"
-    mount+=" https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -c -s) main\""
-    mount+=" | sudo tee /etc/apt/sources.list.d/gcsfuse.list"
-    mount+=" && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; fi"
-    mount+=" && sudo mkdir -p $MOUNT && sudo chown \$USER $MOUNT"
-    mount+=" && (mountpoint -q $MOUNT || gcsfuse --implicit-dirs ${BUCKET#gs://} $MOUNT)"
-    on_all_workers "$mount"
-  fi
 }
 
 quote_args() {
@@ -120,7 +147,7 @@ quote_args() {
 
 cmd_train() {
   need TPU_NAME ZONE
-  [[ $# -gt 0 ]] || die "train needs gptjax train arguments, e.g. --config configs/gpt3.py:xl --workdir $MOUNT/runs/xl"
+  [[ $# -gt 0 ]] || die "train needs gptjax train arguments, e.g. --config configs/gpt3.py:xl --workdir gs://BUCKET/runs/xl"
   local args
   args="$(quote_args "$@")"
   on_all_workers "cd ~/$REMOTE_DIR && source launch/env/tpu.env && .venv/bin/gptjax train$args"
@@ -134,21 +161,27 @@ cmd_run() {
 
 cmd_delete() {
   need TPU_NAME ZONE
-  gcloud_tpu delete "$TPU_NAME" --quiet
+  if [[ "$(slices)" -gt 1 ]]; then
+    gcloud_tpu delete "$TPU_NAME" --force --quiet  # the queued resource and its slices
+  else
+    gcloud_tpu delete "$TPU_NAME" --quiet
+  fi
 }
 
 main() {
   local cmd="${1:-}"
-  [[ -n "$cmd" ]] || die "usage: launch/tpu_pod.sh [--dry-run] create|setup|train|run|delete [ARGS]"
+  [[ -n "$cmd" ]] || die "usage: launch/tpu_pod.sh [--dry-run] check|create|setup|train|run|delete [ARGS]"
   shift
+  slices >/dev/null  # a bad NUM_SLICES stops here
   case "$cmd" in
+    check) cmd_check "$@" ;;
     create) cmd_create "$@" ;;
     setup) cmd_setup "$@" ;;
     train) cmd_train "$@" ;;
     run) cmd_run "$@" ;;
     delete) cmd_delete "$@" ;;
-    -h | --help) sed -n '2,22p' "$0" ;;
-    *) die "unknown command '$cmd': choose create, setup, train, run or delete" ;;
+    -h | --help) sed -n '2,27p' "$0" ;;
+    *) die "unknown command '$cmd': choose check, create, setup, train, run or delete" ;;
   esac
 }
 

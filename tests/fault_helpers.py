@@ -4,6 +4,7 @@ config in a subprocess (1 CPU device, optional injected fault) and read what it 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +56,8 @@ def subprocess_env(fault: str | None = None, marker: Path | None = None,
 
 
 def train_cmd(workdir: Path, steps: int = STEPS, every: int = EVERY, extra=()) -> list[str]:
-    return [sys.executable, "-m", "gptjax.faults", "train", *TINY, "--workdir", str(workdir),
+    return [sys.executable, str(REPO / "tests" / "faults.py"), "train", *TINY,
+            "--workdir", str(workdir),
             f"--config.train.steps={steps}", f"--config.train.ckpt_every={every}", *extra]
 
 
@@ -63,6 +66,34 @@ def run_train(workdir: Path, fault: str | None = None, steps: int = STEPS, every
     return subprocess.run(train_cmd(workdir, steps, every, extra), cwd=REPO,
                           env=subprocess_env(fault), capture_output=True, text=True,
                           timeout=RUN_TIMEOUT)
+
+
+def wait_for(predicate, proc, timeout: float = RUN_TIMEOUT, what: str = "") -> float:
+    """Polls `predicate` until true (-> time.monotonic() then); fails if `proc` exits first."""
+    t0 = time.time()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+    return time.monotonic()
+
+
+def file_has(path: Path, text: str):
+    return lambda: path.is_file() and text in path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def killed_on_exit(proc):
+    """Yields `proc`; kills it on the way out if it still runs (a failed check, a timeout)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
 
 
 def output(proc) -> str:

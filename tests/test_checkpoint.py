@@ -6,9 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from gptjax import checkpoint, sharding, train
+from gptjax import checkpoint, sharding
 from gptjax.config import get_config
 from gptjax.errors import UserError
+from gptjax.state import abstract_train_state, create_train_state
 
 
 def tiny(mesh=(1, 1, 1)):
@@ -25,15 +26,15 @@ def mesh_of(c):
 
 
 def target(c, mesh):
-    abstract, shardings = train.abstract_train_state(c, mesh)
+    abstract, shardings = abstract_train_state(c, mesh)
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
 
 
 def perturbed_state(c, mesh):
     """A state whose every leaf (Adam moments, counters) differs from its initial value."""
-    _, sh = train.abstract_train_state(c, mesh)
-    state = train.create_train_state(c, mesh)
+    _, sh = abstract_train_state(c, mesh)
+    state = create_train_state(c, mesh)
 
     def perturb(state):
         leaves, tree = jax.tree.flatten(state)

@@ -107,3 +107,10 @@ def test_cli_bad_variant_is_one_line(spec, message):
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], out.stderr
+
+
+def test_overrides_to_a_command_that_ignores_them_are_an_error(tmp_path):
+    out = run_cli("plot", str(tmp_path), "--config.train.steps=3")
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "takes no --config.KEY=VALUE overrides" in lines[0], out.stderr

@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from gptjax import data
+from gptjax import data, train
+from gptjax.config import load_module
 from gptjax.data import pipeline, sources
 from gptjax.data.store import TokenStore
-from gptjax.config import load_module
 from gptjax.errors import UserError
 
 get_config = load_module("configs/smoke.py").get_config
@@ -525,3 +525,116 @@ def test_eval_split_smaller_than_a_batch_repeats_windows(tmp_path):
     (batch,) = data.make_eval_batches(config, tok)
     assert batch["inputs"].shape == (8, 64)
     assert np.array_equal(batch["inputs"][n], batch["inputs"][0])
+
+
+# ----------------------------------------------------------------------------- source registry
+
+def test_registry_lists_the_builtin_sources():
+    assert data.source_names()[:4] == ["tfds", "files", "shards", "synthetic"]
+    provides = {name: data.get_source(name).provides for name in data.source_names()[:4]}
+    assert provides == {"tfds": "documents", "files": "documents", "shards": "tokens",
+                        "synthetic": "batches"}
+    assert data.get_source("tfds").trains_tokenizer
+    assert not data.get_source("shards").trains_tokenizer
+    assert data.get_source("tfds").loader == "tf" and data.get_source("shards").loader == "numpy"
+    config = _config()
+    assert data.get_source("tfds").describe(config) == "tfds (tiny_shakespeare)"
+    assert data.get_source("tfds").cache_name(_config(**{"data.tfds_name": "c4/en:3.1.0"})) \
+        == "c4_en_3.1.0"
+    with pytest.raises(UserError, match=r"data.source=shards needs data.shards_dir=DIR"):
+        data.make_train_iter(_config(**{"data.source": "shards"}), None)
+    with pytest.raises(ValueError, match="already registered"):
+        data.register_source(data.Source(name="tfds", help="", batches=iter))
+    with pytest.raises(ValueError, match="exactly one of"):
+        data.register_source(data.Source(name="both", help="", batches=iter, store_dir=str))
+
+
+def test_cli_unknown_source_is_one_line_and_sources_lists_them(repo_dir):
+    out = _gptjax("data", "bench", "--config", "configs/smoke.py:tiny",
+                  "--config.data.source=tfsd", cwd=repo_dir)
+    assert out.returncode == 2, out.stderr
+    line = out.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line
+    assert "data.source='tfsd'" in line and "did you mean 'tfds'" in line
+    assert "tfds, files, shards, synthetic" in line
+    listing = _gptjax("data", "sources", "--json", cwd=repo_dir)
+    assert listing.returncode == 0, listing.stderr
+    sources_json = json.loads(listing.stdout)
+    assert list(sources_json)[:4] == ["tfds", "files", "shards", "synthetic"]
+    assert sources_json["shards"]["required"] == ["shards_dir"]
+
+
+TOY_DOCS = {"train": [f"toy document {i}: the cat sat on mat number {i}.\n" for i in range(40)],
+            "validation": [f"held out {i}: a dog lay on rug {i}.\n" for i in range(12)]}
+
+
+@pytest.fixture
+def toy_source():
+    """A source that is nothing but a registry entry: documents from an in-memory dict."""
+    def documents(config, split):
+        if split not in TOY_DOCS:
+            raise UserError(f"the toy source has no split {split!r}")
+        return iter(TOY_DOCS[split])
+
+    source = data.register_source(data.Source(name="toy", help="in-memory test documents",
+                                              documents=documents))
+    try:
+        yield source
+    finally:
+        data.unregister_source("toy")
+
+
+def test_registered_toy_source_trains_end_to_end(toy_source, tmp_path):
+    workdir = str(tmp_path / "run")
+    config = _config(**{"data.source": "toy", "data.tokenizer.kind": "char"})
+    tok = data.make_tokenizer(config, workdir)
+    text = "".join(TOY_DOCS["train"])
+    assert set(tok.chars) == set(text + "".join(TOY_DOCS["validation"]))
+    assert tok.eos_id == tok.vocab_size - 1               # several documents: an <eos> id
+    assert data.make_tokenizer(config, workdir).fingerprint == tok.fingerprint   # reloaded
+    it = data.make_train_iter(config, tok, 0, 1)
+    batches = _take(it, 30)
+    assert batches[0]["inputs"].shape == (8, 16)
+    for row_x, row_y in zip(batches[0]["inputs"], batches[0]["targets"], strict=True):
+        assert tok.decode(np.concatenate([row_x, row_y[-1:]])) in text  # <eos> decodes to ""
+    stores = os.listdir(os.path.join(workdir, "data", "tokens"))
+    assert len(stores) == 1 and stores[0].startswith("toy-")
+    state = it.get_state()
+    again = data.make_train_iter(config, tok, 0, 1)
+    again.set_state(state)
+    assert _same(_take(again, 2), _take(it, 2))
+    assert len(data.make_eval_batches(config, tok)) == config.train.eval_batches
+    with config.unlocked():
+        config.optim.lr, config.train.steps, config.train.eval_every = 1e-2, 30, 0
+        config.train.plot, config.train.log_every = False, 10
+    result = train.train(config, str(tmp_path / "trained"))   # the one training loop
+    losses = [r["loss"] for r in map(json.loads, open(tmp_path / "trained" / "metrics.jsonl"))
+              if r["split"] == "train"]
+    assert result["step"] == 30 and losses[-1] < losses[0] - 0.5, losses
+    assert result["eval_loss"] < losses[0]
+
+
+def test_hf_tokenizer_kind_is_independent_of_the_source(toy_source, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers", reason="pip install 'gptjax[interop]'")
+    hf = tokenizers.ByteLevelBPETokenizer()
+    hf.train_from_iterator(TOY_DOCS["train"], vocab_size=300, min_frequency=1,
+                           special_tokens=["<|endoftext|>"])
+    path = str(tmp_path / "tokenizer.json")
+    hf.save(path)
+    workdir = str(tmp_path / "run")
+    config = _config(**{"data.source": "toy", "data.tokenizer.kind": "hf"})
+    with pytest.raises(UserError, match="kind=hf needs data.tokenizer.path=tokenizer.json"):
+        data.make_tokenizer(config, workdir)
+    with config.unlocked():
+        config.data.tokenizer.path = path
+    tok = data.make_tokenizer(config, workdir)
+    assert tok.kind == "hf" and tok.eos_id == 0 and tok.vocab_size == hf.get_vocab_size()
+    assert os.path.isfile(os.path.join(workdir, "hf_tokenizer.json"))
+    text = TOY_DOCS["validation"][0] + " é ü\n"
+    assert tok.decode(tok.encode(text)) == text
+    with config.unlocked():
+        config.data.tokenizer.path = ""
+    assert data.make_tokenizer(config, workdir).fingerprint == tok.fingerprint  # from the workdir
+    batch = next(data.make_train_iter(config, tok))
+    assert batch["inputs"].shape == (8, 16) and batch["inputs"].max() < tok.vocab_size
+    assert (data.split_tokens(config, tok, "train") == tok.eos_id).sum() == len(TOY_DOCS["train"])

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from gptjax.defaults import base_config
 from gptjax import distributed
+from gptjax.defaults import base_config
 from gptjax.errors import UserError
 
 

@@ -34,6 +34,7 @@ from fault_helpers import (
     assert_same_run,
     ckpt_root,
     complete_steps,
+    file_has,
     output,
     read_losses,
     read_state,
@@ -41,25 +42,10 @@ from fault_helpers import (
     subprocess_env,
     tmp_dirs,
     train_cmd,
+    wait_for,
 )
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = RUN_TIMEOUT,
-             what: str = "") -> None:
-    t0 = time.time()
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) before {what}")
-        if time.time() - t0 > timeout:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def file_has(path: Path, text: str):
-    return lambda: path.is_file() and text in path.read_text(errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +234,7 @@ def test_kill9_at_random_points_twenty_times(reference, tmp_path):
 
 def test_nan_gradients_skip_the_update_counted_and_logged(tmp_path):
     w = tmp_path / "run"
-    proc = run_train(w, extra=["--config.train.nonfinite=skip", "--config.train.inject_nan_at=6"])
+    proc = run_train(w, fault="nan_at_batch:6", extra=["--config.train.nonfinite=skip"])
     assert proc.returncode == 0, output(proc)
     text = proc.stdout + proc.stderr
     assert re.search(r"\b6\b.*(non-finite|NaN).*skipped|skipped.*\b6\b", text), output(proc)
@@ -268,8 +254,8 @@ def test_nan_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     """nonfinite=stop: exit 2 with one line naming step 6; checkpoint 4 (whose async save is
     made slow on purpose, so it is still in flight) is complete, finite and resumable."""
     w = tmp_path / "run"
-    proc = run_train(w, fault="delay_in_save:4:3",
-                     extra=["--config.train.nonfinite=stop", "--config.train.inject_nan_at=6"])
+    proc = run_train(w, fault="delay_in_save:4:3,nan_at_batch:6",
+                     extra=["--config.train.nonfinite=stop"])
     assert proc.returncode == 2, output(proc)
     assert "Traceback" not in proc.stderr, output(proc)
     last = proc.stderr.strip().splitlines()[-1]

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax import finetune
+from gptjax import finetune, steps
 from gptjax.config import get_config
 from gptjax.data.tokenizer import CharTokenizer
 from gptjax.errors import UserError
@@ -38,7 +38,9 @@ def test_only_response_targets_carry_loss(shakespeare_lines):
 
     # The loss ignores prompt and padding targets entirely, and sees every response target.
     logits = jax.random.normal(jax.random.key(0), (1, 16, tok.vocab_size))
-    loss = lambda t: float(finetune.masked_loss(logits, jnp.asarray(t)[None], weights[None])[0])
+    def loss(t):
+        total, weight = steps.cross_entropy(logits, jnp.asarray(t)[None], weights[None])
+        return float(total / weight)
     other = targets.copy()
     other[weights == 0] = (other[weights == 0] + 5) % tok.vocab_size
     assert loss(other) == loss(targets)
@@ -93,12 +95,53 @@ def test_finetune_cli_lowers_the_task_loss(pretrained, shakespeare_lines, tmp_pa
         capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert r.returncode == 0, r.stderr
     records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
-    evals = [x["task_loss"] for x in records if x["split"] == "eval"]
+    evals = [x["loss"] for x in records if x["split"] == "eval"]
+    assert [x["step"] for x in records if x["split"] == "eval"] == [0, 60]
     assert evals[-1] < evals[0] - 0.2, evals
     assert "held-out response loss" in r.stdout
 
     # The result is an ordinary workdir: it loads for inference with its tokenizer.
     from gptjax import checkpoint
-    config, params, tok = checkpoint.load_for_inference(str(out))
+    config, params, tok, _ = checkpoint.load_for_inference(str(out))
     assert config.finetune.train_file == str(path) and tok.vocab_size == config.model.vocab_size
     assert int(checkpoint.Checkpointer(str(out), read_only=True).latest_step()) == 60
+
+
+def test_finetune_killed_mid_save_resumes_bit_identical(pretrained, shakespeare_lines, tmp_path):
+    """Fine-tuning runs through the training loop: a kill -9 right after the save of step 8
+    started leaves step 4 as the newest complete checkpoint; rerunning the same command resumes
+    there (params, Adam state, position in the examples) and ends equal to an unbroken run."""
+    from fault_helpers import subprocess_env
+
+    from gptjax import checkpoint
+    _, lines = shakespeare_lines
+    path = tmp_path / "task.jsonl"
+    with open(path, "w") as f:
+        for a, b in zip(lines[:40], lines[1:41], strict=True):
+            f.write(json.dumps({"prompt": a + "\n", "response": b + "\n"}) + "\n")
+
+    def run(workdir, fault=None):
+        cmd = [sys.executable, "tests/faults.py", "finetune",
+               "--config", "configs/finetune.py:smoke", "--workdir", str(workdir),
+               f"--config.finetune.init_from={pretrained}", f"--config.finetune.train_file={path}",
+               "--config.data.seq_len=48", "--config.train.batch_size=8",
+               "--config.train.steps=12", "--config.train.ckpt_every=4",
+               "--config.train.log_every=4", "--config.train.eval_every=-1",
+               "--config.train.plot=false", "--config.optim.warmup_steps=2"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                              env=subprocess_env(fault))
+
+    ref, broken = tmp_path / "ref", tmp_path / "broken"
+    assert run(ref).returncode == 0
+    killed = run(broken, fault="kill_after_save:8")
+    assert killed.returncode == -9, killed.stderr
+    assert checkpoint.Checkpointer(str(broken), read_only=True).latest_step() == 4
+    resumed = run(broken)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 4" in resumed.stdout
+    config = checkpoint.read_config(str(ref))
+    a, _ = checkpoint.load_params(str(ref), config)
+    b, step = checkpoint.load_params(str(broken), config)
+    assert step == 12
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -76,10 +76,11 @@ def test_bad_inputs_are_user_errors(tmp_path):
         interop.hf_to_params(state, model.config)
 
 
-def _random_hf_model(torch, transformers):
+def _random_hf_model(torch, transformers, **overrides):
+    """HF_TINY (with `overrides`), random weights; tests/test_harness.py uses it too."""
     torch.manual_seed(0)
-    config = transformers.GPT2Config(**{k: v for k, v in HF_TINY.items() if k != "model_type"},
-                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    keys = {**{k: v for k, v in HF_TINY.items() if k != "model_type"}, **overrides}
+    config = transformers.GPT2Config(**keys, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                      initializer_range=0.2)  # logits of order 1, not 0.01
     model = transformers.GPT2LMHeadModel(config).eval()
     with torch.no_grad():  # perturb norms and biases too (they start at 1 and 0)
@@ -135,3 +136,22 @@ def test_convert_cli_import_then_export(tmp_path):
     assert_trees_equal(interop.hf_to_params(state, model.config), params)
     bad = cli("import", "--hf", tmp_path / "missing", "--workdir", tmp_path / "x")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_import_with_a_tokenizer_sets_tokenizer_kind_hf(tmp_path):
+    pytest.importorskip("safetensors", reason="pip install 'gptjax[interop]'")
+    tokenizers = pytest.importorskip("tokenizers", reason="pip install 'gptjax[interop]'")
+    from gptjax import checkpoint
+    model, params = gptjax_tiny(seed=4)
+    interop.save_hf(str(tmp_path / "hf"), params, model.config)
+    vocab = {"<|endoftext|>": 0, "[UNK]": 1, **{f"w{i}": i + 2 for i in range(59)}}  # 61 ids
+    hf_tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    hf_tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    hf_tok.save(str(tmp_path / "hf" / "tokenizer.json"))
+    interop.import_to_workdir(str(tmp_path / "hf"), str(tmp_path / "run"))
+    with open(tmp_path / "run" / "config.json") as f:
+        saved = json.load(f)["data"]
+    assert saved["tokenizer"]["kind"] == "hf" and saved["source"] != "synthetic"
+    config, _, tok, _ = checkpoint.load_for_inference(str(tmp_path / "run"))
+    assert tok.kind == "hf" and tok.vocab_size == config.model.vocab_size == 61
+    assert tok.encode("w3 w7 nope") == [5, 9, 1] and tok.eos_id == 0

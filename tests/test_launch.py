@@ -59,7 +59,7 @@ def test_tpu_create_picks_the_software_version(repo_dir):
 
 def test_tpu_train_runs_the_same_command_on_all_workers(repo_dir):
     out = _bash(repo_dir, ["launch/tpu_pod.sh", "--dry-run", "train", "--config",
-                           "configs/gpt3.py:xl", "--workdir", "/mnt/gcs/runs/my run"], TPU)
+                           "configs/gpt3.py:xl", "--workdir", "gs://bucket/runs/my run"], TPU)
     assert out.returncode == 0, out.stderr
     (cmd,) = _commands(out.stdout)
     assert cmd[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "gpt"]
@@ -68,18 +68,32 @@ def test_tpu_train_runs_the_same_command_on_all_workers(repo_dir):
     assert "source launch/env/tpu.env" in remote
     train = shlex.split(remote.split("&&")[-1])
     assert train == [".venv/bin/gptjax", "train", "--config", "configs/gpt3.py:xl",
-                     "--workdir", "/mnt/gcs/runs/my run"]
+                     "--workdir", "gs://bucket/runs/my run"]
 
 
-def test_tpu_setup_copies_installs_and_mounts(repo_dir):
-    out = _bash(repo_dir, ["launch/tpu_pod.sh", "--dry-run", "setup"],
-                dict(TPU, BUCKET="gs://my-bucket"))
+def test_tpu_setup_copies_and_installs_without_a_fuse_mount(repo_dir):
+    out = _bash(repo_dir, ["launch/tpu_pod.sh", "--dry-run", "setup"], TPU)
     assert out.returncode == 0, out.stderr
     cmds = _commands(out.stdout)
     assert cmds[0][:3] == ["git", "-C", str(repo_dir)] and "archive" in cmds[0]
     assert cmds[1][4] == "scp" and "--worker=all" in cmds[1]
     assert "pip install -q -e '.[tpu]'" in cmds[2][-2]
-    assert "gcsfuse --implicit-dirs my-bucket /mnt/gcs" in cmds[3][-2]
+    assert len(cmds) == 3 and "gcsfuse" not in out.stdout   # gs:// workdirs need no mount
+
+
+def test_tpu_multislice_is_a_queued_resource_addressed_on_every_node(repo_dir):
+    env = dict(TPU, NUM_SLICES="2")
+    create = _commands(_bash(repo_dir, ["launch/tpu_pod.sh", "--dry-run", "create"], env).stdout)
+    assert create == [["gcloud", "compute", "tpus", "queued-resources", "create", "gpt",
+                       "--node-count=2", "--node-prefix=gpt", "--accelerator-type=v5p-32",
+                       "--runtime-version=v2-alpha-tpuv5", "--zone=us-east5-a"]]
+    (train,) = _commands(_bash(repo_dir, ["launch/tpu_pod.sh", "--dry-run", "train", "--config",
+                                          "c.py", "--config.mesh.dcn_data=2"], env).stdout)
+    assert train[3:6] == ["queued-resources", "ssh", "gpt"]
+    assert "--node=all" in train and "--worker=all" in train
+    (delete,) = _commands(_bash(repo_dir, ["launch/tpu_pod.sh", "--dry-run", "delete"],
+                                env).stdout)
+    assert delete[3:6] == ["queued-resources", "delete", "gpt"] and "--force" in delete
 
 
 @pytest.mark.parametrize("env,args,message", [
@@ -87,7 +101,7 @@ def test_tpu_setup_copies_installs_and_mounts(repo_dir):
     (dict(TPU, ACCELERATOR="v9-8"), ["create"], "ACCELERATOR=v9-8"),
     (TPU, ["train"], "train needs gptjax train arguments"),
     (TPU, ["launch"], "unknown command 'launch'"),
-    (dict(TPU, BUCKET="my-bucket"), ["setup"], "expected gs://NAME"),
+    (dict(TPU, NUM_SLICES="0"), ["create"], "NUM_SLICES=0: expected a positive integer"),
 ])
 def test_tpu_bad_input(repo_dir, env, args, message):
     out = _bash(repo_dir, ["launch/tpu_pod.sh", "--dry-run", *args], env)

@@ -11,14 +11,8 @@ import pytest
 
 from gptjax.config import get_config
 from gptjax.flops import model_stats, param_counts
-from gptjax.model import (
-    GPT,
-    GPTConfig,
-    attention_mask,
-    explicit_attention,
-    layers_to_scanned,
-    scanned_to_layers,
-)
+from gptjax.layouts import layers_to_scanned, scanned_to_layers
+from gptjax.model import GPT, GPTConfig, attention_mask, explicit_attention
 
 TINY = GPTConfig.from_config(get_config("configs/smoke.py:tiny").model, backend="cpu")
 
@@ -217,7 +211,7 @@ def test_bfloat16_compute_keeps_float32_params():
     tokens = tokens_for(c)
     params = init(c, tokens)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
-    assert GPT(c).apply({"params": params}, tokens).dtype == jnp.bfloat16
+    assert GPT(c).apply({"params": params}, tokens).dtype == jnp.float32  # logits: fp32 accum
 
 
 def test_vocab_padding():

@@ -6,9 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from gptjax import sharding, train
+from gptjax import sharding, steps
 from gptjax.config import get_config
 from gptjax.errors import UserError
+from gptjax.state import abstract_train_state, create_train_state
 
 MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)]
 
@@ -39,9 +40,9 @@ def loss_and_grads_on(shape, accum=1):
     c = tiny(shape, train__grad_accum=accum)
     mesh = sharding.make_mesh(c.mesh, devices_for(shape))
     sharding.check_config(c, mesh)
-    _, shardings = train.abstract_train_state(c, mesh)
-    state = train.create_train_state(c, mesh)
-    fn = train.make_loss_and_grads(c)
+    _, shardings = abstract_train_state(c, mesh)
+    state = create_train_state(c, mesh)
+    fn = steps.make_loss_and_grads(c)
     with jax.set_mesh(mesh):
         batch = sharding.global_batch(host_batch(c), mesh)
         jitted = jax.jit(fn, in_shardings=(shardings.params, sharding.batch_sharding(mesh), None),
@@ -81,7 +82,7 @@ def test_bad_mesh_is_a_user_error(shape, needle):
 def test_rules_map_logical_axes_to_mesh_axes():
     c = tiny((2, 2, 2))
     mesh = sharding.make_mesh(c.mesh)
-    _, sh = train.abstract_train_state(c, mesh)
+    _, sh = abstract_train_state(c, mesh)
     # qkv kernel [layers, embed, 3, heads, kv]: embed over fsdp, heads over tensor.
     spec = sh.params["layers"]["block_0"]["attn"]["qkv"]["kernel"].spec
     assert tuple(spec) == (None, "fsdp", None, "tensor", None)
@@ -95,11 +96,11 @@ def test_rules_map_logical_axes_to_mesh_axes():
 def test_pure_data_parallel_replicates_params():
     c = tiny((8, 1, 1))
     mesh = sharding.make_mesh(c.mesh)
-    state = train.create_train_state(c, mesh)
+    state = create_train_state(c, mesh)
     kernel = state.params["layers"]["block_0"]["mlp"]["fc"]["kernel"]
     assert kernel.sharding.is_fully_replicated
     c = tiny((1, 8, 1))
-    state = train.create_train_state(c, sharding.make_mesh(c.mesh))
+    state = create_train_state(c, sharding.make_mesh(c.mesh))
     kernel = state.params["layers"]["block_0"]["mlp"]["fc"]["kernel"]
     assert not kernel.sharding.is_fully_replicated  # FSDP: sharded from birth
     assert kernel.addressable_shards[0].data.shape[1] == kernel.shape[1] // 8
@@ -123,7 +124,7 @@ def test_parameter_that_does_not_divide_names_the_parameter():
     c = tiny((1, 8, 1), model__d_model=12)  # embed 12 over fsdp 8
     mesh = sharding.make_mesh(c.mesh)
     with pytest.raises(UserError, match=r"parameter .*does not divide over mesh axes"):
-        train.abstract_train_state(c, mesh)
+        abstract_train_state(c, mesh)
 
 
 # ----------------------------------------------------------------------------- numerics
@@ -154,9 +155,9 @@ def test_train_steps_agree_across_meshes():
     for shape in [(1, 1, 1), (1, 4, 2)]:
         c = tiny(shape, optim__warmup_steps=1)
         mesh = sharding.make_mesh(c.mesh, devices_for(shape))
-        _, sh = train.abstract_train_state(c, mesh)
-        state = train.create_train_state(c, mesh)
-        step = train.make_train_step(c, mesh, sh)
+        _, sh = abstract_train_state(c, mesh)
+        state = create_train_state(c, mesh)
+        step = steps.make_train_step(c, mesh, sh)
         out = []
         with jax.set_mesh(mesh):
             for i in range(3):

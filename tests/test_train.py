@@ -8,14 +8,17 @@ import subprocess
 import sys
 import time
 
+import faults
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
 from gptjax import checkpoint, train
+from gptjax import state as state_lib
 from gptjax.config import get_config
 from gptjax.errors import UserError
+from gptjax.state import abstract_train_state, model_config
 
 
 def tiny(**overrides):
@@ -94,7 +97,7 @@ def test_resumed_run_matches_uninterrupted_run_exactly(full_run, tmp_path):
 
 def test_load_for_inference_on_one_device(full_run):
     workdir, _ = full_run
-    config, params, tokenizer = checkpoint.load_for_inference(workdir)
+    config, params, tokenizer, _ = checkpoint.load_for_inference(workdir)
     assert tokenizer.vocab_size == config.model.vocab_size
     leaves = jax.tree.leaves(params)
     assert all(len(x.sharding.device_set) == 1 for x in leaves)
@@ -107,9 +110,10 @@ def test_load_for_inference_on_one_device(full_run):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_nonfinite_step_is_skipped(tmp_path):
+def test_nonfinite_step_is_skipped(tmp_path, monkeypatch):
+    faults.install("nan_at_batch:3", monkeypatch.setattr)
     workdir = str(tmp_path)
-    result = train.train(tiny(train__steps=4, train__inject_nan_at=3, train__ckpt_every=1,
+    result = train.train(tiny(train__steps=4, train__ckpt_every=1,
                               train__keep_checkpoints=10, train__eval_every=-1), workdir)
     assert result["skipped"] == 1 and result["step"] == 4
     recs = {r["step"]: r for r in records(workdir)}
@@ -120,7 +124,7 @@ def test_nonfinite_step_is_skipped(tmp_path):
     c = tiny()
     mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"),
                          axis_types=(jax.sharding.AxisType.Auto,) * 3)
-    abstract, sh = train.abstract_train_state(c, mesh)
+    abstract, sh = abstract_train_state(c, mesh)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, sh)
     ckpt = checkpoint.Checkpointer(workdir, read_only=True)
@@ -132,10 +136,11 @@ def test_nonfinite_step_is_skipped(tmp_path):
     assert int(s3.skipped) == 1 and int(s3.step) == 3
 
 
-def test_nonfinite_stop_raises_and_keeps_checkpoints_clean(tmp_path):
+def test_nonfinite_stop_raises_and_keeps_checkpoints_clean(tmp_path, monkeypatch):
+    faults.install("nan_at_batch:3", monkeypatch.setattr)
     workdir = str(tmp_path)
     with pytest.raises(UserError, match=r"step 3: .*not finite"):
-        train.train(tiny(train__steps=6, train__inject_nan_at=3, train__nonfinite="stop",
+        train.train(tiny(train__steps=6, train__nonfinite="stop",
                          train__log_every=2, train__ckpt_every=2, train__eval_every=-1), workdir)
     assert checkpoint.Checkpointer(workdir, read_only=True).all_steps() == [2]
 
@@ -214,10 +219,10 @@ def test_peak_flops_table_and_mfu(kind, peak):
 
 
 def test_weight_decay_mask_and_schedule():
-    from gptjax.info import abstract_params
     from gptjax.optim import decay_mask, schedule
+    from gptjax.state import abstract_params
     c = tiny(model__use_bias=True, model__tie_embeddings=False)
-    mask = decay_mask(nn.unbox(abstract_params(train.model_config(c))))
+    mask = decay_mask(nn.unbox(abstract_params(model_config(c))))
     flat = {"/".join(str(getattr(k, "key", k)) for k in p): v
             for p, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
     decayed = sorted(k for k, v in flat.items() if v)
@@ -233,3 +238,26 @@ def test_weight_decay_mask_and_schedule():
     assert float(lr(0)) == pytest.approx(0.1) and float(lr(9)) == pytest.approx(1.0)
     assert float(lr(59)) == pytest.approx(0.55, abs=1e-6)  # half-way down the cosine
     assert float(lr(109)) == pytest.approx(0.1) and float(lr(500)) == pytest.approx(0.1)
+
+
+def test_nonfinite_params_are_never_saved(tmp_path):
+    """The checkpoint hook's last line of defence: a state whose params hold a NaN is refused
+    with one line naming the step, and nothing is written."""
+    from gptjax import loop, sharding
+    c = tiny()
+    mesh = sharding.make_mesh(c.mesh)
+    good = state_lib.create_train_state(c, mesh)
+    bad = good.replace(params=jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(np.nan),
+                                           good.params))
+    ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+
+    class Batches:
+        def get_state(self):
+            return {}
+
+    saving = train.Saving(ckpt, Batches(), c.to_dict(), None)
+    with pytest.raises(UserError, match="step 5: parameters are not finite"):
+        saving(loop.StepInfo(5, bad, {}, False, False, 0.0))
+    saving(loop.StepInfo(4, good, {}, False, False, 0.0))
+    ckpt.close()
+    assert checkpoint.Checkpointer(str(tmp_path), read_only=True).all_steps() == [4]

@@ -1,5 +1,6 @@
-"""`gptjax data tokenizer|export|bench|info`: the input pipeline from the command line.
+"""`gptjax data sources|tokenizer|export|bench|info`: the input pipeline from the command line.
 
+  sources    the registered data sources: what each provides and the config keys it reads
   tokenizer  train (or load) the run's tokenizer and show how it splits a text
   export     tokenize the train / eval splits into a shards directory (numpy-readable, no TF)
   bench      tokens/s the pipeline delivers from pre-tokenized data (numpy and tf.data loaders)
@@ -15,13 +16,19 @@ import shutil
 import sys
 import time
 
+from gptjax.cli import _Parser, add_config_arg
+from gptjax.data import make_tokenizer, pipeline, registry
+from gptjax.data.store import META, TokenStore, split_file
 from gptjax.errors import UserError
 
 
 def add_args(parser) -> None:
-    from gptjax.cli import _Parser, add_config_arg
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
     sub.required = True
+
+    p = sub.add_parser("sources", help="the registered data sources (values of data.source)")
+    add_config_arg(p, required=False)   # a config file may register more
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("tokenizer", help="train or load the tokenizer; encode a sample text")
     add_config_arg(p)
@@ -51,7 +58,7 @@ def add_args(parser) -> None:
 
 
 def run(args) -> int:
-    return {"tokenizer": _tokenizer, "export": _export, "bench": _bench,
+    return {"sources": _sources, "tokenizer": _tokenizer, "export": _export, "bench": _bench,
             "info": _info}[args.data_command](args)
 
 
@@ -68,8 +75,19 @@ def _splits(config, text: str) -> list[str]:
     return [s for s in (config.data.train_split, config.data.eval_split) if s]
 
 
+def _sources(args) -> int:
+    result, lines = {}, []
+    for name in registry.names():
+        source = registry.get(name)
+        result[name] = {"help": source.help, "provides": source.provides,
+                        "keys": list(source.keys), "required": list(source.required)}
+        keys = f" [data.{', data.'.join(source.keys)}]" if source.keys else ""
+        lines.append(f"{name:10s} {source.provides:9s} {source.help}{keys}")
+    _print(args, result, lines)
+    return 0
+
+
 def _tokenizer(args) -> int:
-    from gptjax.data import make_tokenizer
     config = args.config
     start = time.time()
     tok = make_tokenizer(config, args.workdir or None)
@@ -88,18 +106,18 @@ def _tokenizer(args) -> int:
 
 
 def _export(args) -> int:
-    from gptjax.data import make_tokenizer, pipeline, sources
-    from gptjax.data.store import META, TokenStore, split_file
     config = args.config
-    if config.data.source not in ("tfds", "files"):
-        raise UserError(f"export reads data.source=tfds or files, not {config.data.source!r}")
+    source = registry.of(config)
+    if source.documents is None:
+        texts = "|".join(registry.names(lambda s: s.documents is not None))
+        raise UserError(f"export tokenizes text: data.source={texts}, not {source.name!r}")
     tok = make_tokenizer(config, args.workdir or None)
     out = os.path.abspath(os.path.expanduser(args.out))
     if os.path.exists(os.path.join(out, "index.json")):
         with open(os.path.join(out, "index.json")) as f:
             if json.load(f).get("tokenizer") != tok.fingerprint:
                 raise UserError(f"{out} holds shards of another tokenizer; choose a new --out")
-    store = TokenStore.create(out, tok, sources.source_key(config, None))
+    store = TokenStore.create(out, tok, source.key(config))
     tok.save(out)
     written = {}
     for split in _splits(config, args.splits):
@@ -111,7 +129,7 @@ def _export(args) -> int:
             shutil.copyfile(os.path.join(cache.directory, split_file(split) + META),
                             os.path.join(out, split_file(split) + META))
         elif not store.has(split):
-            store.write_split(split, tok, sources.documents(config, split),
+            store.write_split(split, tok, source.read(config, split),
                               add_eos=bool(config.data.tokenizer.add_eos), what="export")
         written[split] = store.meta(split)["num_tokens"]
     result = {"out": out, "splits": written, "vocab_size": tok.vocab_size}
@@ -122,10 +140,10 @@ def _export(args) -> int:
 
 
 def _bench(args) -> int:
-    from gptjax.data import make_tokenizer, pipeline
     config = args.config
-    if config.data.source == "synthetic":
-        raise UserError("bench measures reading real tokens; use data.source=tfds|files|shards")
+    if registry.of(config).batches is not None:
+        real = "|".join(registry.names(lambda s: s.batches is None))
+        raise UserError(f"bench measures reading real tokens; use data.source={real}")
     tok = make_tokenizer(config, args.workdir or None)
     tokens = pipeline.split_tokens(config, tok, config.data.train_split, args.workdir or None)
     d = config.data
@@ -161,18 +179,15 @@ def _bench(args) -> int:
 
 
 def _info(args) -> int:
-    from gptjax.data import make_tokenizer, pipeline
     config = args.config
     d = config.data
+    source = registry.of(config)
     tok = make_tokenizer(config, args.workdir or None)
     result = {"source": d.source, "tokenizer": tok.kind, "vocab_size": tok.vocab_size,
               "eos_id": tok.eos_id, "splits": {}}
-    lines = [f"source: {d.source}"
-             + (f" ({d.tfds_name})" if d.source == "tfds" else "")
-             + (f" ({d.files})" if d.source == "files" else "")
-             + (f" ({d.shards_dir})" if d.source == "shards" else ""),
+    lines = [f"source: {source.describe(config)}",
              f"tokenizer: {tok.kind}, vocab_size={tok.vocab_size}, eos_id={tok.eos_id}"]
-    if d.source != "synthetic":
+    if source.batches is None:
         store = pipeline.token_store(config, tok, args.workdir or None)
         for split in _splits(config, ""):
             tokens = pipeline.split_tokens(config, tok, split, args.workdir or None)

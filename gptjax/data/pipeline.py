@@ -9,32 +9,50 @@ attention, as GPT-2 / nanoGPT train.
 
 The stream of windows is the concatenation of epochs; epoch e is a permutation of all windows
 drawn from (data.seed, e), with a random shift in [0, L) so token positions inside windows differ
-from epoch to epoch. Global batch k is stream positions [k*B, (k+1)*B); process i of n reads only
-positions [k*B + i*B/n, k*B + (i+1)*B/n) -- disjoint slices that together cover the batch.
+from epoch to epoch. Global batch k is stream positions [k*B, (k+1)*B); each process reads only
+its rows r of it (positions k*B + r): by default process i of n the block [i*B/n, (i+1)*B/n),
+in training the rows its devices hold (`gptjax.sharding.host_rows`; processes that hold
+replicas of the same rows read the same rows).
 The iterator's state is the stream position: saving and restoring it is O(1) and exact, and it
 stays meaningful if the number of processes or the batch size changes on resume.
 
-Two loaders yield identical batches: tf.data (indices -> gather -> prefetch, the default for TFDS
-/ files sources) and plain numpy with a prefetch thread (the default for exported shards, and the
-only one on machines without TensorFlow).
+Two loaders yield identical batches: tf.data (indices -> gather -> prefetch) and plain numpy
+with a prefetch thread (the only one on machines without TensorFlow); data.loader=auto takes the
+one the source names (`Source.loader`: tf for tfds / files, numpy for shards).
+
+A source that makes its own batches (`Source.batches`, e.g. synthetic) skips all of this.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import importlib.util
 import json
-import os
 import queue
 import sys
 import threading
+import weakref
 
 import numpy as np
 
-from gptjax.data import sources
-from gptjax.data.store import TokenStore
+from gptjax import paths
+from gptjax.data import registry
+from gptjax.data.store import TokenStore, cache_root
 from gptjax.errors import UserError
 
-LOADERS = ("auto", "tf", "numpy")
+LOADERS = ("auto", *registry.LOADERS)
+EVAL_SEED_OFFSET = 1_000_003   # a `batches` source's eval stream: seed + this
+_PREFETCHING: weakref.WeakSet = weakref.WeakSet()   # iterators whose prefetch thread runs
+
+
+@atexit.register
+def _stop_prefetching() -> None:
+    """Stops the prefetch threads before the interpreter finalizes: a daemon thread caught
+    inside numpy's C++ code then aborts the process ("terminate called without an active
+    exception") after the program has already finished."""
+    for it in list(_PREFETCHING):
+        it.close()
 
 
 # ----------------------------------------------------------------------------- token arrays
@@ -42,34 +60,29 @@ LOADERS = ("auto", "tf", "numpy")
 def token_store(config, tok, workdir: str | None = None) -> TokenStore:
     """The store holding this source's tokens for this tokenizer (created empty if new)."""
     d = config.data
-    if d.source == "shards":
-        store = TokenStore(sources.shards_dir(config))
+    source = registry.of(config)
+    if source.store_dir is not None:
+        store = TokenStore(source.store_dir(config))
         if store.index.get("tokenizer") != tok.fingerprint:
-            raise UserError(f"data.shards_dir={d.shards_dir!r} was tokenized with another "
-                            "tokenizer than this run's; use a new workdir or re-export")
+            raise UserError(f"{source.what(config)} was tokenized with another tokenizer than "
+                            "this run's; use a new workdir or re-export")
         return store
-    if d.source not in ("tfds", "files"):
-        raise UserError(f"data.source={d.source!r}: choose tfds, files, shards or synthetic")
-    source = sources.source_key(config, None)
-    spec = {"source": source, "tokenizer": tok.fingerprint,
-            "add_eos": bool(d.tokenizer.add_eos)}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    label = (d.tfds_name.replace("/", "_").replace(":", "_") if d.source == "tfds" else "files")
-    root = sources.cache_root(config, workdir or getattr(tok, "workdir", None))
-    return TokenStore.create(os.path.join(root, "tokens", f"{label}-{key}"), tok, source)
+    key = source.key(config)      # raises for a source without text
+    spec = {"source": key, "tokenizer": tok.fingerprint, "add_eos": bool(d.tokenizer.add_eos)}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    root = cache_root(config, workdir or getattr(tok, "workdir", None))
+    return TokenStore.create(paths.join(root, "tokens", f"{source.cache_name(config)}-{digest}"),
+                             tok, key)
 
 
 def split_tokens(config, tok, split: str, workdir: str | None = None) -> np.ndarray:
     """Tokens of one split (read-only memmap), tokenizing the split first if not cached."""
     store = token_store(config, tok, workdir)
-    if not store.has(split):
-        if config.data.source == "shards":
-            store.tokens(split)  # raises: names the splits the export has
-        what = (f"data.tfds_name={config.data.tfds_name!r}" if config.data.source == "tfds"
-                else f"data.files={config.data.files!r}")
-        store.write_split(split, tok, sources.documents(config, split),
-                          add_eos=bool(config.data.tokenizer.add_eos), what=what)
-    return store.tokens(split)
+    source = registry.of(config)
+    if not store.has(split) and source.documents is not None:
+        store.write_split(split, tok, source.read(config, split),
+                          add_eos=bool(config.data.tokenizer.add_eos), what=source.what(config))
+    return store.tokens(split)   # a missing split of a ready store: names the splits it has
 
 
 # ----------------------------------------------------------------------------- windows
@@ -111,9 +124,12 @@ class Windows:
 
     def starts(self, position: int, count: int) -> np.ndarray:
         """Token offsets of the windows at stream positions [position, position + count)."""
-        pos = np.arange(position, position + count, dtype=np.int64)
-        epochs, idx = np.divmod(pos, self.num_windows)
-        out = np.empty(count, np.int64)
+        return self.at(np.arange(position, position + count, dtype=np.int64))
+
+    def at(self, positions: np.ndarray) -> np.ndarray:
+        """Token offsets of the windows at the given stream positions."""
+        epochs, idx = np.divmod(np.asarray(positions, np.int64), self.num_windows)
+        out = np.empty(len(epochs), np.int64)
         for e in np.unique(epochs):
             perm, shift = self.epoch(int(e))
             sel = epochs == e
@@ -122,13 +138,27 @@ class Windows:
         return out
 
 
-def _host_batch(config, process_index: int, process_count: int) -> int:
+def host_batch(config, process_index: int, process_count: int) -> int:
     if process_count < 1 or not 0 <= process_index < process_count:
         raise UserError(f"process_index={process_index} is not in [0, {process_count})")
     b = config.train.batch_size
     if b % process_count:
         raise UserError(f"train.batch_size={b} is not divisible by {process_count} processes")
     return b // process_count
+
+
+def _block(process_index: int, process_count: int, global_batch: int) -> np.ndarray:
+    bh = global_batch // process_count
+    return process_index * bh + np.arange(bh, dtype=np.int64)
+
+
+def batch_rows(config, process_index: int, process_count: int, rows=None) -> np.ndarray:
+    """The rows of each global batch this process reads: `rows` (mesh-aware, from
+    gptjax.sharding.host_rows), else its contiguous block of B / process_count."""
+    if rows is not None:
+        return np.asarray(rows, np.int64)
+    host_batch(config, process_index, process_count)
+    return _block(process_index, process_count, config.train.batch_size)
 
 
 def _gather(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> dict:
@@ -140,7 +170,6 @@ def _gather(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> dict:
 def _tf_available() -> bool:
     if "tensorflow" in sys.modules:
         return True
-    import importlib.util
     return importlib.util.find_spec("tensorflow") is not None
 
 
@@ -149,7 +178,7 @@ def choose_loader(config) -> str:
     if loader not in LOADERS:
         raise UserError(f"data.loader={loader!r}: choose one of {', '.join(LOADERS)}")
     if loader == "auto":
-        return "tf" if config.data.source in ("tfds", "files") and _tf_available() else "numpy"
+        return "tf" if registry.of(config).loader == "tf" and _tf_available() else "numpy"
     if loader == "tf" and not _tf_available():
         raise UserError("data.loader=tf needs TensorFlow; use data.loader=numpy")
     return loader
@@ -160,11 +189,13 @@ class TrainIterator:
 
     def __init__(self, tokens: np.ndarray, windows: Windows, global_batch: int,
                  process_index: int, process_count: int, loader: str = "numpy",
-                 prefetch: int = 2):
+                 prefetch: int = 2, rows=None):
         self.tokens, self.windows = tokens, windows
         self.global_batch = global_batch
-        self.host_batch = global_batch // process_count
-        self.offset = process_index * self.host_batch
+        if rows is None:
+            rows = _block(process_index, process_count, global_batch)
+        self.rows = np.asarray(rows, np.int64)   # this process's rows of each global batch
+        self.host_batch = len(self.rows)
         self.seq_len = windows.seq_len
         self.loader, self.prefetch = loader, max(0, int(prefetch))
         self.position = 0          # global stream position of the next batch to hand out
@@ -174,7 +205,7 @@ class TrainIterator:
     # -- the batches
     def batch_at(self, position: int) -> dict:
         """This process's part of the global batch starting at stream `position`."""
-        starts = self.windows.starts(position + self.offset, self.host_batch)
+        starts = self.windows.at(position + self.rows)
         return _gather(self.tokens, starts, self.seq_len)
 
     def __iter__(self):
@@ -230,6 +261,7 @@ class TrainIterator:
                 except queue.Empty:
                     pass
             self._thread = None
+        _PREFETCHING.discard(self)
 
     def __del__(self):
         try:
@@ -261,13 +293,14 @@ class TrainIterator:
                 pos += self.global_batch
         self._thread = threading.Thread(target=work, daemon=True, name="gptjax-data")
         self._thread.start()
+        _PREFETCHING.add(self)
 
     def _tf_iterator(self, position: int):
         import tensorflow as tf
         L, bh, B = self.seq_len, self.host_batch, self.global_batch
 
         def starts(j):
-            return self.windows.starts(position + int(j) * B + self.offset, bh)
+            return self.windows.at(position + int(j) * B + self.rows)
 
         ds = tf.data.Dataset.range(1 << 62)
         ds = ds.map(lambda j: tf.ensure_shape(
@@ -290,73 +323,37 @@ class TrainIterator:
         return ds.as_numpy_iterator()
 
 
-# ----------------------------------------------------------------------------- synthetic
-
-class SyntheticIterator:
-    """Deterministic random tokens (benchmarks, smoke tests); the state is the batch count."""
-
-    def __init__(self, config, process_index: int, process_count: int, seed_offset: int = 0):
-        self.batch = _host_batch(config, process_index, process_count)
-        self.seq_len = config.data.seq_len
-        self.vocab = config.model.vocab_size
-        self.seed = config.data.seed + seed_offset
-        self.process_index = process_index
-        self.process_count = process_count
-        self.step = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        # (multi-host helper) one global batch per step, this process takes its rows: the same
-        # data whatever the process count, so N processes reproduce a 1-process run.
-        rng = np.random.default_rng([self.seed, self.step])
-        rows = self.batch * self.process_count
-        tokens = rng.integers(0, self.vocab, (rows, self.seq_len + 1), dtype=np.int32)
-        tokens = tokens[self.process_index * self.batch:(self.process_index + 1) * self.batch]
-        self.step += 1
-        return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-
-    def get_state(self) -> dict:
-        return {"step": self.step}
-
-    def set_state(self, state: dict) -> None:
-        if "step" not in state:
-            raise UserError(f"input-iterator state {state!r} is not a synthetic-source state")
-        self.step = int(state["step"])
-
-    def close(self) -> None:
-        pass
-
-
 # ----------------------------------------------------------------------------- public
 
 def make_train_iter(config, tokenizer, process_index: int = 0, process_count: int = 1,
-                    workdir: str | None = None):
-    """This process's training batches: {'inputs','targets'} int32 [B/process_count, T]."""
+                    workdir: str | None = None, rows=None):
+    """This process's training batches: {'inputs','targets'} int32 [B/process_count, T], or
+    the given `rows` of each global batch (gptjax.sharding.host_rows)."""
     d = config.data
-    if d.source == "synthetic":
-        return SyntheticIterator(config, process_index, process_count)
-    _host_batch(config, process_index, process_count)
+    source = registry.of(config)
+    rows = batch_rows(config, process_index, process_count, rows)
+    if source.batches is not None:
+        return source.batches(config, process_index, process_count, 0, rows)
     tokens = split_tokens(config, tokenizer, d.train_split, workdir)
     windows = Windows(tokens.size, d.seq_len, d.seed, d.shuffle,
                       f"training split {d.train_split!r}")
     return TrainIterator(tokens, windows, config.train.batch_size, process_index, process_count,
-                         loader=choose_loader(config), prefetch=d.prefetch)
+                         loader=choose_loader(config), prefetch=d.prefetch, rows=rows)
 
 
 def make_eval_batches(config, tokenizer, process_index: int = 0, process_count: int = 1,
-                      workdir: str | None = None) -> list[dict]:
+                      workdir: str | None = None, rows=None) -> list[dict]:
     """A fixed list of up to train.eval_batches batches: non-overlapping windows from the start
     of the eval split, this process's slice of each. A split too small for one global batch
     gives one batch whose windows repeat (the loss average is unchanged in expectation)."""
     d = config.data
     if int(config.train.eval_batches) <= 0:
         return []
-    if d.source == "synthetic":
-        it = SyntheticIterator(config, process_index, process_count, seed_offset=1_000_003)
+    source = registry.of(config)
+    rows = batch_rows(config, process_index, process_count, rows)
+    if source.batches is not None:   # held out by seed: another stream of the same kind
+        it = source.batches(config, process_index, process_count, EVAL_SEED_OFFSET, rows)
         return [next(it) for _ in range(config.train.eval_batches)]
-    bh = _host_batch(config, process_index, process_count)
     if not d.eval_split:
         raise UserError("data.eval_split is empty: no held-out data to evaluate on")
     tokens = split_tokens(config, tokenizer, d.eval_split, workdir)
@@ -365,6 +362,6 @@ def make_eval_batches(config, tokenizer, process_index: int = 0, process_count: 
     num_batches = max(1, min(int(config.train.eval_batches), n // B))
     out = []
     for b in range(num_batches):
-        idx = (b * B + process_index * bh + np.arange(bh)) % n
+        idx = (b * B + rows) % n
         out.append(_gather(tokens, idx * d.seq_len, d.seq_len))
     return out

@@ -1,293 +1,75 @@
-"""Where text comes from: any TFDS text dataset, or the user's own files through a TFDS builder.
+"""The built-in data sources (`data.source`), registered in `registry.py` on import.
 
-`documents(config, split)` yields one `str` per document. TensorFlow / TFDS are imported here,
-lazily, and only when a split has to be read (tokenizing it, or training a tokenizer): once the
-tokens are cached nothing below runs.
+    tfds       any TFDS text dataset (tfds_text.py)             documents -> tokenized once
+    files      the user's .txt / .jsonl files via a TFDS builder documents -> tokenized once
+    shards     a token store written by `gptjax data export`     tokens (numpy only, no TF)
+    synthetic  random tokens of model.vocab_size                 batches (no text, no store)
 
-Offline rule: a TFDS dataset that is not prepared in `data_dir` is built from the raw files in
-`manual_dir` when they are all there; otherwise, with no network, we fail in seconds with a
-message naming `manual_dir` instead of letting TFDS retry its downloads for minutes.
+Adding a source is one more `registry.register(Source(...))` like these (docs/data.md).
 """
 
 from __future__ import annotations
 
-import contextlib
-import difflib
-import glob
 import hashlib
 import json
-import os
-import socket
-import sys
-import threading
-import urllib.parse
 
+from gptjax import paths
+from gptjax.data import registry, tfds_text
+from gptjax.data.registry import Source, documents, source_key  # noqa: F401 - re-exported
+from gptjax.data.synthetic import SyntheticIterator, SyntheticTokenizer
+from gptjax.data.tfds_text import files_builder, tfds_builder  # noqa: F401 - re-exported
+from gptjax.data.tokenizer import TOKENIZER_FILES, load_tokenizer
 from gptjax.errors import UserError
-
-MANUAL_DIR_ENV = "GPTJAX_MANUAL_DIR"
-OFFLINE_ENV = "GPTJAX_OFFLINE"   # =1: never try the network (fail fast if a download is needed)
-
-
-# ----------------------------------------------------------------------------- locations
-
-def cache_root(config, workdir: str | None) -> str:
-    """data.cache_dir, else WORKDIR/data, else ~/.cache/gptjax."""
-    if config.data.cache_dir:
-        return os.path.abspath(os.path.expanduser(config.data.cache_dir))
-    if workdir and "://" not in workdir:   # a gs:// workdir: memmaps need a local disk
-        return os.path.join(os.path.abspath(workdir), "data")
-    return os.path.join(os.path.expanduser("~"), ".cache", "gptjax")
-
-
-def manual_dir(config) -> str:
-    return os.path.expanduser(config.data.manual_dir or os.environ.get(MANUAL_DIR_ENV, ""))
 
 
 def shards_dir(config) -> str:
-    d = config.data.shards_dir
-    if not d:
-        raise UserError("data.source=shards needs data.shards_dir=DIR "
-                        "(a directory written by `gptjax data export`)")
-    d = os.path.expanduser(d)
-    if not os.path.isdir(d):
+    d = paths.resolve(config.data.shards_dir)   # a local directory or a bucket URL (copied there)
+    if not paths.isdir(d):
         raise UserError(f"data.shards_dir={d!r} does not exist; write it with `gptjax data export`")
     return d
 
 
-def data_dir(config) -> str | None:
-    return os.path.expanduser(config.data.data_dir) if config.data.data_dir else None
+def _shards_tokenizer(config):
+    tok = load_tokenizer(shards_dir(config))
+    if tok is None:
+        raise UserError(f"data.shards_dir={config.data.shards_dir!r} holds no tokenizer file "
+                        f"({' or '.join(TOKENIZER_FILES)}); re-run `gptjax data export`")
+    return tok
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------- local files
-
-def resolve_files(config) -> list[str]:
-    """Expands data.files (comma-separated globs) into a sorted list of .txt / .jsonl files."""
-    specs = [s.strip() for s in config.data.files.split(",") if s.strip()]
-    if not specs:
-        raise UserError("data.source=files needs data.files=GLOB[,GLOB...] (.txt or .jsonl)")
-    files: list[str] = []
-    for spec in specs:
-        matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True))
-        matches = [m for m in matches if os.path.isfile(m)]
-        if not matches:
-            raise UserError(f"data.files: {spec!r} matches no file")
-        files.extend(os.path.abspath(m) for m in matches)
-    files = sorted(set(files))
-    for f in files:
-        if not f.endswith((".txt", ".jsonl")):
-            raise UserError(f"data.files: {f!r} is neither .txt nor .jsonl")
-    if all(os.path.getsize(f) == 0 for f in files):
-        raise UserError(f"data.files={config.data.files!r}: every matching file is empty")
-    return files
-
-
-def files_spec(config) -> dict:
-    """Everything that decides the local-files dataset's content (its TFDS config name)."""
+def _tfds_key(config) -> dict:
     d = config.data
-    files = resolve_files(config)
-    return {
-        "files": [[f, os.path.getsize(f), int(os.path.getmtime(f))] for f in files],
-        "jsonl_key": d.jsonl_key, "holdout_fraction": float(d.holdout_fraction),
-        "encoding_errors": d.encoding_errors,
-    }
+    return {"tfds": d.tfds_name, "data_dir": d.data_dir, "text_key": d.text_key,
+            "max_documents": d.max_documents}
 
 
-# ----------------------------------------------------------------------------- keys
-
-def source_key(config, split: str | None) -> dict:
-    """A JSON-able description of (source[, split]) that keys the token and tokenizer caches."""
-    d = config.data
-    if d.source == "tfds":
-        key = {"tfds": d.tfds_name, "data_dir": d.data_dir, "text_key": d.text_key,
-               "max_documents": d.max_documents}
-    elif d.source == "files":
-        key = {"files": _digest(files_spec(config)), "max_documents": d.max_documents}
-    else:
-        raise UserError(f"data.source={d.source!r} has no text to tokenize")
-    if split is not None:
-        key["split"] = split
-    return key
+def _files_key(config) -> dict:
+    spec = json.dumps(tfds_text.files_spec(config), sort_keys=True)
+    return {"files": hashlib.sha256(spec.encode()).hexdigest()[:16],
+            "max_documents": config.data.max_documents}
 
 
-# ----------------------------------------------------------------------------- TFDS
+registry.register(Source(
+    name="tfds", help="any TFDS text dataset (lm1b, c4/en, tiny_shakespeare, ...)",
+    keys=("tfds_name", "text_key", "data_dir", "manual_dir", "max_documents"),
+    required={"tfds_name": "NAME (e.g. tiny_shakespeare)"},
+    documents=tfds_text.tfds_documents, cache_key=_tfds_key,
+    label=lambda config: config.data.tfds_name, loader="tf"))
 
-def import_tfds():
-    """Imports tensorflow_datasets quietly, hiding GPUs from TensorFlow (JAX owns them)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    try:
-        import importlib_resources  # noqa: F401
-    except ImportError:
-        # etils (TFDS' path library) imports the importlib_resources backport; Python >= 3.11
-        # has the same API in the standard library.
-        import importlib.resources
-        import importlib.resources.abc  # noqa: F401
-        sys.modules.setdefault("importlib_resources", importlib.resources)
-    try:
-        import tensorflow as tf
-        import tensorflow_datasets as tfds
-    except ImportError as e:
-        raise UserError(f"data.source=tfds/files needs tensorflow and tensorflow-datasets ({e}); "
-                        "on a machine without them train from `gptjax data export` shards "
-                        "(data.source=shards)") from None
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except (RuntimeError, ValueError):
-        pass
-    tfds.disable_progress_bar()
-    import absl.logging
-    absl.logging.set_verbosity(absl.logging.ERROR)
-    return tfds
+registry.register(Source(
+    name="files", help="your own .txt / .jsonl files, through gptjax's TFDS builder",
+    keys=("files", "jsonl_key", "holdout_fraction", "encoding_errors", "data_dir",
+          "max_documents"),
+    required={"files": "GLOB[,GLOB...] (.txt or .jsonl)"},
+    documents=tfds_text.files_documents, cache_key=_files_key, loader="tf"))
 
+registry.register(Source(
+    name="shards", help="a token store written by `gptjax data export` (no TensorFlow needed)",
+    keys=("shards_dir",),
+    required={"shards_dir": "DIR (a directory written by `gptjax data export`)"},
+    store_dir=shards_dir, tokenizer=_shards_tokenizer))
 
-def _online(url: str, timeout: float = 3.0) -> bool:
-    """A quick TCP check (DNS included, bounded by a thread) instead of TFDS' long retries."""
-    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
-        return False
-    parsed = urllib.parse.urlparse(url)
-    host = parsed.hostname
-    if not host:
-        return False
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    ok = []
-
-    def probe():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)
-    return bool(ok)
-
-
-def _unknown_dataset(tfds, name: str) -> UserError:
-    base = name.split(":")[0]
-    try:
-        names = tfds.list_builders(with_community_datasets=False)
-    except TypeError:
-        names = tfds.list_builders()
-    close = difflib.get_close_matches(base.split("/")[0], names, n=5, cutoff=0.6)
-    hint = f"; close names: {', '.join(close)}" if close else ""
-    return UserError(f"data.tfds_name={name!r} is not a TFDS dataset{hint}")
-
-
-def tfds_builder(config):
-    """The TFDS builder of data.tfds_name, prepared (built offline from manual_dir if needed)."""
-    tfds = import_tfds()
-    name = config.data.tfds_name
-    if not name:
-        raise UserError("data.source=tfds needs data.tfds_name (e.g. tiny_shakespeare)")
-    try:
-        builder = tfds.builder(name, data_dir=data_dir(config))
-    except Exception as e:  # noqa: BLE001 - DatasetNotFoundError & friends -> one line
-        if type(e).__name__ in ("DatasetNotFoundError", "DatasetVariantBlockedError"):
-            raise _unknown_dataset(tfds, name) from None
-        raise UserError(f"data.tfds_name={name!r}: {_first_line(e)}") from None
-    _prepare(tfds, builder, config, f"data.tfds_name={name!r}")
-    return builder
-
-
-def _prepare(tfds, builder, config, what: str, downloads: bool = True) -> None:
-    if builder.is_prepared():
-        return
-    mdir = manual_dir(config)
-    try:
-        url_infos = builder.url_infos or {}
-    except Exception:  # noqa: BLE001 - builders without checksums
-        url_infos = {}
-    needed = sorted({info.filename for info in url_infos.values() if info.filename})
-    have = bool(mdir) and bool(needed) and all(
-        os.path.exists(os.path.join(mdir, f)) for f in needed)
-    # Datasets that only read manual_dir (no URLs to fetch) need no network check either.
-    manual_only = (not url_infos and bool(mdir) and os.path.isdir(mdir) and bool(
-        str(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", "") or "").strip()))
-    if downloads and not have and not manual_only:
-        urls = list(url_infos) or ["https://storage.googleapis.com"]
-        if not _online(urls[0]):
-            where = (f"data.manual_dir={mdir!r}" if mdir
-                     else "data.manual_dir (or $GPTJAX_MANUAL_DIR)")
-            files = (", ".join(needed) if len(needed) <= 3 else
-                     f"its {len(needed)} raw files ({', '.join(needed[:3])}, ...)")
-            files = files or "its raw files"
-            raise UserError(
-                f"{what} is not prepared in {builder.data_dir!r} and there is no network; put "
-                f"{files} in {where}, or point data.data_dir at a prepared copy")
-    dl = tfds.download.DownloadConfig(manual_dir=mdir or None)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # keeps `--json` stdout clean
-            builder.download_and_prepare(download_config=dl)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        inner = _find_user_error(e)
-        if inner is not None:
-            raise inner from None
-        raise UserError(f"could not prepare {what}: {_first_line(e)}") from None
-
-
-def _find_user_error(e: BaseException | None) -> UserError | None:
-    seen = 0
-    while e is not None and seen < 20:
-        if isinstance(e, UserError):
-            return e
-        e = e.__cause__ or e.__context__
-        seen += 1
-    return None
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [x for x in str(e).strip().splitlines() if x.strip()]
-    return lines[0][:300] if lines else type(e).__name__
-
-
-def files_builder(config):
-    """gptjax's TFDS builder over data.files, prepared (built once per file set)."""
-    tfds = import_tfds()
-    from gptjax.data import local_text
-    spec = files_spec(config)
-    builder = local_text.make_builder(spec, data_dir(config))
-    _prepare(tfds, builder, config, f"data.files={config.data.files!r}", downloads=False)
-    return builder
-
-
-def _split_name(builder, split: str, what: str) -> str:
-    base = split.split("[")[0].split("+")[0]
-    available = list(builder.info.splits.keys())
-    if base not in available:
-        raise UserError(f"{what} has no split {base!r}; it has {', '.join(available)}")
-    return split
-
-
-def documents(config, split: str):
-    """Yields the documents (str) of one split of the configured text source."""
-    d = config.data
-    if d.source == "tfds":
-        builder = tfds_builder(config)
-        what = f"data.tfds_name={d.tfds_name!r}"
-        key = d.text_key
-    elif d.source == "files":
-        builder = files_builder(config)
-        what = f"data.files={d.files!r}"
-        key = "text"
-    else:
-        raise UserError(f"data.source={d.source!r} has no documents to read")
-    _split_name(builder, split, what)
-    features = builder.info.features
-    if key not in features:
-        raise UserError(f"{what} has no text feature {key!r}; set data.text_key to one of "
-                        f"{', '.join(features.keys())}")
-    tfds = sys.modules["tensorflow_datasets"]
-    ds = builder.as_dataset(split=split, shuffle_files=False)
-    ds = ds.map(lambda ex: ex[key])
-    limit = int(d.max_documents)
-    for i, text in enumerate(tfds.as_numpy(ds)):
-        if limit and i >= limit:
-            return
-        yield text.decode("utf-8", errors="replace") if isinstance(text, bytes) else str(text)
+registry.register(Source(
+    name="synthetic", help="random tokens of model.vocab_size (benchmarks, smoke tests)",
+    batches=SyntheticIterator,
+    tokenizer=lambda config: SyntheticTokenizer(config.model.vocab_size)))

@@ -5,12 +5,14 @@ Layout of a store directory (the token cache and `gptjax data export` write the 
     index.json          {"format", "dtype", "vocab_size", "eos_id", "tokenizer", "source"}
     <split>.bin         raw little-endian uint16 (vocab <= 65536) or uint32 tokens
     <split>.meta.json   {"split", "file", "num_tokens", "num_documents"}; written last
-    tokenizer.model | tokenizer.chars.json   (exported stores: the tokenizer that made the ids)
+    tokenizer.model | tokenizer.chars.json | hf_tokenizer.json   (exported stores: the
+                        tokenizer that made the ids)
 
 Every document is followed by the tokenizer's EOS (when it has one and data.tokenizer.add_eos),
 so the array is doc0 EOS doc1 EOS ...; training windows run across those boundaries.
-Files are written under a temporary name and renamed, so a crash or several processes building
-the same store never leave a half-written split behind.
+Files are written under a temporary name and renamed (on a bucket: uploaded whole, and read
+through a local copy), so a crash or several processes building the same store never leave a
+half-written split behind. The directory may be any `gptjax.paths` path, `gs://` included.
 """
 
 from __future__ import annotations
@@ -19,18 +21,27 @@ import hashlib
 import json
 import os
 import re
-import socket
 import sys
 import time
-import uuid
 
 import numpy as np
 
+from gptjax import paths
 from gptjax.errors import UserError
 
 FORMAT = "gptjax-tokens/1"
 INDEX = "index.json"
 META = ".meta.json"
+
+
+def cache_root(config, workdir: str | None) -> str:
+    """Where token stores and tokenizers are cached: data.cache_dir, else WORKDIR/data, else
+    ~/.cache/gptjax (any of them may be gs://)."""
+    if config.data.cache_dir:
+        return paths.resolve(config.data.cache_dir)
+    if workdir:
+        return paths.join(paths.resolve(workdir), "data")
+    return os.path.join(os.path.expanduser("~"), ".cache", "gptjax")
 
 
 def split_file(split: str) -> str:
@@ -44,16 +55,12 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 1 << 16 else np.uint32
 
 
-def _tmp_name(path: str) -> str:
-    """Unique per host and process: several hosts may build one store on a shared disk."""
-    return f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
 def _write_json(path: str, obj) -> None:
-    tmp = _tmp_name(path)
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    paths.write_text(path, json.dumps(obj, indent=1, sort_keys=True))
+
+
+def _read_json(path: str):
+    return json.loads(paths.read_text(path))
 
 
 class TokenStore:
@@ -61,12 +68,11 @@ class TokenStore:
 
     def __init__(self, directory: str):
         self.directory = directory
-        path = os.path.join(directory, INDEX)
-        if not os.path.isfile(path):
+        path = paths.join(directory, INDEX)
+        if not paths.isfile(path):
             raise UserError(f"{directory!r} is not a token store (no {INDEX}); write one with "
                             "`gptjax data export`")
-        with open(path) as f:
-            self.index = json.load(f)
+        self.index = _read_json(path)
         if self.index.get("format") != FORMAT:
             raise UserError(f"{path}: unknown format {self.index.get('format')!r} "
                             f"(expected {FORMAT})")
@@ -74,9 +80,9 @@ class TokenStore:
 
     @classmethod
     def create(cls, directory: str, tok, source: dict) -> TokenStore:
-        os.makedirs(directory, exist_ok=True)
-        if not os.path.isfile(os.path.join(directory, INDEX)):
-            _write_json(os.path.join(directory, INDEX), {
+        paths.makedirs(directory)
+        if not paths.isfile(paths.join(directory, INDEX)):
+            _write_json(paths.join(directory, INDEX), {
                 "format": FORMAT, "dtype": np.dtype(token_dtype(tok.vocab_size)).name,
                 "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
                 "tokenizer": tok.fingerprint, "tokenizer_kind": tok.kind, "source": source})
@@ -88,18 +94,16 @@ class TokenStore:
 
     def splits(self) -> list[str]:
         out = []
-        for name in sorted(os.listdir(self.directory)):
+        for name in paths.listdir(self.directory):
             if name.endswith(META) and ".tmp-" not in name:
-                with open(os.path.join(self.directory, name)) as f:
-                    out.append(json.load(f)["split"])
+                out.append(_read_json(paths.join(self.directory, name))["split"])
         return out
 
     def meta(self, split: str) -> dict | None:
-        path = os.path.join(self.directory, split_file(split) + META)
-        if not os.path.isfile(path):
+        path = paths.join(self.directory, split_file(split) + META)
+        if not paths.isfile(path):
             return None
-        with open(path) as f:
-            return json.load(f)
+        return _read_json(path)
 
     def has(self, split: str) -> bool:
         return self.meta(split) is not None
@@ -110,7 +114,7 @@ class TokenStore:
         if meta is None:
             raise UserError(f"token store {self.directory!r} has no split {split!r}; it has "
                             f"{', '.join(self.splits()) or 'none'}")
-        path = os.path.join(self.directory, meta["file"])
+        path = paths.local_copy(paths.join(self.directory, meta["file"]))  # a bucket: download
         n = int(meta["num_tokens"])
         if os.path.getsize(path) != n * self.dtype.itemsize:
             raise UserError(f"{path} has {os.path.getsize(path)} bytes, expected "
@@ -120,8 +124,8 @@ class TokenStore:
     def write_split(self, split: str, tok, docs, add_eos: bool, what: str) -> dict:
         """Tokenizes `docs` (an iterable of str) into <split>.bin, in parallel batches."""
         name = split_file(split)
-        final = os.path.join(self.directory, name + ".bin")
-        tmp = _tmp_name(final)
+        final = paths.join(self.directory, name + ".bin")
+        tmp = paths.local_tmp(final)
         eos = tok.eos_id if add_eos else None
         eos_arr = np.array([eos], self.dtype) if eos is not None else None
         n_tokens = n_docs = 0
@@ -154,13 +158,13 @@ class TokenStore:
                     flush(f)
             if n_tokens == 0:
                 raise UserError(f"{what}: split {split!r} has no text to tokenize")
-            os.replace(tmp, final)
+            paths.commit(tmp, final)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
         meta = {"split": split, "file": name + ".bin", "num_tokens": n_tokens,
                 "num_documents": n_docs}
-        _write_json(os.path.join(self.directory, name + META), meta)
+        _write_json(paths.join(self.directory, name + META), meta)
         print(f"gptjax: tokenized {what} split {split!r}: {n_docs} documents, {n_tokens} tokens "
               f"in {time.time() - start:.1f}s -> {final}", file=sys.stderr)
         return meta

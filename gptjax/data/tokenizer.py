@@ -1,8 +1,19 @@
-"""Tokenizers: sentencepiece (BPE / unigram / an existing .model) and an exact character map.
+"""Tokenizers: where a run's tokenizer comes from, and the exact character tokenizer.
 
-A run's tokenizer is trained once, saved in the workdir (`tokenizer.model` for sentencepiece,
-`tokenizer.chars.json` for characters) and from then on loaded from there, so train, eval,
-sample and resumed runs all see the same ids. Loading needs neither TensorFlow nor the corpus.
+`data.tokenizer.kind` is what the tokenizer is, independent of `data.source` (where text comes
+from):
+
+    char              one id per character of the corpus (trained on the source's text)
+    bpe, unigram      sentencepiece trained on the source's train split (spm.py)
+    path              an existing sentencepiece .model (data.tokenizer.path)
+    hf                a Hugging Face tokenizer.json (hf_tokenizer.py): the workdir's
+                      hf_tokenizer.json, else data.tokenizer.path
+    gpt2              GPT-2's byte-level BPE (gpt2_bpe.py): GPT-2's vocab.json + merges.txt
+                      from data.tokenizer.path, or one trained on the source's train split
+
+A run's tokenizer is made once, saved in the workdir (`tokenizer.model`, `tokenizer.chars.json`
+or `hf_tokenizer.json`) and from then on loaded from there, so train, eval, sample and resumed
+runs all see the same ids. Loading needs neither TensorFlow nor the corpus.
 
 Why a separate character tokenizer: sentencepiece always reserves an `<unk>` id and rewrites
 spaces as `▁`, so a sentencepiece char model of tiny_shakespeare has 66+ symbols, not nanoGPT's
@@ -13,19 +24,25 @@ adds an `<eos>` id only when the corpus has more than one document to separate.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import re
-import uuid
+import sys
 
 import numpy as np
 
+from gptjax import paths
+from gptjax.data import gpt2_bpe, registry
+from gptjax.data.hf_tokenizer import FILE as HF_FILE
+from gptjax.data.hf_tokenizer import HFTokenizer
+from gptjax.data.spm import FILE as SPM_FILE
+from gptjax.data.spm import SentencePieceTokenizer, train_sentencepiece
+from gptjax.data.store import cache_root
+from gptjax.data.synthetic import SyntheticTokenizer
 from gptjax.errors import UserError
 
-SPM_FILE = "tokenizer.model"
+KINDS = ("char", "bpe", "unigram", "path", "hf", "gpt2")
 CHAR_FILE = "tokenizer.chars.json"  # not HF's tokenizer.json
-EOS_PIECE = "<eos>"
+TOKENIZER_FILES = (SPM_FILE, CHAR_FILE, HF_FILE)   # what load_tokenizer looks for, in order
 
 
 def _sha(data: bytes) -> str:
@@ -76,9 +93,13 @@ class CharTokenizer:
             raise UserError(f"{CHAR_FILE} is not a gptjax character tokenizer")
         return cls(d["chars"], d["eos"])
 
+    @classmethod
+    def load(cls, path: str) -> CharTokenizer:
+        return cls.from_bytes(paths.read_bytes(path))
+
     def save(self, directory: str) -> str:
-        path = _join(directory, CHAR_FILE)
-        _atomic_write(path, self.to_bytes())
+        path = paths.join(directory, CHAR_FILE)
+        paths.write_bytes(path, self.to_bytes())
         return path
 
     def encode_array(self, text: str) -> np.ndarray:
@@ -102,257 +123,33 @@ class CharTokenizer:
         return "".join(self.chars[i] for i in map(int, ids) if i < len(self.chars))
 
 
-class SentencePieceTokenizer:
-    """A sentencepiece model held in memory (serialized proto), with batched parallel encoding."""
-
-    def __init__(self, model_bytes: bytes):
-        import sentencepiece as spm
-        self.kind = _model_type(model_bytes)
-        self.model_bytes = model_bytes
-        self.sp = spm.SentencePieceProcessor(model_proto=model_bytes)
-        self.vocab_size = int(self.sp.get_piece_size())
-        self.eos_id = _opt_id(self.sp.eos_id())
-        self.bos_id = _opt_id(self.sp.bos_id())
-        self.pad_id = _opt_id(self.sp.pad_id())
-        self.fingerprint = _sha(model_bytes)
-        self.splittable = _newline_splittable(model_bytes)
-
-    @classmethod
-    def load(cls, path: str) -> SentencePieceTokenizer:
-        if not _isfile(path):
-            raise UserError(f"tokenizer file {path!r} does not exist")
-        data = _read(path)
-        try:
-            return cls(data)
-        except RuntimeError as e:
-            raise UserError(f"{path!r} is not a sentencepiece model ({_first_line(e)})") from None
-
-    def save(self, directory: str) -> str:
-        path = _join(directory, SPM_FILE)
-        _atomic_write(path, self.model_bytes)
-        return path
-
-    def encode(self, text: str) -> list[int]:
-        return self.sp.encode(text)
-
-    def encode_many(self, texts: list[str]) -> list[np.ndarray]:
-        """Encodes in sentencepiece's C++ threads; long texts split at newlines when exact."""
-        pieces, owners = [], []
-        for i, text in enumerate(texts):
-            parts = _split_lines(text, 1 << 16) if self.splittable else [text]
-            pieces.extend(parts)
-            owners.extend([i] * len(parts))
-        out = self.sp.encode(pieces, num_threads=os.cpu_count() or 1)
-        result: list[list[np.ndarray]] = [[] for _ in texts]
-        for i, ids in zip(owners, out, strict=True):
-            result[i].append(np.asarray(ids, np.int32))
-        return [np.concatenate(r) if r else np.zeros(0, np.int32) for r in result]
-
-    def decode(self, ids) -> str:
-        return self.sp.decode([int(i) for i in ids])
+_LOAD = {SPM_FILE: SentencePieceTokenizer.load, CHAR_FILE: CharTokenizer.load,
+         HF_FILE: HFTokenizer.load}
 
 
-class SyntheticTokenizer:
-    """Stand-in for `source=synthetic`: a vocabulary size and nothing to learn."""
+def load_tokenizer(directory: str, kind: str | None = None):
+    """The tokenizer saved in a workdir or shards directory, or None if it holds none.
 
-    kind = "synthetic"
-
-    def __init__(self, vocab_size: int):
-        self.vocab_size = int(vocab_size)
-        self.eos_id = 0
-        self.bos_id = self.pad_id = None
-        self.fingerprint = f"synthetic-{vocab_size}"
-
-    def encode(self, text: str) -> list[int]:
-        return [b % self.vocab_size for b in text.encode()]
-
-    def encode_many(self, texts):
-        return [np.asarray(self.encode(t), np.int32) for t in texts]
-
-    def decode(self, ids) -> str:
-        return "".join(chr(32 + int(i) % 95) for i in ids)
-
-    def save(self, directory: str) -> str | None:
-        return None
-
-
-def _opt_id(i: int) -> int | None:
-    return None if i < 0 else int(i)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[-1] if text else type(e).__name__
-
-
-def _join(directory: str, name: str) -> str:
-    if _is_url(directory):
-        return directory.rstrip("/") + "/" + name
-    return os.path.join(directory, name)
-
-
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
-def _isfile(path: str) -> bool:
-    if _is_url(path):  # gs:// workdirs on TPU pods: TensorFlow's file system layer
-        import tensorflow as tf
-        return tf.io.gfile.exists(path)
-    return os.path.isfile(path)
-
-
-def _read(path: str) -> bytes:
-    if _is_url(path):
-        import tensorflow as tf
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    if _is_url(path):
-        import tensorflow as tf
-        tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
-        with tf.io.gfile.GFile(path, "wb") as f:
-            f.write(data)
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _split_lines(text: str, size: int) -> list[str]:
-    """Cuts text after newlines into pieces of about `size` characters (joined back = text)."""
-    if len(text) <= size:
-        return [text]
-    parts, start = [], 0
-    while start < len(text):
-        end = start + size
-        if end >= len(text):
-            parts.append(text[start:])
-            break
-        cut = text.rfind("\n", start, end)
-        cut = end if cut < start else cut + 1
-        parts.append(text[start:cut])
-        start = cut
-    return parts
-
-
-def _model_type(model_bytes: bytes) -> str:
-    """'bpe' / 'unigram' / 'char' / 'word' from the model's trainer spec."""
-    try:
-        from sentencepiece import sentencepiece_model_pb2 as pb
-        proto = pb.ModelProto()
-        proto.ParseFromString(model_bytes)
-        return pb.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type).lower()
-    except Exception:  # noqa: BLE001 - an odd proto still loads; just call it sentencepiece
-        return "sentencepiece"
-
-
-def _newline_splittable(model_bytes: bytes) -> bool:
-    """True when encoding text cut after '\\n' gives the same ids as encoding it whole.
-
-    That holds for models gptjax trains (no dummy prefix, '\\n' a user-defined piece), which lets
-    one huge document be encoded in parallel pieces.
+    With `kind` only the files a config of that kind uses count: `hf_tokenizer.json` for hf,
+    `tokenizer.model` / `tokenizer.chars.json` for the others.
     """
-    try:
-        from sentencepiece import sentencepiece_model_pb2 as pb
-        proto = pb.ModelProto()
-        proto.ParseFromString(model_bytes)
-    except Exception:  # noqa: BLE001 - any trouble: play safe and do not split
-        return False
-    if proto.normalizer_spec.add_dummy_prefix:
-        return False
-    return any(p.piece == "\n" and p.type == pb.ModelProto.SentencePiece.USER_DEFINED
-               for p in proto.pieces)
-
-
-def _training_sentences(texts, limit: int, max_chars: int = 2000):
-    """Documents -> pieces of whole lines (sentencepiece skips inputs over 4192 bytes)."""
-    count = 0
-    for text in texts:
-        for part in _split_lines(text, max_chars):
-            for j in range(0, len(part), max_chars):
-                piece = part[j:j + max_chars]
-                if piece.strip():
-                    yield piece
-                    count += 1
-                    if count >= limit:
-                        return
-
-
-def train_sentencepiece(texts, tcfg) -> SentencePieceTokenizer:
-    """Trains a BPE / unigram model; '\\n' is kept as its own piece so text round-trips."""
-    import sentencepiece as spm
-    kind = tcfg.kind
-    specials = [s for s in (x.strip() for x in tcfg.user_defined_symbols.split(",")) if s]
-    out = io.BytesIO()
-    sentences = _training_sentences(texts, max(1, int(tcfg.train_sentences)))
-    first = next(sentences, None)
-    if first is None:
-        raise UserError("cannot train a tokenizer: the training split has no text")
-
-    def chain():
-        yield first
-        yield from sentences
-
-    spm.set_random_generator_seed(0)
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=chain(), model_writer=out, model_type=kind,
-            vocab_size=int(tcfg.vocab_size), character_coverage=1.0,
-            byte_fallback=bool(tcfg.byte_fallback), unk_id=0, bos_id=1, eos_id=2, pad_id=3,
-            user_defined_symbols=["\n", *specials], normalization_rule_name="identity",
-            remove_extra_whitespaces=False, add_dummy_prefix=False,
-            allow_whitespace_only_pieces=True, split_digits=True,
-            input_sentence_size=int(tcfg.train_sentences), shuffle_input_sentence=True,
-            max_sentence_length=1 << 14,  # bytes: our pieces are <= 2000 characters
-            num_threads=os.cpu_count() or 1, minloglevel=2)
-    except RuntimeError as e:
-        msg = str(e)
-        m = re.search(r"<= (\d+)", msg)
-        if "Vocabulary size" in msg and m:
-            raise UserError(
-                f"data.tokenizer.vocab_size={tcfg.vocab_size} is more than this corpus supports "
-                f"for a {kind} model (at most {m.group(1)}); lower data.tokenizer.vocab_size"
-            ) from None
-        m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", msg)
-        if m:
-            raise UserError(
-                f"data.tokenizer.vocab_size={tcfg.vocab_size} is too small: this corpus's "
-                f"characters and the special{' and byte' if tcfg.byte_fallback else ''} pieces "
-                f"alone need {m.group(2)}; raise data.tokenizer.vocab_size") from None
-        if "vocab_size" in msg or "byte" in msg:
-            raise UserError(f"sentencepiece refused data.tokenizer settings: {_first_line(e)} "
-                            "(with byte_fallback the vocabulary needs > 260 entries)") from None
-        raise UserError(f"sentencepiece training failed: {_first_line(e)}") from None
-    return SentencePieceTokenizer(out.getvalue())
-
-
-def load_tokenizer(directory: str):
-    """The tokenizer saved in a workdir or shards directory, or None if it holds none."""
-    spm_path = _join(directory, SPM_FILE)
-    char_path = _join(directory, CHAR_FILE)
-    if _isfile(spm_path):
-        return SentencePieceTokenizer.load(spm_path)
-    if _isfile(char_path):
-        return CharTokenizer.from_bytes(_read(char_path))
+    files = TOKENIZER_FILES if kind is None else (
+        (HF_FILE,) if kind in ("hf", "gpt2") else (SPM_FILE, CHAR_FILE))
+    for name in files:
+        path = paths.join(directory, name)
+        if paths.isfile(path):
+            return _LOAD[name](path)
     return None
 
 
 def tokenizer_cache_key(config) -> str:
     """Identifies a trained tokenizer by its source and settings (for runs without a workdir)."""
-    from gptjax.data import sources
     t = config.data.tokenizer
-    spec = {"source": sources.source_key(config, config.data.train_split), "kind": t.kind,
+    spec = {"source": registry.source_key(config, config.data.train_split), "kind": t.kind,
             "vocab_size": t.vocab_size, "byte_fallback": t.byte_fallback, "add_eos": t.add_eos,
             "specials": t.user_defined_symbols, "sentences": t.train_sentences}
     if t.kind == "char":
-        spec["eval"] = sources.source_key(config, config.data.eval_split)
+        spec["eval"] = registry.source_key(config, config.data.eval_split)
     return _sha(json.dumps(spec, sort_keys=True).encode())
 
 
@@ -364,42 +161,29 @@ def _check_kind(tok, kind: str, where: str) -> None:
 
 
 def make_tokenizer(config, workdir: str | None = None):
-    """Loads the run's tokenizer from `workdir`, or trains / copies it and saves it there.
+    """The run's tokenizer, from the first of:
 
-    kind=path copies an existing sentencepiece `.model`; source=shards reuses the tokenizer
-    saved with the shards; source=synthetic has no text (vocabulary = model.vocab_size).
-    Without a workdir the trained tokenizer is cached under the data cache directory.
+    1. the one saved in `workdir` (of data.tokenizer.kind: see load_tokenizer);
+    2. the one the source carries (`Source.tokenizer`: shards the exported one, synthetic a
+       stand-in of model.vocab_size);
+    3. kind=path / hf: the file data.tokenizer.path;
+    4. kind=char / bpe / unigram: trained on the source's text (without a workdir, cached under
+       the data cache directory by source and settings).
+    It is then saved in `workdir`, so every later call loads the same one.
     """
-    from gptjax.data import sources
-    d, t = config.data, config.data.tokenizer
-    if d.source == "synthetic":
-        return SyntheticTokenizer(config.model.vocab_size)
-    if t.kind not in ("char", "bpe", "unigram", "path"):
-        raise UserError(f"data.tokenizer.kind={t.kind!r}: choose char, bpe, unigram or path")
-    if workdir:
-        tok = load_tokenizer(workdir)
+    t = config.data.tokenizer
+    if t.kind not in KINDS:
+        raise UserError(f"data.tokenizer.kind={t.kind!r}: choose one of {', '.join(KINDS)}")
+    if workdir:   # needs no source: sample / eval load a run's tokenizer from here
+        tok = load_tokenizer(workdir, t.kind)
         if tok is not None:
             _check_kind(tok, t.kind, f"workdir {workdir}")
             return _remember(tok, workdir)
-    tok = None
-    if d.source == "shards":
-        tok = load_tokenizer(sources.shards_dir(config))
-        if tok is None:
-            raise UserError(f"data.shards_dir={d.shards_dir!r} holds no tokenizer file "
-                            f"({SPM_FILE} or {CHAR_FILE}); re-run `gptjax data export`")
-    elif t.kind == "path":
-        if not t.path:
-            raise UserError("data.tokenizer.kind=path needs data.tokenizer.path=FILE.model")
-        tok = SentencePieceTokenizer.load(os.path.expanduser(t.path))
+    source = registry.of(config)
+    tok = source.tokenizer(config) if source.tokenizer is not None else None
     if tok is None:
-        cache = None if workdir else os.path.join(sources.cache_root(config, None), "tokenizers",
-                                                   tokenizer_cache_key(config))
-        if cache:
-            tok = load_tokenizer(cache)
-        if tok is None:
-            tok = _train(config)
-            if cache:
-                tok.save(cache)
+        from_file = t.kind in ("path", "hf") or (t.kind == "gpt2" and t.path)
+        tok = _from_file(t) if from_file else _trained(config, source, workdir)
     if workdir:
         tok.save(workdir)
     return _remember(tok, workdir)
@@ -410,14 +194,42 @@ def _remember(tok, workdir):
     return tok
 
 
-def _train(config):
-    from gptjax.data import sources
+def _from_file(t):
+    if not t.path:
+        what = "FILE.model" if t.kind == "path" else f"tokenizer.json (or {HF_FILE} in the workdir)"
+        raise UserError(f"data.tokenizer.kind={t.kind} needs data.tokenizer.path={what}")
+    load = {"path": SentencePieceTokenizer.load, "gpt2": gpt2_bpe.load}.get(t.kind,
+                                                                          HFTokenizer.load)
+    return load(os.path.expanduser(t.path))
+
+
+def _trained(config, source, workdir):
+    if not source.trains_tokenizer:
+        raise UserError(f"data.source={source.name} has no text to train a "
+                        f"data.tokenizer.kind={config.data.tokenizer.kind} tokenizer on; use "
+                        "kind=path or hf")
+    cache = None if workdir else paths.join(cache_root(config, None), "tokenizers",
+                                            tokenizer_cache_key(config))
+    tok = load_tokenizer(cache) if cache else None
+    if tok is None:
+        tok = _train(config, source)
+        print(f"gptjax: trained a {tok.kind} tokenizer of {tok.vocab_size} tokens",
+              file=sys.stderr, flush=True)
+        if cache:
+            tok.save(cache)
+    return tok
+
+
+def _train(config, source):
     d, t = config.data, config.data.tokenizer
     if t.kind == "char":
         # nanoGPT builds the character set from the whole text; train + eval splits here.
         splits = [d.train_split] + ([d.eval_split] if d.eval_split else [])
-        return CharTokenizer.train((sources.documents(config, s) for s in splits), eos=t.add_eos)
-    return train_sentencepiece(sources.documents(config, d.train_split), t)
+        return CharTokenizer.train((source.read(config, s) for s in splits), eos=t.add_eos)
+    if t.kind == "gpt2":
+        return gpt2_bpe.train(source.read(config, d.train_split), int(t.vocab_size))
+    return train_sentencepiece(source.read(config, d.train_split), t)
 
 
-Tokenizer = CharTokenizer | SentencePieceTokenizer | SyntheticTokenizer  # what make_tokenizer gives
+# What make_tokenizer gives.
+Tokenizer = CharTokenizer | SentencePieceTokenizer | HFTokenizer | SyntheticTokenizer

@@ -2,11 +2,12 @@
 
 Real faults (a preemption, `kill -9`, a full disk) land at random moments; to test that no
 moment loses a checkpoint, the tests also need to hit the worst ones on purpose. This module
-does that without touching the training code: `python -m gptjax.faults ARGS...` is exactly
+does that without touching the training code: `python tests/faults.py ARGS...` is exactly
 `python -m gptjax ARGS...` with the faults in $GPTJAX_FAULT installed first (comma-separated):
 
     pause_in_save:S     the async save of step S has written everything into its temporary
-                        directory; block just before the atomic rename that completes it,
+                        directory; block just before the commit (a rename, or on gs:// the
+                        `commit_success.txt` object) that completes it,
                         touch $GPTJAX_FAULT_MARKER (if set) and wait there to be killed
     kill_in_save:S      the same point, but SIGKILL ourselves there
     kill_after_save:S   SIGKILL ourselves as soon as the save of step S has been *started*
@@ -19,9 +20,13 @@ does that without touching the training code: `python -m gptjax.faults ARGS...` 
     signal_at_batch:N[:SIG]  send ourselves SIGTERM (or SIGINT, ...) when this process draws
                         its N-th training batch (1-based), i.e. during step start+N
     kill_at_batch:N     SIGKILL ourselves when this process draws its N-th training batch
+    nan_at_batch:N      the gradients of the step that trains on the N-th batch are NaN
 
-S may be `*` (every step). The hooks wrap `os.rename` (Orbax's local-filesystem commit),
-`orbax.checkpoint.CheckpointManager.save` and `gptjax.data.make_train_iter`.
+S may be `*` (every step). The hooks wrap `os.rename` (Orbax's local-filesystem commit) and
+`CommitFileTemporaryPath.finalize` (its gs:// commit),
+`orbax.checkpoint.CheckpointManager.save`, `gptjax.data.make_train_iter` and
+`gptjax.steps.make_loss_and_grads`. In-process tests call `install(spec)` (and undo it with
+pytest's monkeypatch: `install(spec, monkeypatch.setattr)`).
 """
 
 from __future__ import annotations
@@ -33,11 +38,20 @@ import signal
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from orbax.checkpoint._src.path import atomicity  # the gs:// commit; no public name
+
+import gptjax.data as data
+from gptjax import steps
+from gptjax.cli import main as cli_main
+
 ENV = "GPTJAX_FAULT"
 MARKER_ENV = "GPTJAX_FAULT_MARKER"
 COMMIT_KINDS = ("pause_in_save", "kill_in_save", "delay_in_save", "enospc_in_save")
 SAVE_KINDS = ("kill_after_save", "enospc_at_save", "eacces_at_save")
-BATCH_KINDS = ("signal_at_batch", "kill_at_batch")
+BATCH_KINDS = ("signal_at_batch", "kill_at_batch", "nan_at_batch")
 KINDS = COMMIT_KINDS + SAVE_KINDS + BATCH_KINDS
 _TMP_RE = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 
@@ -81,9 +95,31 @@ def _enospc(step) -> OSError:
     return OSError(errno.ENOSPC, f"No space left on device (injected at step {step})")
 
 
+def _commit_fault(commit, step: int, where: str) -> None:
+    """The commit faults due at the last moment of the save of `step`."""
+    for kind, a in commit:
+        if not _matches(a[0], step):
+            continue
+        if kind == "pause_in_save":
+            _say(f"paused in the save of step {step} before its commit; kill me")
+            _touch_marker(f"{step} {where}")
+            while True:
+                time.sleep(1)
+        if kind == "delay_in_save":
+            _say(f"delaying the commit of step {step} by {a[1]}s")
+            time.sleep(float(a[1]))
+        if kind == "kill_in_save":
+            _say(f"SIGKILL in the save of step {step} before its commit")
+            _kill_self()
+        if kind == "enospc_in_save":
+            _say(f"ENOSPC in the save of step {step}")
+            raise _enospc(step)
+
+
 def _install_commit_hook(faults) -> None:
-    """Wraps os.rename: Orbax completes a local checkpoint by renaming `S.orbax-checkpoint-tmp*`
-    to `S` once every file is written, so this is the last moment of an async save."""
+    """The last moment of an async save, once every file is written: on a local disk Orbax
+    renames `S.orbax-checkpoint-tmp*` to `S` (os.rename is wrapped); on gs:// (no rename) it
+    writes `S/commit_success.txt` (CommitFileTemporaryPath.finalize is wrapped)."""
     commit = [(k, a) for k, a in faults if k in COMMIT_KINDS]
     if not commit:
         return
@@ -92,27 +128,20 @@ def _install_commit_hook(faults) -> None:
     def rename(src, dst, *args, **kwargs):
         m = _TMP_RE.match(os.path.basename(os.fspath(src)))
         if m:
-            step = int(m.group(1))
-            for kind, a in commit:
-                if not _matches(a[0], step):
-                    continue
-                if kind == "pause_in_save":
-                    _say(f"paused in the save of step {step} before its commit; kill me")
-                    _touch_marker(f"{step} {os.fspath(src)}")
-                    while True:
-                        time.sleep(1)
-                if kind == "delay_in_save":
-                    _say(f"delaying the commit of step {step} by {a[1]}s")
-                    time.sleep(float(a[1]))
-                if kind == "kill_in_save":
-                    _say(f"SIGKILL in the save of step {step} before its commit")
-                    _kill_self()
-                if kind == "enospc_in_save":
-                    _say(f"ENOSPC in the save of step {step}")
-                    raise _enospc(step)
+            _commit_fault(commit, int(m.group(1)), os.fspath(src))
         return real_rename(src, dst, *args, **kwargs)
 
     os.rename = rename
+    commit_file = atomicity.CommitFileTemporaryPath
+    real_finalize = commit_file.finalize
+
+    async def finalize(self, *args, **kwargs):
+        final = self.get_final()
+        if final.name.isdigit():  # the step directory (its items are committed the same way)
+            _commit_fault(commit, int(final.name), os.fspath(final))
+        return await real_finalize(self, *args, **kwargs)
+
+    commit_file.finalize = finalize
 
 
 def _install_save_hook(faults) -> None:
@@ -121,7 +150,6 @@ def _install_save_hook(faults) -> None:
     hooks = [(k, a) for k, a in faults if k in SAVE_KINDS]
     if not hooks:
         return
-    import orbax.checkpoint as ocp
     real_save = ocp.CheckpointManager.save
 
     def save(self, step, *args, **kwargs):
@@ -161,6 +189,11 @@ class _CountingIter:
         for kind, a in self._hooks:
             if int(a[0]) != self._drawn:
                 continue
+            if kind == "nan_at_batch":  # marked with an id no tokenizer makes; see below
+                batch = next(self._inner)
+                batch["inputs"] = batch["inputs"].copy()
+                batch["inputs"][0, 0] = -1
+                return batch
             if kind == "kill_at_batch":
                 _say(f"SIGKILL at training batch {self._drawn}")
                 _kill_self()
@@ -173,26 +206,33 @@ class _CountingIter:
         return getattr(self._inner, name)
 
 
-def _install_batch_hook(faults) -> None:
+def _install_batch_hook(faults, setattr_) -> None:
     hooks = [(k, a) for k, a in faults if k in BATCH_KINDS]
     if not hooks:
         return
-    import gptjax.data as data
     real = data.make_train_iter
+    setattr_(data, "make_train_iter", lambda *a, **k: _CountingIter(real(*a, **k), hooks))
+    if any(k == "nan_at_batch" for k, _ in hooks):
+        real_lg = steps.make_loss_and_grads
 
-    def make_train_iter(*args, **kwargs):
-        return _CountingIter(real(*args, **kwargs), hooks)
+        def make_loss_and_grads(*args, **kwargs):
+            inner = real_lg(*args, **kwargs)
 
-    data.make_train_iter = make_train_iter
+            def loss_and_grads(params, batch, key):
+                loss, grads = inner(params, batch, key)
+                marked = jnp.min(batch["inputs"]) < 0
+                return loss, jax.tree.map(lambda g: jnp.where(marked, jnp.nan, g), grads)
+            return loss_and_grads
+        setattr_(steps, "make_loss_and_grads", make_loss_and_grads)
 
 
-def install(spec: str | None = None) -> list:
+def install(spec: str | None = None, setattr_=setattr) -> list:
     """Installs the faults of `spec` (default: $GPTJAX_FAULT) into this process."""
     spec = os.environ.get(ENV, "") if spec is None else spec
     faults = parse(spec)
     _install_commit_hook(faults)
     _install_save_hook(faults)
-    _install_batch_hook(faults)
+    _install_batch_hook(faults, setattr_)
     return faults
 
 
@@ -202,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"gptjax: error: {e}", file=sys.stderr)
         return 2
-    from gptjax.cli import main as cli_main
     return cli_main(argv)
 
 

@@ -1,0 +1,121 @@
+"""Measures docs/tpu.md's tables with `gptjax compile --json` (and `gptjax plan --json`).
+
+    python launch/tpu_tables.py run [LABEL ...]   # compile the rows -> docs/tpu/compile.jsonl
+    python launch/tpu_tables.py markdown [LABEL ...]  # the table (those rows), from that file
+
+Each row is one `gptjax compile --no-eval --json` subprocess (and `gptjax plan --estimate
+--json` for the same mesh); rows already in the file are skipped, so an interrupted run resumes
+where it stopped. Needs libtpu (`pip install -e '.[tpu]'`), no TPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+OUT = REPO / "docs" / "tpu"
+sys.path.insert(0, str(REPO))
+
+from gptjax.config import load_module  # noqa: E402
+
+GPT3 = load_module(str(REPO / "configs" / "gpt3.py"))
+GEN_DEVICE = {"v5litepod": "v5e"}  # plan's --device of an accelerator type's generation
+
+
+def gpt3(size, *overrides, label=""):
+    return (label or size, f"configs/gpt3.py:{size}", GPT3.SLICES[size], list(overrides))
+
+
+# (label, config, topology, overrides), measured in this order
+ROWS = [
+    gpt3("small"), gpt3("xl"),
+    gpt3("small", "--config.train.loss_chunk=0", label="small, loss_chunk=0"),
+    gpt3("small", "--config.model.attention=xla", label="small, attention=xla"),
+    gpt3("2.7b"), gpt3("175b"),
+    ("gpt2-124m", "configs/gpt2.py:124m", "v5e-8", []),
+    ("smoke", "configs/smoke.py", "v6e-4", []),
+    ("medium, v5p-8", "configs/gpt3.py:medium", "v5p-8", []),
+    gpt3("large"), gpt3("6.7b"), gpt3("13b"), gpt3("medium"),
+    gpt3("xl", "--config.model.attention=xla", label="xl, attention=xla"),
+    gpt3("small", "--config.model.local_window=256", label="small, local_window=256"),
+]
+
+
+def gptjax(*args) -> dict:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-m", "gptjax", *args, "--json"], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
+    if line is None:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(line)
+
+
+def run(path: pathlib.Path, only: list[str]) -> None:
+    """Compiles every row not yet in `path` (or only the labels given) and appends it."""
+    done = {json.loads(ln)["label"] for ln in path.read_text().splitlines()} if path.exists() \
+        else set()
+    for label, config, topology, overrides in ROWS:
+        if label in done or (only and label not in only):
+            continue
+        t0 = time.time()
+        row = gptjax("compile", "--config", config, "--topology", topology, "--no-eval",
+                     *overrides)
+        if "mesh" in row:  # the closed-form planner for the same mesh and chip
+            gen = topology.split("-")[0]
+            mesh = ",".join(f"{k}={v}" for k, v in row["mesh"].items())
+            row["plan"] = gptjax("plan", "--config", config, "--mesh", mesh, "--device",
+                                 GEN_DEVICE.get(gen, gen), "--estimate", *overrides)
+        row.update(label=label, config=config, overrides=overrides, wall_seconds=time.time() - t0,
+                   date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, "
+                   f"{os.cpu_count()} cores", python=platform.python_version())
+        with path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{label}: {row.get('error') or 'ok'} ({time.time() - t0:.0f} s)", flush=True)
+
+
+def _gib(n) -> str:
+    return f"{n / 2 ** 30:.1f}"
+
+
+def markdown(path: pathlib.Path, only: list[str]) -> None:
+    """The rows of `path` (only those labelled `only`, in that order, if given) as a table."""
+    print("| row | slice | mesh (d,f,t) | batch/chip | remat | attention | params GiB | "
+          "optimizer GiB | temporaries GiB | total GiB | HBM GiB | fits | XLA / formula | "
+          "compile s | plan GiB | plan / compiler |")
+    print("|---" * 16 + "|")
+    rows = {json.loads(ln)["label"]: json.loads(ln) for ln in path.read_text().splitlines()}
+    for label in [x for x in only or list(rows) if x in rows]:
+        r = rows[label]
+        if "error" in r:
+            print(f"| {r['label']} | {r['topology'] if 'topology' in r else ''} | error: "
+                  f"{r['error']} |")
+            continue
+        m, f, mesh, p = r["memory"], r["flops"], r["mesh"], r.get("plan", {})
+        plan = p.get("total_bytes", 0)
+        cells = [r["label"], r["topology"], f"{mesh['data']},{mesh['fsdp']},{mesh['tensor']}",
+                 f"{r['batch'] // (mesh['data'] * mesh['fsdp']):g}", r["remat"], r["attention"],
+                 _gib(m["params_bytes"]), _gib(m["optimizer_bytes"]), _gib(m["temp_bytes"]),
+                 _gib(m["total_bytes"]), _gib(r["hbm_bytes"]), "yes" if r["fits"] else "no",
+                 f"{f['xla_over_formula']:.3f} ({f['compared_with']})",
+                 f"{r['compile_seconds']:.0f}", _gib(plan) if plan else "-",
+                 f"{plan / m['total_bytes']:.2f}" if plan else "-"]
+        print("| " + " | ".join(cells) + " |")
+    r = next(r for r in rows.values() if "jax" in r)
+    print(f"\nMeasured {r['date']} on {r['machine']} (Python {r['python']}, jax {r['jax']}, "
+          f"libtpu {r['libtpu']}).")
+
+
+if __name__ == "__main__":
+    out = OUT / "compile.jsonl"
+    if sys.argv[1:2] == ["run"]:
+        OUT.mkdir(parents=True, exist_ok=True)
+        run(out, sys.argv[2:])
+    else:
+        markdown(out, sys.argv[2:])

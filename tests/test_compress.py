@@ -1,0 +1,83 @@
+"""`gptjax compress`, `quantize`, `prune`, `trim` and `distill` on the command line: help,
+clear one-line errors, and (slow) the whole report on the tiny model."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+from compress_helpers import train_tiny
+
+from gptjax.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def gptjax(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    return subprocess.run([sys.executable, "-m", "gptjax", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("command", ["compress", "prune", "trim", "quantize", "distill"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert "--workdir" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_tiny(tmp_path_factory, "compress", "--config.model.num_layers=3",
+                      "--config.model.num_heads=4", "--config.model.head_dim=4")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["compress", "--methods", "float,zip"], "choose from float, int8"),
+    (["prune", "--sparsity", "1.0"], r"--sparsity 1.0: choose a fraction in \[0, 1\)"),
+    (["prune", "--heads", "4"], "removing 4 of the 4 heads of each layer leaves none"),
+    (["prune"], "nothing to prune"),
+    (["trim", "--drop-layers", "3"], "the model has 3 layers"),
+    (["quantize", "--mode", "int4", "--group", "5"], "does not divide"),
+])
+def test_bad_input_is_one_line(trained, tmp_path, capsys, args, message):
+    command, rest = args[0], args[1:]
+    code = main([command, "--workdir", str(trained), "--out", str(tmp_path / "out"), *rest])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert __import__("re").search(message, err), err
+
+
+def test_quantized_workdir_loads_without_the_float_checkpoint(trained, tmp_path, capsys):
+    from gptjax.evaluate import evaluate_workdir
+    out = tmp_path / "int4"
+    assert main(["quantize", "--workdir", str(trained), "--out", str(out), "--mode", "int4",
+                 "--group", "0"]) == 0
+    assert f"-> {out}/quantized.npz" in capsys.readouterr().out
+    assert not (out / "checkpoints").exists()
+    float_loss = evaluate_workdir(str(trained), batches=1)["loss"]
+    result = evaluate_workdir(str(out), batches=1)
+    assert result["step"] == 10 and abs(result["loss"] - float_loss) < 0.05
+
+
+@pytest.mark.slow
+def test_the_report_end_to_end(trained, tmp_path):
+    out = tmp_path / "report"
+    r = gptjax("compress", "--workdir", str(trained), "--out", str(out), "--recover-steps", "2",
+               "--distill-steps", "2", "--eval-batches", "1", "--decode-tokens", "4",
+               "--repeats", "1", "--scratch", str(tmp_path / "scratch"), timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"-> {out}/results.md" in r.stdout
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    names = [row["variant"] for row in rows]
+    assert names[:5] == ["float", "float +recovery", "int8", "int4", "w8a8 (Qwix)"]
+    assert "sparse80 +recovery" in names and "drop2 +recovery" in names
+    assert names[-3:] == ["half (1 layers)", "half +distill", "half +hard labels"]
+    by = {row["variant"]: row for row in rows}
+    assert float(by["int4"]["mb_memory"]) < float(by["int8"]["mb_memory"]) < float(
+        by["float"]["mb_memory"])
+    assert int(by["heads25"]["heads"]) == 3 and int(by["neurons25"]["d_ff"]) == 24
+    assert int(by["sparse50"]["nonzero"]) < int(by["float"]["nonzero"])
+    assert (out / "compression.png").stat().st_size > 1000

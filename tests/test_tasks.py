@@ -1,0 +1,146 @@
+"""In-context tasks (gptjax/tasks.py): task files, k-shot prompts, the metrics of the three
+formats, the shipped tasks' build script, and `gptjax evaluate-tasks` end to end."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from eval_helpers import tiny_workdir
+
+from gptjax import tasks
+from gptjax.errors import UserError
+
+
+def write_task(directory, fmt, eval_rows, fewshot_rows, **spec):
+    os.makedirs(directory, exist_ok=True)
+    for name, rows in (("eval", eval_rows), ("fewshot", fewshot_rows)):
+        with open(os.path.join(directory, f"{name}.jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    with open(os.path.join(directory, "task.json"), "w") as f:
+        json.dump({"format": fmt, "eval": "eval.jsonl", "fewshot": "fewshot.jsonl", **spec}, f)
+    return str(directory)
+
+
+def local_tasks(root, text):
+    """A cloze, a choice and a completion task made from lines of tiny_shakespeare."""
+    lines = [ln for ln in text[:20000].splitlines() if len(ln.split()) >= 3]
+    cloze = [{"context": ln.rsplit(" ", 1)[0], "target": " " + ln.rsplit(" ", 1)[1]}
+             for ln in lines[:60]]
+    choice = [{"context": a, "choices": ["\n" + b, "\n" + c, "\n" + d], "answer": i % 3}
+              for i, (a, b, c, d) in enumerate(
+                  zip(lines, lines[1:], lines[7:], lines[13:60], strict=False))]
+    for row in choice:  # the true next line at index `answer`
+        true = row["choices"].pop(0)
+        row["choices"].insert(row["answer"], true)
+    completion = [{"context": a + "\n", "target": b[:6]} for a, b in zip(lines, lines[1:60],
+                                                                      strict=False)]
+    return [write_task(os.path.join(root, "cloze"), "cloze", cloze[20:], cloze[:20]),
+            write_task(os.path.join(root, "choice"), "choice", choice[10:], choice[:10]),
+            write_task(os.path.join(root, "completion"), "completion", completion[10:],
+                       completion[:10], until=["\n"], max_tokens=6)]
+
+
+class StubScorer:
+    """Known log-likelihoods and generations, to check the metrics' arithmetic."""
+
+    def loglikelihood(self, pairs):
+        return [(-3.0 if "long" in cont else -2.0, cont == " yes")
+                for _, cont in pairs]
+
+    def generate_until(self, requests):
+        return [" Ay \n" if "?" in context else "No" for context, _, _ in requests]
+
+
+def test_metrics_of_each_format(tmp_path):
+    cloze = tasks.load_task(write_task(tmp_path / "a", "cloze", [
+        {"context": "q", "target": " yes"}, {"context": "q", "target": " no"}], [
+        {"context": "x", "target": " y"}]))
+    m = tasks.run_task(cloze, StubScorer(), shots=0)
+    assert m["acc"] == 0.5 and m["perplexity"] == pytest.approx(math.exp(2.0))
+    # Raw log-likelihood prefers the short wrong choice; per character, the long right one.
+    choice = tasks.load_task(write_task(tmp_path / "b", "choice", [
+        {"context": "q", "choices": [" bad", " a long right one"], "answer": 1}], [
+        {"context": "x", "choices": [" y", " z"], "answer": 0}]))
+    m = tasks.run_task(choice, StubScorer(), shots=0)
+    assert (m["acc"], m["acc_norm"], m["chance"]) == (0.0, 1.0, 0.5)
+    completion = tasks.load_task(write_task(tmp_path / "c", "completion", [
+        {"context": "Well?", "target": "Ay"}, {"context": "Well.", "target": "Ay"}], [
+        {"context": "x", "target": "y"}]))
+    assert tasks.run_task(completion, StubScorer(), shots=0)["exact_match"] == 0.5
+
+
+def test_k_shot_prompts_are_seeded_per_example(tmp_path):
+    rows = [{"context": f"c{i}:", "target": f" t{i}"} for i in range(30)]
+    task = tasks.load_task(write_task(tmp_path, "cloze", rows[:5], rows[5:], separator="\n"))
+    assert tasks.prompt(task, 2, 0) == "c2:"
+    three = tasks.prompt(task, 2, 3)
+    shots, query = three.split("\n")[:3], three.split("\n")[3]
+    assert query == "c2:" and len(set(shots)) == 3
+    assert all(s.split(":")[0] in {f"c{i}" for i in range(5, 30)} for s in shots)
+    assert all(s == s.split(":")[0] + ": t" + s.split(":")[0][1:] for s in shots)
+    assert tasks.prompt(task, 2, 3) == three and tasks.prompt(task, 3, 3) != three
+    with pytest.raises(UserError, match="26 shots but its fewshot split has 25"):
+        tasks.prompt(task, 0, 26)
+
+
+def test_bad_task_files_are_user_errors(tmp_path):
+    good = [{"context": "a", "choices": [" b", " c"], "answer": 0}]
+    with pytest.raises(UserError, match="no such task"):
+        tasks.load_task(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="format='mc'"):
+        tasks.load_task(write_task(tmp_path / "f", "mc", good, good))
+    with pytest.raises(UserError, match="unknown keys \\['shots'\\]"):
+        tasks.load_task(write_task(tmp_path / "k", "choice", good, good, shots=3))
+    bad = good + [{"context": "a", "choices": [" b", " c"], "answer": 2}]
+    with pytest.raises(UserError, match="eval.jsonl:2: answer=2 must index choices"):
+        tasks.load_task(write_task(tmp_path / "a", "choice", bad, good))
+    with pytest.raises(UserError, match="fewshot.jsonl:1: a cloze example needs context, "
+                                        "target; missing target"):
+        tasks.load_task(write_task(tmp_path / "c", "cloze", [{"context": "a", "target": "b"}],
+                                   [{"context": "a"}]))
+
+
+def test_build_script_reproduces_the_shipped_tasks(tmp_path, repo_dir, shared_dir):
+    r = subprocess.run([sys.executable, str(repo_dir / "tasks" / "build.py"), "--data",
+                        str(shared_dir / "data"), "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for name in ("shakespeare_lastword", "shakespeare_nextline", "austen_nextsent"):
+        for file in ("task.json", "eval.jsonl", "fewshot.jsonl"):
+            built = (tmp_path / name / file).read_bytes()
+            assert built == (repo_dir / "tasks" / name / file).read_bytes(), (name, file)
+        task = tasks.load_task(str(tmp_path / name))
+        assert len(task.eval_rows) >= 200 and len(task.fewshot_rows) >= 50
+        charset = set((shared_dir / "data/tiny_shakespeare/input.txt").read_text())
+        assert all(set(json.dumps(r, ensure_ascii=False)) - set('"{}[]') <= charset | set(
+            "0123456789\\") for r in task.eval_rows), name
+
+
+def test_evaluate_tasks_cli(tmp_path, shakespeare_manual_dir, repo_dir):
+    text_file = str(shakespeare_manual_dir / "input.txt")
+    workdir = tiny_workdir(str(tmp_path / "run"), text_file)
+    refs = local_tasks(str(tmp_path / "tasks"), open(text_file).read())
+    refs.append(str(repo_dir / "tasks" / "shakespeare_nextline"))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "gptjax", "evaluate-tasks", *args],
+                              capture_output=True, text=True, timeout=600, env=env)
+
+    r = cli("--workdir", workdir, "--tasks", ",".join(refs), "--shots", "0,2", "--limit", "8",
+            "--json", "--show-prompt", "--plot", str(tmp_path / "acc.png"))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert [(x["task"], x["shots"], x["n"]) for x in out["results"]] == [
+        (name, k, 8) for name in ("cloze", "choice", "completion", "shakespeare_nextline")
+        for k in (0, 2)]
+    for x in out["results"]:
+        assert {"acc", "perplexity", "acc_norm", "exact_match"} & set(x)
+        assert x["non_embedding_params"] > 0
+    assert out["throughput"][0]["requests"] == 2 * (8 + 8 * 3 + 8 + 8 * 4)
+    assert "2-shot prompt of example 0" in r.stderr and (tmp_path / "acc.png").stat().st_size
+    bad = cli("--workdir", workdir, "--tasks", refs[0], "--shots", "0,x")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--shots" in bad.stderr
