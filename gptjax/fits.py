@@ -11,7 +11,8 @@ budget's optimal size N_opt(C), and straight lines in log-log give N_opt ∝ C^a
 A profile whose lowest loss is at an end of its sizes, or whose parabola opens downwards or has
 its vertex outside the sizes, is *flagged* and left out of the exponent fits.
 Uncertainty is a parametric bootstrap: every profile's losses are redrawn around its parabola
-with the pooled residual scatter, and every fit downstream is repeated on each draw.
+with the pooled residual scatter, and every fit downstream is repeated on each draw; a draw in
+which some profile's parabola has no minimum inside its sizes is dropped, as the profile would be.
 
 Approach 3, the parametric L(N, D), is `gptjax/loss_nd.py`.
 """
@@ -256,8 +257,9 @@ def isoflop_analysis(budgets: dict, flops_per_token: Callable, n_boot: int = 500
             loss = p(p.x) + rng.normal(0.0, sigma, len(p.x))
             replica.append(Profile(p.key, p.x, loss, _parabola(np.log(p.x / p.x_ref), loss),
                                    p.x_ref))
-        if any(q.coef[2] <= 0 for q in replica):
-            continue  # no minimum, no N_opt: `accepted` < n_boot says how often that happened
+        if not all(q.coef[2] > 0 and q.x.min() < q.x_opt < q.x.max() for q in replica):
+            continue  # a draw that would be flagged (no minimum inside the sizes) is dropped:
+            # `accepted` < n_boot says how often that happened
         alloc_b = _allocation(replica, flops_per_token)
         for key in ("n_opt", "d_opt", "loss_opt"):
             draws[key].append(alloc_b[key])

@@ -2,7 +2,8 @@
 
 What is fitted depends on the sweep's design (`gptjax/fits.py` has the methods):
 - budget=iso_flops: IsoFLOP profiles (approach 2): N_opt(C), D_opt(C) per budget, the exponents
-  of N_opt ∝ C^a and D_opt ∝ C^b, and the L(N) frontier through the profiles' minima.
+  of N_opt ∝ C^a and D_opt ∝ C^b, and the frontier L*(C) = E + A·C^-gamma through the
+  profiles' minima (its L(N) exponent is gamma / a).
 - fixed / proportional budgets: L(N) = E + A·N^-alpha on the final losses.
 - whenever sizes and token counts vary independently (iso_flops does): L(N, D) (approach 3)
   and its compute-optimal allocation.
