@@ -97,6 +97,24 @@ def test_frontier_fit_needs_four_minima_and_recovers_e():
                                                    n_boot=20)
 
 
+
+def test_bootstrap_drops_draws_that_would_be_flagged():
+    # Shallow, noisy profiles whose vertex sits near their largest size: many redrawn parabolas
+    # put it outside the sizes (or open downwards). Those draws are dropped, not fitted.
+    rng = np.random.default_rng(1)
+    budgets = {}
+    for i, c in enumerate(np.geomspace(1e11, 1e12, 4)):
+        n = 1e4 * 2 ** i * np.exp(np.linspace(-1.0, 1.0, 5))
+        n_opt = n[3]
+        budgets[c] = (n, 2.0 - 0.1 * i + 0.02 * np.log(n / n_opt) ** 2
+                      + rng.normal(0, 0.01, 5))
+    iso = fits.isoflop_analysis(budgets, lambda n: 6 * np.asarray(n), n_boot=200)
+    assert not iso["flagged"] and 10 <= iso["accepted"] < 200
+    for o in iso["optima"]:  # every kept draw has its vertex inside the sizes
+        n = budgets[o["compute"]][0]
+        assert n.min() < o["n_opt"]["lo"] <= o["n_opt"]["value"] <= o["n_opt"]["hi"] < n.max()
+    assert "frontier" in iso and np.isfinite(iso["frontier_ci"]["E"]["lo"])
+
 # ----------------------------------------------------------------------------- power laws
 
 
