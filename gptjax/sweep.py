@@ -29,7 +29,7 @@ import time
 
 import ml_collections
 
-from gptjax import flops, scaling
+from gptjax import flops, paths, scaling
 from gptjax.errors import UserError
 
 CONFIG_FILE = "sweep_config.json"
@@ -358,7 +358,7 @@ def _print_plan(config, workdir) -> None:
 
 def run(args):
     from gptjax import sweep_collect, sweep_launch
-    workdir = os.path.abspath(args.workdir)
+    workdir = paths.local_dir(args.workdir, "--workdir", "gptjax sweep")
     if args.config is not None:
         config = args.config
         if not args.list:
