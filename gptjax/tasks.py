@@ -32,7 +32,7 @@ import numpy as np
 
 from gptjax import flops, scoring
 from gptjax.errors import UserError
-from gptjax.scaling_plots import _colors, _finish, _plt
+from gptjax.scaling_plots import _colors, _plt
 
 FORMATS = {"cloze": ("context", "target"), "choice": ("context", "choices", "answer"),
            "completion": ("context", "target")}
@@ -233,7 +233,8 @@ def write_harness_yaml(tasks: list[Task], directory: str) -> list[str]:
 
 def add_args(parser) -> None:
     parser.add_argument("--workdir", action="append", required=True,
-                        help="a trained workdir (repeat to compare models, e.g. for --plot)")
+                        help="a trained workdir (repeat to compare models, e.g. for --plot); "
+                             "a sweep's workdir stands for its finished runs")
     parser.add_argument("--tasks", required=True,
                         help=f"comma-separated task directories or names under ./{TASK_DIR}/ "
                              "or of the shipped tasks")
@@ -298,7 +299,8 @@ def _print(results: list, throughputs: list) -> None:
 def plot(results: list, path: str) -> str:
     """Each task's main metric against non-embedding parameters: a color per task, a line style
     and marker per shot count, a dotted line at chance for choice tasks."""
-    fig, ax = _plt().subplots(figsize=(6.4, 4.4))
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
     names = sorted({r["task"] for r in results})
     shots = sorted({r["shots"] for r in results})
     colors = dict(zip(names, _colors(len(names)), strict=True))
@@ -311,9 +313,33 @@ def plot(results: list, path: str) -> str:
                 style, color=colors[task], label=f"{task}, {k}-shot ({metric})")
         if "chance" in rows[0]:
             ax.axhline(rows[0]["chance"], color=colors[task], ls=":", lw=1)
-    _finish(fig, ax, path, "non-embedding parameters N", "accuracy (dotted: chance)",
-            "in-context accuracy vs model size")
+    ax.set_xscale("log")
+    ticks = sorted({r["non_embedding_params"] for r in results})  # the models' sizes
+    ax.set_xticks(ticks, [f"{n / 1e6:.3g}M" if n >= 1e6 else f"{round(n / 1e3):,}k"
+                          for n in ticks], fontsize=8)
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    ax.set(xlabel="non-embedding parameters N", ylabel="accuracy (dotted: chance of a choice)")
+    ax.set_title("in-context accuracy vs model size", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path
+
+
+def expand_workdir(ref: str) -> list[str]:
+    """A workdir; a sweep's workdir (`gptjax sweep`) stands for its finished runs."""
+    if os.path.isfile(os.path.join(ref, "config.json")):
+        return [ref]
+    runs = os.path.join(ref, "runs")
+    if not os.path.isfile(os.path.join(ref, "sweep_config.json")) or not os.path.isdir(runs):
+        return [ref]  # load_scorer says what is missing
+    done = [os.path.join(runs, n) for n in sorted(os.listdir(runs))
+            if os.path.isfile(os.path.join(runs, n, "result.json"))]
+    if not done:
+        raise UserError(f"{ref}: a sweep without finished runs (no {runs}/*/result.json)")
+    return done
 
 
 def run(args) -> int:
@@ -326,7 +352,7 @@ def run(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: expected an integer >= 1")
     results, throughputs = [], []
-    for workdir in args.workdir:
+    for workdir in [w for ref in args.workdir for w in expand_workdir(ref)]:
         rows, throughput = evaluate_workdir(workdir, tasks, shots, args)
         results += rows
         throughputs.append(throughput)

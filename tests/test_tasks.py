@@ -173,6 +173,24 @@ def test_shipped_tasks_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
     assert tasks.load_task("shakespeare_wordend").name == "shakespeare_wordend"
 
 
+def test_a_sweep_workdir_stands_for_its_finished_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    for name, done in (("b_1e12", True), ("a_1e12", True), ("c_1e12", False)):
+        (sweep / "runs" / name).mkdir(parents=True)
+        (sweep / "runs" / name / "config.json").write_text("{}")
+        if done:
+            (sweep / "runs" / name / "result.json").write_text("{}")
+    assert tasks.expand_workdir(str(sweep)) == [str(sweep)]  # not a sweep: as given
+    (sweep / "sweep_config.json").write_text("{}")
+    assert tasks.expand_workdir(str(sweep)) == [str(sweep / "runs" / n) for n in ("a_1e12",
+                                                                               "b_1e12")]
+    assert tasks.expand_workdir(str(sweep / "runs" / "c_1e12")) == [str(sweep / "runs/c_1e12")]
+    for name in ("a_1e12", "b_1e12"):
+        (sweep / "runs" / name / "result.json").unlink()
+    with pytest.raises(UserError, match="a sweep without finished runs"):
+        tasks.expand_workdir(str(sweep))
+
+
 def test_evaluate_tasks_cli(tmp_path, shakespeare_manual_dir, repo_dir):
     text_file = str(shakespeare_manual_dir / "input.txt")
     workdir = tiny_workdir(str(tmp_path / "run"), text_file)
