@@ -273,9 +273,11 @@ def _libtpu() -> str:
 
 def format_report(r: dict) -> str:
     m, mesh = r["memory"], r["mesh"]
-    slices = f" x {r['num_slices']} slices" if r["num_slices"] > 1 else ""
+    n = r["num_slices"]
+    chips = (f"{n} slices x {r['chips'] // n} chips {r['grid']}" if n > 1
+             else f"{r['chips']} chips {r['grid']}")
     hosts = f"{r['hosts']} host" + ("s" if r["hosts"] > 1 else "")
-    lines = [f"{r['name']} on {r['topology']} ({r['chips']} chips {r['grid']}{slices}, "
+    lines = [f"{r['name']} on {r['topology']} ({chips}, "
              f"{r['device_kind']}, {hosts}): mesh data={mesh['data']} "
              f"fsdp={mesh['fsdp']} tensor={mesh['tensor']}, batch {r['batch']} x "
              f"{r['seq_len']}, {r['params']:,} params, {r['dtype']}, remat {r['remat']}, "

@@ -1,7 +1,7 @@
 """Scaling-law fits with confidence intervals, on scipy.
 
     profile = fit_profile(C, n, loss)           # one IsoFLOP profile: parabola in ln N
-    iso = isoflop_analysis({C: (n, loss)}, fpt) # N_opt ∝ C^a, D_opt ∝ C^b, L(N) frontier, CIs
+    iso = isoflop_analysis({C: (n, loss)}, fpt) # N_opt ∝ C^a, D_opt ∝ C^b, frontier, CIs
     law = fit_power_law(x, y)                   # y = E + A·x^-alpha (least squares)
     out = bootstrap_power_law(x, y)             # ... and percentile CIs of E, A, alpha
 
@@ -11,7 +11,8 @@ budget's optimal size N_opt(C), and straight lines in log-log give N_opt ∝ C^a
 A profile whose lowest loss is at an end of its sizes, or whose parabola opens downwards or has
 its vertex outside the sizes, is *flagged* and left out of the exponent fits.
 Uncertainty is a parametric bootstrap: every profile's losses are redrawn around its parabola
-with the pooled residual scatter, and every fit downstream is repeated on each draw.
+with the pooled residual scatter, and every fit downstream is repeated on each draw; a draw in
+which some profile's parabola has no minimum inside its sizes is dropped, as the profile would be.
 
 Approach 3, the parametric L(N, D), is `gptjax/loss_nd.py`.
 """
@@ -211,7 +212,8 @@ def _allocation(profiles, fpt) -> dict:
     c = np.array([p.key for p in profiles])
     n_opt = np.array([p.x_opt for p in profiles])
     d_opt = c / fpt(n_opt)
-    out = {"n_opt": n_opt, "d_opt": d_opt, "loss_opt": np.array([p.loss_opt for p in profiles])}
+    out = {"compute": c, "n_opt": n_opt, "d_opt": d_opt,
+           "loss_opt": np.array([p.loss_opt for p in profiles])}
     if len(profiles) >= 2:
         out["a"], out["ln_kn"] = fit_loglog(c, n_opt)
         out["b"], out["ln_kd"] = fit_loglog(c, d_opt)
@@ -219,11 +221,13 @@ def _allocation(profiles, fpt) -> dict:
 
 
 def _frontier_fit(alloc: dict, start: PowerLaw | None = None) -> PowerLaw | None:
-    """L at the profile minima against N_opt: E + A·N_opt^-alpha (>= 4 minima: a 3-parameter
-    curve through 3 points says nothing about how well it fits)."""
-    if len(alloc["n_opt"]) < 4:
+    """The compute-optimal frontier: the loss at the profile minima against the budget,
+    L*(C) = E + A·C^-gamma (the PowerLaw's alpha is gamma). Against C, not N_opt: the budgets
+    are exact, N_opt is an estimate. With N_opt ∝ C^a it is L*(N) = E + A'·N^-(gamma/a).
+    Needs >= 4 minima: a 3-parameter curve through 3 points says nothing about its fit."""
+    if len(alloc["loss_opt"]) < 4:
         return None
-    return fit_power_law(alloc["n_opt"], alloc["loss_opt"], start=start)
+    return fit_power_law(alloc["compute"], alloc["loss_opt"], start=start)
 
 
 def isoflop_analysis(budgets: dict, flops_per_token: Callable, n_boot: int = 500,
@@ -232,8 +236,8 @@ def isoflop_analysis(budgets: dict, flops_per_token: Callable, n_boot: int = 500
 
     `flops_per_token(N)` converts an optimal size into tokens, D_opt = C / fpt(N_opt).
     Returns the profiles (all, with flags) and, from the unflagged ones: N_opt, D_opt and the
-    minimum loss per budget with CIs; a, b of N_opt ∝ C^a, D_opt ∝ C^b with CIs; the L(N)
-    frontier fit E + A·N_opt^-alpha with CIs (>= 4 usable profiles).
+    minimum loss per budget with CIs; a, b of N_opt ∝ C^a, D_opt ∝ C^b with CIs; the
+    frontier L*(C) = E + A·C^-gamma and its L(N) exponent gamma / a, with CIs (>= 4 profiles).
     """
     profiles = [fit_profile(c, *budgets[c]) for c in sorted(budgets)]
     usable = [p for p in profiles if not p.flag]
@@ -245,15 +249,17 @@ def isoflop_analysis(budgets: dict, flops_per_token: Callable, n_boot: int = 500
     dof = sum(len(p.x) - 3 for p in usable)
     sigma = math.sqrt(sum(float(np.sum(p.residuals ** 2)) for p in usable) / dof)
     rng = np.random.default_rng(seed)
-    draws = {k: [] for k in ("a", "b", "E", "A", "alpha", "n_opt", "d_opt", "loss_opt")}
+    draws = {k: [] for k in ("a", "b", "E", "A", "alpha", "alpha_n", "n_opt", "d_opt",
+                             "loss_opt")}
     for _ in range(n_boot):
         replica = []
         for p in usable:
             loss = p(p.x) + rng.normal(0.0, sigma, len(p.x))
             replica.append(Profile(p.key, p.x, loss, _parabola(np.log(p.x / p.x_ref), loss),
                                    p.x_ref))
-        if any(q.coef[2] <= 0 for q in replica):
-            continue  # no minimum, no N_opt: `accepted` < n_boot says how often that happened
+        if not all(q.coef[2] > 0 and q.x.min() < q.x_opt < q.x.max() for q in replica):
+            continue  # a draw that would be flagged (no minimum inside the sizes) is dropped:
+            # `accepted` < n_boot says how often that happened
         alloc_b = _allocation(replica, flops_per_token)
         for key in ("n_opt", "d_opt", "loss_opt"):
             draws[key].append(alloc_b[key])
@@ -264,6 +270,7 @@ def isoflop_analysis(budgets: dict, flops_per_token: Callable, n_boot: int = 500
             fb = _frontier_fit(alloc_b, start=frontier)
             for key in ("E", "A", "alpha"):
                 draws[key].append(getattr(fb, key))
+            draws["alpha_n"].append(fb.alpha / alloc_b["a"])
     out.update(sigma=sigma, dof=dof, n_boot=n_boot, accepted=len(draws["n_opt"]))
     per = {key: np.array(draws[key]).reshape(-1, len(usable))
            for key in ("n_opt", "d_opt", "loss_opt")}
@@ -279,4 +286,5 @@ def isoflop_analysis(budgets: dict, flops_per_token: Callable, n_boot: int = 500
         out["frontier"] = frontier
         out["frontier_ci"] = {k: interval(getattr(frontier, k), draws[k])
                               for k in ("E", "A", "alpha")}
+        out["frontier_ci"]["alpha_n"] = interval(frontier.alpha / alloc["a"], draws["alpha_n"])
     return out

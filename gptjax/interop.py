@@ -24,7 +24,7 @@ import os
 import jax
 import numpy as np
 
-from gptjax import checkpoint
+from gptjax import checkpoint, paths
 from gptjax.config import load_config
 from gptjax.data.hf_tokenizer import HFTokenizer
 from gptjax.errors import UserError
@@ -237,6 +237,9 @@ def save_hf(directory: str, params, c: GPTConfig) -> None:
             from None
     state = params_to_hf(params, c)
     state.pop("lm_head.weight") if c.tie_embeddings else None  # tied: HF re-ties on load
+    if paths.is_url(directory):
+        raise UserError(f"--out {directory}: HF exports are written to a local directory "
+                        f"(then copy it, e.g. gcloud storage cp -r)")
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config_to_hf(c), f, indent=2)
@@ -256,8 +259,9 @@ def hf_tokenizer(source: str) -> HFTokenizer:
 
 def save_params_workdir(config, workdir: str, params, step: int = 0) -> None:
     """A workdir that `load_for_inference` reads: config.json + checkpoints/<step>/ holding
-    only the params (a train run would start its optimizer afresh from them)."""
-    os.makedirs(workdir, exist_ok=True)
+    only the params (a train run would start its optimizer afresh from them); a local
+    directory or a bucket URL."""
+    workdir = paths.prepare_dir(workdir)
     config_dict = checkpoint.write_config(workdir, config)
     ckpt = checkpoint.Checkpointer(workdir, keep=1, async_save=False)
     ckpt.save(step, {"params": params}, {}, config_dict)

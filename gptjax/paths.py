@@ -169,6 +169,19 @@ def upload(local: str, url: str) -> None:
         shutil.copyfileobj(src, dst, 1 << 22)
 
 
+def copy(src, dst) -> None:
+    """A whole file from `src` to `dst`, either one local or a URL, streamed; `dst` appears
+    whole or not at all (a local temporary file renamed, or one upload)."""
+    tmp = local_tmp(dst)
+    try:
+        with open(src, "rb") as f, builtins.open(tmp, "wb") as out:
+            shutil.copyfileobj(f, out, 1 << 22)
+        commit(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def local_copy(path) -> str:
     """A local file with the content of `path` (itself when local), e.g. to memory-map.
 
@@ -194,6 +207,14 @@ def local_copy(path) -> str:
 
 
 # ----------------------------------------------------------------------------- workdirs
+
+
+def local_dir(path, flag: str, command: str) -> str:
+    """`path` made absolute, for a command that writes only local directories: a URL is one
+    clear line, never a local directory named `gs:`."""
+    if is_url(path):
+        raise UserError(f"{flag} {path}: {command} writes a local directory; give a local path")
+    return resolve(path)
 
 
 def prepare_dir(path, flag: str = "--workdir") -> str:

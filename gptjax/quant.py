@@ -26,8 +26,8 @@ cannot serve the embedding's lookup (`jnp.take` on a quantized array), and its
 
 from __future__ import annotations
 
+import io
 import json
-import os
 
 import flax.linen as nn
 import flax.traverse_util as traverse
@@ -37,6 +37,7 @@ import numpy as np
 import qwix
 from qwix._src.providers.ptq import WithAux  # Qwix's param wrapper (no public name)
 
+from gptjax import paths
 from gptjax.errors import UserError
 
 MODES = ("none", "int8", "int4", "w8a8")
@@ -205,18 +206,20 @@ def save(directory: str, params, info: dict) -> str:
             arrays[f"a{i}"] = np.asarray(x)
             leaves[path] = {"i": i}
     meta = json.dumps({**info, "leaves": leaves})
-    path = os.path.join(directory, QUANTIZED_FILE)
-    np.savez(path, __meta__=np.frombuffer(meta.encode(), np.uint8), **arrays)
+    path = paths.join(directory, QUANTIZED_FILE)
+    buf = io.BytesIO()   # one object on a bucket, an atomic rename locally
+    np.savez(buf, __meta__=np.frombuffer(meta.encode(), np.uint8), **arrays)
+    paths.write_bytes(path, buf.getvalue())
     return path
 
 
 def has_quantized(workdir: str) -> bool:
-    return os.path.isfile(os.path.join(workdir, QUANTIZED_FILE))
+    return paths.isfile(paths.join(workdir, QUANTIZED_FILE))
 
 
 def load(workdir: str):
     """-> (param tree with QArray leaves, info dict) of a workdir written by `save`."""
-    with np.load(os.path.join(workdir, QUANTIZED_FILE)) as f:
+    with np.load(io.BytesIO(paths.read_bytes(paths.join(workdir, QUANTIZED_FILE)))) as f:
         meta = json.loads(f["__meta__"].tobytes().decode())
         flat = {}
         for path, leaf in meta.pop("leaves").items():
@@ -253,7 +256,7 @@ def run(args):
     out = surgery.start_workdir(args.out, config, tokenizer, args.workdir)
     group = DEFAULT_GROUP[args.mode] if args.group is None else args.group
     path = save(out, q, {"mode": args.mode, "group": group, "step": step,
-                         "source": os.path.abspath(args.workdir)})
+                         "source": paths.resolve(args.workdir)})
     print(f"{args.mode} weights ({weight_bytes(q) / 1e6:.2f} MB, float "
           f"{weight_bytes(params) / 1e6:.2f} MB) -> {path}")
     return 0

@@ -3,7 +3,7 @@
 - training_curves.png     train and eval loss against training FLOPs, every run
 - isoflop_profiles.png    final loss against N per budget, parabolas, minima with 95% CIs
 - optimal_allocation.png  N_opt(C) and D_opt(C) with the fitted power laws
-- frontier.png            loss at the profile minima against N_opt, with E + A·N^-alpha
+- frontier.png            loss at the profile minima against C, with E + A·C^-gamma
 - loss_vs_params.png      final loss against N (budgets other than iso_flops)
 - lr_sweep.png            final loss against learning rate, one line per size (sweep.lrs)
 """
@@ -29,8 +29,13 @@ def _colors(n: int):
     return [_plt().get_cmap("viridis")(v) for v in np.linspace(0, 0.9, max(n, 1))]
 
 
-def _finish(fig, ax, path: str, xlabel: str, ylabel: str, title: str, logy: bool = False):
+def _finish(fig, ax, path: str, xlabel: str, ylabel: str, title: str, logy: bool = False,
+            xticks=None):
+    from matplotlib.ticker import NullFormatter
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if xticks is not None:
+        ax.set_xticks(xticks, [f"{v:g}" for v in xticks])
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
@@ -133,22 +138,24 @@ def optimal_allocation(iso: dict, nd: dict, path: str, title: str):
 
 
 def frontier(iso: dict, path: str, title: str):
+    """The minima's loss against the budget with L*(C) = E + A·C^-gamma and E, 95% CIs."""
     fig, ax = _plt().subplots(figsize=(6.4, 4.4))
-    n = np.array([o["n_opt"]["value"] for o in iso["optima"]])
+    c = np.array([o["compute"] for o in iso["optima"]])
     loss = np.array([o["loss_opt"]["value"] for o in iso["optima"]])
     yerr = [loss - [o["loss_opt"]["lo"] for o in iso["optima"]],
             [o["loss_opt"]["hi"] for o in iso["optima"]] - loss]
-    xerr = [n - [o["n_opt"]["lo"] for o in iso["optima"]],
-            [o["n_opt"]["hi"] for o in iso["optima"]] - n]
-    ax.errorbar(n, loss, xerr=xerr, yerr=yerr, fmt="o", capsize=3, label="profile minima")
-    f, c = iso["frontier"], iso["frontier_ci"]
-    xs = _span(n, 1.5)
+    ax.errorbar(c, loss, yerr=yerr, fmt="o", capsize=3, label="loss at each profile's minimum")
+    f, ci = iso["frontier"], iso["frontier_ci"]
+    xs = _span(c, 1.5)
     ax.plot(xs, fits.PowerLaw(**f)(xs), "k-", lw=1,
-            label=f"E + A·N^-α: α = {f['alpha']:.2f} [{c['alpha']['lo']:.2f}, "
-                  f"{c['alpha']['hi']:.2f}], R² = {f['r2']:.3f}")
+            label=f"E + A·C^-γ: γ = {f['alpha']:.3f} [{ci['alpha']['lo']:.3f}, "
+                  f"{ci['alpha']['hi']:.3f}], R² = {f['r2']:.3f}")
     ax.axhline(f["E"], color="gray", ls=":", lw=1,
-               label=f"E = {f['E']:.3f} [{c['E']['lo']:.3f}, {c['E']['hi']:.3f}]")
-    _finish(fig, ax, path, "N_opt (parameters)", "loss at N_opt (nats / token)", title)
+               label=f"E = {f['E']:.3f} [{ci['E']['lo']:.3f}, {ci['E']['hi']:.3f}]")
+    an = ci["alpha_n"]
+    ax.plot([], [], " ", label=f"as L(N_opt): α_N = γ / a = {an['value']:.2f} "
+                               f"[{an['lo']:.2f}, {an['hi']:.2f}]")
+    _finish(fig, ax, path, "training compute C (FLOPs)", "loss at N_opt (nats / token)", title)
 
 
 def loss_vs_params(rows, fit: dict, path: str, key: str, title: str):
@@ -166,17 +173,19 @@ def lr_sweep(lr: dict, path: str, title: str):
     fig, ax = _plt().subplots(figsize=(6.4, 4.4))
     entries = sorted(lr["sizes"], key=lambda s: (s["d_model"], s["budget"]))
     for s, color in zip(entries, _colors(len(entries)), strict=True):
-        order = np.argsort(s["lrs"])
-        ax.plot(np.array(s["lrs"])[order], np.array(s["losses"])[order], "o-", color=color,
-                ms=3, lw=1, label=s["size"])
-        if "lr_opt" in s:
-            u = np.log(s["lr_opt"] / s["x_ref"])
+        ax.plot(s["lrs"], s["losses"], "o-", color=color, ms=3, lw=1, label=s["size"])
+        if "lr_opt" in s:  # the local parabola and its minimum
+            xs = _span(s["fitted"], 1.0, 50)
+            u = np.log(xs / s["x_ref"])
             c0, c1, c2 = s["coef"]
+            ax.plot(xs, c0 + c1 * u + c2 * u * u, ":", color=color, lw=1)
+            u = math.log(s["lr_opt"] / s["x_ref"])
             ax.plot([s["lr_opt"]], [c0 + c1 * u + c2 * u * u], "*", color=color, ms=10,
                     mec="k")
     if "lr_opt_vs_width" in lr:
         ax.plot([], [], "k*", label=f"LR_opt ∝ width^{lr['lr_opt_vs_width']:.2f}")
-    _finish(fig, ax, path, "peak learning rate", "final eval loss (nats / token)", title)
+    _finish(fig, ax, path, "peak learning rate", "final eval loss (nats / token)", title,
+            xticks=sorted({lr for s in entries for lr in s["lrs"]}))
 
 
 def draw_all(config, workdir: str, rows, curves, fit_rows, report: dict) -> None:
@@ -190,9 +199,10 @@ def draw_all(config, workdir: str, rows, curves, fit_rows, report: dict) -> None
         optimal_allocation(iso, nd, out("optimal_allocation.png"),
                            f"{name}: compute-optimal allocation (approach 2)")
     if "frontier" in iso:
-        frontier(iso, out("frontier.png"), f"{name}: L(N) at the compute-optimal frontier")
+        frontier(iso, out("frontier.png"), f"{name}: the compute-optimal frontier")
     if "loss_vs_params" in report:
         loss_vs_params(fit_rows, report["loss_vs_params"], out("loss_vs_params.png"), key,
                        f"{name}: final loss vs size")
     if "lr_sweep" in report:
-        lr_sweep(report["lr_sweep"], out("lr_sweep.png"), f"{name}: learning-rate sweep")
+        kind = "muP" if config.model.mup else "standard parametrisation"
+        lr_sweep(report["lr_sweep"], out("lr_sweep.png"), f"{name} ({kind}): learning rate")

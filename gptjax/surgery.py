@@ -14,14 +14,13 @@ a workdir reads it, and `Continued` trains on from it.
 from __future__ import annotations
 
 import copy
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from gptjax import checkpoint, data, sharding, steps
+from gptjax import checkpoint, data, paths, sharding, steps
 from gptjax.data import store
 from gptjax.errors import UserError
 from gptjax.evaluate import prepare_eval_batches
@@ -73,7 +72,7 @@ def start_workdir(out: str, config, tokenizer, source: str | None = None) -> str
     """Creates `out` (which must hold no run yet) with config.json and the tokenizer; its data
     cache is the source run's (the tokenized splits are reused, not tokenized again)."""
     out = prepare_workdir(out)
-    if os.path.exists(os.path.join(out, checkpoint.CONFIG_FILE)):
+    if paths.exists(paths.join(out, checkpoint.CONFIG_FILE)):
         raise UserError(f"--out {out} already holds a run; choose a new directory")
     if source and not config.data.cache_dir:
         config.data.cache_dir = store.cache_root(config, source)

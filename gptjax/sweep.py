@@ -23,13 +23,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 
 import ml_collections
 
-from gptjax import flops, scaling
+from gptjax import flops, paths, scaling, sweep_local
 from gptjax.errors import UserError
 
 CONFIG_FILE = "sweep_config.json"
@@ -259,10 +257,6 @@ def _actual_counts(run: dict) -> dict:
             "flops": float(fpt) * run["tokens"]}
 
 
-def launch_command(workdir: str, name: str) -> list[str]:
-    return [sys.executable, "-m", "gptjax", "sweep", "--workdir", workdir, "--run", name]
-
-
 def select(runs: list[dict], only) -> list[dict]:
     if not only:
         return runs
@@ -274,32 +268,6 @@ def select(runs: list[dict], only) -> list[dict]:
     return [r for r in runs if r["name"] in only]
 
 
-def _launch(workdir: str, run: dict, quiet: bool, log) -> bool:
-    """One run as a `gptjax sweep --run` subprocess (output to runs/NAME/train.log if quiet)."""
-    log(f"sweep: launching {run['name']} in a subprocess")
-    if not quiet:
-        return subprocess.call(launch_command(workdir, run["name"])) == 0
-    os.makedirs(run["workdir"], exist_ok=True)
-    with open(os.path.join(run["workdir"], "train.log"), "a") as out:
-        ok = subprocess.call(launch_command(workdir, run["name"]), stdout=out,
-                             stderr=subprocess.STDOUT) == 0
-    done = read_result(run["workdir"])
-    log(f"sweep: {run['name']} " + (f"finished, eval loss {done['eval_loss']:.4f}" if done
-                                    else "did not finish (see its train.log)"))
-    return ok
-
-
-def _run_parallel(workdir: str, runs: list[dict], workers: int, log) -> list[str]:
-    """Subprocesses, `workers` at a time; the first runs alone, so that it alone tokenizes
-    the corpus into the shared cache. -> the names of runs that failed."""
-    from concurrent.futures import ThreadPoolExecutor
-    todo = [r for r in runs if read_result(r["workdir"]) is None]
-    ok = [_launch(workdir, r, workers > 1, log) for r in todo[:1]]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        ok += list(pool.map(lambda r: _launch(workdir, r, workers > 1, log), todo[1:]))
-    return [r["name"] for r, good in zip(todo, ok, strict=True) if not good]
-
-
 def run_sweep(config, workdir: str, train_fn=None, only=None, isolate=None, log=print) -> list:
     """Runs every unfinished run (or those in `only`), in plan order; returns the results
     (None for a run not finished). A run stopped by SIGTERM / Ctrl-C stops the sweep.
@@ -309,7 +277,7 @@ def run_sweep(config, workdir: str, train_fn=None, only=None, isolate=None, log=
     isolate = (config.sweep.isolate or workers > 1) if isolate is None else isolate
     if isolate:  # the subprocesses read the config from the workdir
         save_sweep_config(config, workdir)
-        failed = _run_parallel(workdir, runs, workers, log)
+        failed, _ = sweep_local.run_parallel(workdir, runs, workers, read_result, log)
         if failed:
             raise UserError(f"sweep: run(s) {', '.join(failed)} failed (see their output); "
                             f"rerun the same command to resume them")
@@ -358,7 +326,7 @@ def _print_plan(config, workdir) -> None:
 
 def run(args):
     from gptjax import sweep_collect, sweep_launch
-    workdir = os.path.abspath(args.workdir)
+    workdir = paths.local_dir(args.workdir, "--workdir", "gptjax sweep")
     if args.config is not None:
         config = args.config
         if not args.list:

@@ -2,7 +2,8 @@
 
 What is fitted depends on the sweep's design (`gptjax/fits.py` has the methods):
 - budget=iso_flops: IsoFLOP profiles (approach 2): N_opt(C), D_opt(C) per budget, the exponents
-  of N_opt ∝ C^a and D_opt ∝ C^b, and the L(N) frontier through the profiles' minima.
+  of N_opt ∝ C^a and D_opt ∝ C^b, and the frontier L*(C) = E + A·C^-gamma through the
+  profiles' minima (its L(N) exponent is gamma / a).
 - fixed / proportional budgets: L(N) = E + A·N^-alpha on the final losses.
 - whenever sizes and token counts vary independently (iso_flops does): L(N, D) (approach 3)
   and its compute-optimal allocation.
@@ -94,12 +95,19 @@ def lr_section(rows: list[dict]) -> tuple[dict, list[dict]]:
     for (size, budget), group in groups.items():
         best = min(group, key=lambda r: r["eval_loss"])
         best_rows.append(best)
+        group.sort(key=lambda r: r["lr"])
         entry = {"size": size, "budget": budget, "d_model": best["d_model"],
                  "lrs": [r["lr"] for r in group], "losses": [r["eval_loss"] for r in group],
                  "best_tried": best["lr"], "best_loss": best["eval_loss"]}
-        profile, err = _try(fits.fit_profile, size, entry["lrs"], entry["losses"])
+        # The parabola is local: the 5 learning rates around the best (loss against LR is
+        # far from a parabola over a wide grid: it rises much faster above the optimum).
+        i = group.index(best)
+        near = group[max(0, min(i - 2, len(group) - 5)):][:5]
+        profile, err = _try(fits.fit_profile, size, [r["lr"] for r in near],
+                            [r["eval_loss"] for r in near])
         if profile is not None:
-            entry.update(coef=profile.coef, x_ref=profile.x_ref, flag=profile.flag)
+            entry.update(coef=profile.coef, x_ref=profile.x_ref, flag=profile.flag,
+                         fitted=[r["lr"] for r in near])
             if not profile.flag:
                 entry["lr_opt"] = profile.x_opt
         else:

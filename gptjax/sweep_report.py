@@ -73,11 +73,12 @@ def _isoflop(iso: dict) -> list[str]:
     if front:
         c = iso["frontier_ci"]
         bound = " (E at its bound 0: not identified)" if front["e_at_bound"] else ""
-        out.append(f"- L(N) frontier through the profile minima: L = E + A·N^-α with "
-                   f"E = {ci(c['E'])}{bound}, A = {ci(c['A'])}, α = {ci(c['alpha'])}; "
-                   f"R² = {front['r2']:.4f} on {front['n_points']} minima.")
+        out.append(f"- Compute-optimal frontier through the profile minima: L*(C) = E + A·C^-γ "
+                   f"with E = {ci(c['E'])}{bound}, A = {ci(c['A'])}, γ = {ci(c['alpha'])}; "
+                   f"R² = {front['r2']:.4f} on {front['n_points']} minima. With N_opt ∝ C^a "
+                   f"this is L(N_opt) = E + A'·N_opt^-α_N, α_N = γ / a = {ci(c['alpha_n'])}.")
     else:
-        out.append("- L(N) frontier: not fitted (it needs >= 4 budgets with an interior minimum; "
+        out.append("- Frontier: not fitted (it needs >= 4 budgets with an interior minimum; "
                    "3 points fix a 3-parameter curve exactly).")
     if "sigma" in iso:
         out.append(f"- Scatter of the losses about their parabolas: σ = {iso['sigma']:.4f} "

@@ -1,6 +1,6 @@
 """`gptjax evaluate-tasks`: zero-, one- and few-shot in-context tasks, as GPT-3 was evaluated.
 
-    gptjax evaluate-tasks --workdir runs/quickstart --tasks shakespeare_nextline --shots 0,1,5
+    gptjax evaluate-tasks --workdir runs/quickstart --tasks shakespeare_wordorder --shots 0,1,5
 
 A task is a directory holding `task.json` (the spec) and two JSONL splits: `eval` (the examples
 scored) and `fewshot` (where k-shot examples come from). Formats (Brown et al. 2020, sec. 2.4):
@@ -32,14 +32,16 @@ import numpy as np
 
 from gptjax import flops, scoring
 from gptjax.errors import UserError
-from gptjax.scaling_plots import _colors, _finish, _plt
+from gptjax.scaling_plots import _colors, _plt
 
 FORMATS = {"cloze": ("context", "target"), "choice": ("context", "choices", "answer"),
            "completion": ("context", "target")}
 SPEC_KEYS = {"name", "format", "description", "eval", "fewshot", "separator", "seed", "until",
              "max_tokens", "source"}
 TASK_DIR = "tasks"
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tasks")
 MAIN_METRIC = {"cloze": "acc", "choice": "acc_norm", "completion": "exact_match"}
+STYLES = ("o-", "s--", "^-.", "d-", "v--")  # one per shot count
 
 
 @dataclasses.dataclass
@@ -60,14 +62,16 @@ class Task:
 
 
 def find_task(ref: str) -> str:
-    """A task directory, its task.json, or a name under ./tasks/ -> the task.json path."""
-    for path in (ref, os.path.join(TASK_DIR, ref)):
+    """A task directory, its task.json, or a name under ./tasks/ or the shipped tasks/ -> the
+    task.json path."""
+    for path in (ref, os.path.join(TASK_DIR, ref), os.path.join(SHIPPED, ref)):
         if os.path.isdir(path) and os.path.isfile(os.path.join(path, "task.json")):
             return os.path.join(path, "task.json")
         if os.path.isfile(path) and path.endswith(".json"):
             return path
     raise UserError(f"task {ref!r}: no such task; give a directory holding task.json, a "
-                    f"task.json file, or the name of a directory under ./{TASK_DIR}/")
+                    f"task.json file, or the name of a directory under ./{TASK_DIR}/ or "
+                    f"{SHIPPED}/ (the shipped tasks)")
 
 
 def load_task(ref: str) -> Task:
@@ -229,9 +233,11 @@ def write_harness_yaml(tasks: list[Task], directory: str) -> list[str]:
 
 def add_args(parser) -> None:
     parser.add_argument("--workdir", action="append", required=True,
-                        help="a trained workdir (repeat to compare models, e.g. for --plot)")
+                        help="a trained workdir (repeat to compare models, e.g. for --plot); "
+                             "a sweep's workdir stands for its finished runs")
     parser.add_argument("--tasks", required=True,
-                        help=f"comma-separated task directories or names under ./{TASK_DIR}/")
+                        help=f"comma-separated task directories or names under ./{TASK_DIR}/ "
+                             "or of the shipped tasks")
     parser.add_argument("--shots", default="0", help="comma-separated shot counts, e.g. 0,1,5")
     parser.add_argument("--limit", type=int, help="score only the first N eval examples")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
@@ -291,20 +297,49 @@ def _print(results: list, throughputs: list) -> None:
 
 
 def plot(results: list, path: str) -> str:
-    """Each task's main metric (and shot count) against non-embedding parameters."""
-    fig, ax = _plt().subplots(figsize=(6.4, 4.4))
-    lines = sorted({(r["task"], r["shots"]) for r in results})
-    for (task, shots), color in zip(lines, _colors(len(lines)), strict=True):
-        rows = sorted((r for r in results if (r["task"], r["shots"]) == (task, shots)),
+    """Each task's main metric against non-embedding parameters: a color per task, a line style
+    and marker per shot count, a dotted line at chance for choice tasks."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    names = sorted({r["task"] for r in results})
+    shots = sorted({r["shots"] for r in results})
+    colors = dict(zip(names, _colors(len(names)), strict=True))
+    for task, k in sorted({(r["task"], r["shots"]) for r in results}):
+        rows = sorted((r for r in results if (r["task"], r["shots"]) == (task, k)),
                       key=lambda r: r["non_embedding_params"])
         metric = MAIN_METRIC[rows[0]["format"]]
-        ax.plot([r["non_embedding_params"] for r in rows], [r[metric] for r in rows], "o-",
-                color=color, label=f"{task}, {shots}-shot ({metric})")
+        style = STYLES[shots.index(k) % len(STYLES)]
+        ax.plot([r["non_embedding_params"] for r in rows], [r[metric] for r in rows],
+                style, color=colors[task], label=f"{task}, {k}-shot ({metric})")
         if "chance" in rows[0]:
-            ax.axhline(rows[0]["chance"], color=color, ls=":", lw=1)
-    _finish(fig, ax, path, "non-embedding parameters N", "accuracy (dotted: chance)",
-            "in-context accuracy vs model size")
+            ax.axhline(rows[0]["chance"], color=colors[task], ls=":", lw=1)
+    ax.set_xscale("log")
+    ticks = sorted({r["non_embedding_params"] for r in results})  # the models' sizes
+    ax.set_xticks(ticks, [f"{n / 1e6:.3g}M" if n >= 1e6 else f"{round(n / 1e3):,}k"
+                          for n in ticks], fontsize=8)
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    ax.set(xlabel="non-embedding parameters N", ylabel="accuracy (dotted: chance of a choice)")
+    ax.set_title("in-context accuracy vs model size", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path
+
+
+def expand_workdir(ref: str) -> list[str]:
+    """A workdir; a sweep's workdir (`gptjax sweep`) stands for its finished runs."""
+    if os.path.isfile(os.path.join(ref, "config.json")):
+        return [ref]
+    runs = os.path.join(ref, "runs")
+    if not os.path.isfile(os.path.join(ref, "sweep_config.json")) or not os.path.isdir(runs):
+        return [ref]  # load_scorer says what is missing
+    done = [os.path.join(runs, n) for n in sorted(os.listdir(runs))
+            if os.path.isfile(os.path.join(runs, n, "result.json"))]
+    if not done:
+        raise UserError(f"{ref}: a sweep without finished runs (no {runs}/*/result.json)")
+    return done
 
 
 def run(args) -> int:
@@ -317,7 +352,7 @@ def run(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: expected an integer >= 1")
     results, throughputs = [], []
-    for workdir in args.workdir:
+    for workdir in [w for ref in args.workdir for w in expand_workdir(ref)]:
         rows, throughput = evaluate_workdir(workdir, tasks, shots, args)
         results += rows
         throughputs.append(throughput)

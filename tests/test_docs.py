@@ -25,8 +25,12 @@ TINY = ["--config.model.num_layers=2", "--config.model.d_model=32", "--config.mo
         "--config.model.head_dim=16", "--config.model.d_ff=64", "--config.train.steps=4",
         "--config.train.log_every=2", "--config.train.eval_every=2",
         "--config.train.eval_batches=1", "--config.train.ckpt_every=2"]
+# Sweeps: two small budgets (IsoFLOP presets) or a few steps per run (fixed-token presets).
+SWEEP = ["--config.sweep.flops=(3e9,6e9)", "--config.sweep.tokens=2048",
+         "--config.sweep.min_steps=2", "--config.sweep.evals_per_run=1",
+         "--config.sweep.n_boot=20", "--config.train.eval_batches=1"]
 SCALE_DOWN = {"train": TINY, "finetune": TINY, "bench": TINY, "bench-decode": TINY,
-              "data": ["--config.data.max_documents=200"]}
+              "data": ["--config.data.max_documents=200"], "sweep": SWEEP}
 
 
 def test_commands_are_found_and_tagged_properly():

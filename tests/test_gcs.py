@@ -288,3 +288,68 @@ def test_token_store_in_a_bucket_trains_from_a_local_copy(gcs, tmp_path, monkeyp
     windows = np.lib.stride_tricks.sliding_window_view(tokens, config.data.seq_len)
     for row in batch["inputs"]:        # every row is a window of the split in the bucket
         assert np.all(windows == row, axis=1).any()
+
+
+def test_export_import_and_quantize_write_to_the_bucket(gcs, trained, tmp_path, monkeypatch,
+                                                         capsys):
+    """The other commands that write a workdir or a shards dir: `data export --out gs://`,
+    `quantize --out gs://` and `convert import --workdir gs://` put every file in the bucket
+    (and those workdirs are read back from it); `sweep` refuses a URL in one line."""
+    from gptjax import paths
+    from gptjax.cli import main
+    from gptjax.data.store import TokenStore
+
+    monkeypatch.setattr(paths, "REMOTE_CACHE", str(tmp_path / "remote"))
+    monkeypatch.chdir(tmp_path)
+    p = f"cmds-{uuid.uuid4().hex[:8]}"
+    corpus = tmp_path / "corpus.txt"
+    _corpus(corpus)
+    shards = f"gs://{BUCKET}/{p}/shards"
+    assert main(["data", "export", "--config", "configs/smoke.py:tiny", "--out", shards,
+                 "--config.data.source=files", f"--config.data.files={corpus}"]) == 0
+    names = set(gcs.objects(f"{p}/shards/"))
+    assert {f"{p}/shards/{n}" for n in ("index.json", "train.bin", "validation.bin",
+                                        "tokenizer.chars.json")} <= names, names
+    assert TokenStore(shards).splits() == ["train", "validation"]
+
+    quantized = f"gs://{BUCKET}/{p}/int8"
+    assert main(["quantize", "--workdir", trained["run"], "--out", quantized]) == 0
+    assert f"{p}/int8/quantized.npz" in gcs.objects(f"{p}/int8/")
+    assert main(["eval", "--workdir", quantized, "--json"]) == 0
+    capsys.readouterr()
+
+    assert main(["sweep", "--config", "configs/scaling.py:micro", "--workdir",
+                 f"gs://{BUCKET}/{p}/sweep", "--list"]) == 2
+    assert "gptjax sweep writes a local directory" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("gs:*"))
+
+
+def test_hf_import_into_the_bucket_samples_with_its_tokenizer(gcs, tmp_path, monkeypatch,
+                                                               capsys):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from test_interop import _random_hf_model
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from gptjax.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["the gcs bucket holds every shard of a run"] * 20, trainers.BpeTrainer(
+        vocab_size=280, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf_dir = tmp_path / "hf"
+    _random_hf_model(torch, transformers, vocab_size=tok.get_vocab_size(), n_positions=64,
+                     n_layer=2).save_pretrained(hf_dir)
+    tok.save(str(hf_dir / "tokenizer.json"))
+    p = f"hf-{uuid.uuid4().hex[:8]}"
+    url = f"gs://{BUCKET}/{p}/run"
+    assert main(["convert", "import", "--hf", str(hf_dir), "--workdir", url]) == 0
+    names = set(gcs.objects(f"{p}/run/"))
+    assert {f"{p}/run/config.json", f"{p}/run/hf_tokenizer.json",
+            f"{p}/run/checkpoints/0/commit_success.txt"} <= names, names
+    assert main(["sample", "--workdir", url, "--prompt", "the bucket", "--max-new-tokens", "4",
+                 "--num-samples", "1"]) == 0
+    assert "the bucket" in capsys.readouterr().out
+    assert not list(tmp_path.rglob("gs:*"))

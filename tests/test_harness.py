@@ -29,7 +29,7 @@ def test_harness_cli_equals_evaluate_tasks(tmp_path, shakespeare_manual_dir, rep
     text_file = str(shakespeare_manual_dir / "input.txt")
     workdir = tiny_workdir(str(tmp_path / "run"), text_file)
     refs = local_tasks(str(tmp_path / "tasks"), open(text_file).read())
-    refs.append(str(repo_dir / "tasks" / "shakespeare_lastword"))
+    refs.append(str(repo_dir / "tasks" / "shakespeare_wordend"))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **HF_ENV}
     ours = subprocess.run(
         [sys.executable, "-m", "gptjax", "evaluate-tasks", "--workdir", workdir, "--tasks",

@@ -79,7 +79,7 @@ def test_isoflop_exponents_recover_known_values_within_their_cis(seed):
 
 
 def test_frontier_fit_needs_four_minima_and_recovers_e():
-    # Minima of a known frontier L = E + A·N^-alpha over 2.5 decades of N.
+    # Minima of a known frontier L = E + A·N_opt^-alpha over 2.5 decades of N.
     e, a_coef, alpha = 1.2, 40.0, 0.4
     budgets, rng = {}, np.random.default_rng(0)
     for c in np.geomspace(1e10, 1e15, 6):
@@ -88,13 +88,32 @@ def test_frontier_fit_needs_four_minima_and_recovers_e():
         budgets[c] = (n, e + a_coef * n_opt ** -alpha + 0.05 * np.log(n / n_opt) ** 2
                       + rng.normal(0, 0.002, 5))
     iso = fits.isoflop_analysis(budgets, lambda n: 6 * np.asarray(n), n_boot=200)
-    ci = iso["frontier_ci"]
-    assert _inside(ci["E"], e) and _inside(ci["alpha"], alpha)
+    ci = iso["frontier_ci"]  # L*(C) = E + A'·C^-(alpha / 2), since N_opt ∝ C^0.5
+    assert _inside(ci["E"], e) and _inside(ci["alpha"], alpha / 2)
+    assert _inside(ci["alpha_n"], alpha)
     assert 0 < ci["E"]["lo"] and iso["frontier"].r2 > 0.99 and not iso["frontier"].e_at_bound
     three = {c: budgets[c] for c in sorted(budgets)[:3]}
     assert "frontier" not in fits.isoflop_analysis(three, lambda n: 6 * np.asarray(n),
                                                    n_boot=20)
 
+
+
+def test_bootstrap_drops_draws_that_would_be_flagged():
+    # Shallow, noisy profiles whose vertex sits near their largest size: many redrawn parabolas
+    # put it outside the sizes (or open downwards). Those draws are dropped, not fitted.
+    rng = np.random.default_rng(1)
+    budgets = {}
+    for i, c in enumerate(np.geomspace(1e11, 1e12, 4)):
+        n = 1e4 * 2 ** i * np.exp(np.linspace(-1.0, 1.0, 5))
+        n_opt = n[3]
+        budgets[c] = (n, 2.0 - 0.1 * i + 0.02 * np.log(n / n_opt) ** 2
+                      + rng.normal(0, 0.01, 5))
+    iso = fits.isoflop_analysis(budgets, lambda n: 6 * np.asarray(n), n_boot=200)
+    assert not iso["flagged"] and 10 <= iso["accepted"] < 200
+    for o in iso["optima"]:  # every kept draw has its vertex inside the sizes
+        n = budgets[o["compute"]][0]
+        assert n.min() < o["n_opt"]["lo"] <= o["n_opt"]["value"] <= o["n_opt"]["hi"] < n.max()
+    assert "frontier" in iso and np.isfinite(iso["frontier_ci"]["E"]["lo"])
 
 # ----------------------------------------------------------------------------- power laws
 

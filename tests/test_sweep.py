@@ -4,11 +4,15 @@ launch forms, and a real 3-size micro sweep on CPU."""
 import json
 import math
 import os
+import signal
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from gptjax import cli, scaling, sweep, sweep_collect, sweep_launch
+from gptjax import cli, scaling, sweep, sweep_collect, sweep_launch, sweep_local
 from gptjax.config import load_module
 from gptjax.errors import UserError
 
@@ -252,3 +256,39 @@ def test_isolated_and_parallel_runs_are_subprocesses(tmp_path):
     assert [r["status"] for r in results] == ["done"] * 3 and results[0]["steps"] == 8
     for name in ("d8-l1", "d16-l1", "d32-l1"):
         assert "sweep: training" in open(os.path.join(workdir, "runs", name, "train.log")).read()
+
+
+def test_a_signal_to_a_parallel_sweep_stops_its_runs_and_starts_no_more(tmp_path, monkeypatch):
+    """workers=2: SIGTERM to the sweep reaches both running runs (each saves and exits, like
+    `gptjax train`), the queued runs never start, and the sweep returns at once."""
+    child = ("import pathlib, signal, sys, time\n"
+             "run = pathlib.Path(sys.argv[1])\n"
+             "run.mkdir(parents=True, exist_ok=True)\n"
+             "signal.signal(signal.SIGTERM, lambda *a: ((run / 'term').touch(), sys.exit(0)))\n"
+             "(run / 'started').touch()\n"
+             "if run.name == 'r0':\n"
+             "    (run / 'result.json').write_text('{}')\n"
+             "    sys.exit(0)\n"
+             "time.sleep(120)\n")
+    monkeypatch.setattr(sweep_local, "command",
+                        lambda workdir, name: [sys.executable, "-c", child,
+                                               os.path.join(workdir, name)])
+    runs = [{"name": f"r{i}", "workdir": str(tmp_path / f"r{i}")} for i in range(6)]
+
+    def result(run_dir):
+        return {} if os.path.isfile(os.path.join(run_dir, "result.json")) else None
+
+    def signal_when_two_run():
+        deadline = time.time() + 60
+        while time.time() < deadline and len(list(tmp_path.glob("r[1-5]/started"))) < 2:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=signal_when_two_run, daemon=True).start()
+    t0 = time.time()
+    failed, stopped = sweep_local.run_parallel(str(tmp_path), runs, 2, result, log=print)
+    assert stopped and failed == [] and time.time() - t0 < 60
+    started = sorted(p.parent.name for p in tmp_path.glob("r*/started"))
+    assert started == ["r0", "r1", "r2"]
+    assert sorted(p.parent.name for p in tmp_path.glob("r*/term")) == ["r1", "r2"]
+    assert signal.getsignal(signal.SIGTERM) is not None   # the sweep's handler is removed

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from eval_helpers import tiny_workdir
 
@@ -103,27 +104,98 @@ def test_bad_task_files_are_user_errors(tmp_path):
                                    [{"context": "a"}]))
 
 
+SHORT = ("shakespeare_wordend", "shakespeare_wordorder", "shakespeare_spelling",
+         "austen_wordend")
+LONG = ("shakespeare_lastword", "shakespeare_nextline", "austen_nextsent")
+
+
 def test_build_script_reproduces_the_shipped_tasks(tmp_path, repo_dir, shared_dir):
     r = subprocess.run([sys.executable, str(repo_dir / "tasks" / "build.py"), "--data",
                         str(shared_dir / "data"), "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    for name in ("shakespeare_lastword", "shakespeare_nextline", "austen_nextsent"):
+    charset = set((shared_dir / "data/tiny_shakespeare/input.txt").read_text())
+    for name in SHORT + LONG:
         for file in ("task.json", "eval.jsonl", "fewshot.jsonl"):
             built = (tmp_path / name / file).read_bytes()
             assert built == (repo_dir / "tasks" / name / file).read_bytes(), (name, file)
         task = tasks.load_task(str(tmp_path / name))
         assert len(task.eval_rows) >= 200 and len(task.fewshot_rows) >= 50
-        charset = set((shared_dir / "data/tiny_shakespeare/input.txt").read_text())
-        assert all(set(json.dumps(r, ensure_ascii=False)) - set('"{}[]') <= charset | set(
-            "0123456789\\") for r in task.eval_rows), name
+        for row in task.eval_rows + task.fewshot_rows:
+            texts = [row["context"], *row.get("choices", [row.get("target")])]
+            assert all(set(t) <= charset for t in texts), (name, row)
+            if name in SHORT:  # a 5-shot prompt (6 examples, 5 newlines) fits 128 characters
+                assert len(row["context"] + tasks.answer(task, row)) <= 21, (name, row)
+            if name in SHORT and task.format == "choice":
+                check_distractors(name, row)
+
+
+def check_distractors(name, row):
+    """Distractors are the true words in another order / with one adjacent-letter swap."""
+    true, choices = row["choices"][row["answer"]], row["choices"]
+    assert len(set(choices)) == 4 and all(len(c) == len(true) for c in choices), row
+    for wrong in (c for c in choices if c != true):
+        if name.endswith("wordorder"):
+            assert sorted(wrong.split()) == sorted(true.split()), row
+        else:
+            diff = [i for i, (a, b) in enumerate(zip(true, wrong, strict=True)) if a != b]
+            assert len(diff) == 2 and diff[1] == diff[0] + 1, row
+            assert true[diff[0]] == wrong[diff[1]] and true[diff[1]] == wrong[diff[0]], row
+
+
+def test_spelling_needs_letter_pairs_and_word_order_more(repo_dir, shared_dir):
+    """A character bigram model of tiny_shakespeare's training split (the first 90%) picks the
+    true spelling in most examples, but is at chance on word order: permuting words changes
+    few letter pairs, so that task asks a model for more than letter statistics."""
+    text = (shared_dir / "data/tiny_shakespeare/input.txt").read_text()
+    index = {c: i for i, c in enumerate(sorted(set(text)))}
+    ids = np.array([index[c] for c in text[:int(0.9 * len(text))]])
+    counts = np.ones((len(index), len(index)))
+    np.add.at(counts, (ids[:-1], ids[1:]), 1)
+    logp = np.log(counts / counts.sum(1, keepdims=True))
+
+    def accuracy(name):
+        task = tasks.load_task(str(repo_dir / "tasks" / name))
+        hits = []
+        for row in task.eval_rows:
+            pairs = [row["context"][-1] + c for c in row["choices"]]
+            scores = [sum(logp[index[a], index[b]] for a, b in zip(p, p[1:], strict=False))
+                      for p in pairs]
+            hits.append(int(np.argmax(scores)) == row["answer"])
+        return np.mean(hits)
+
+    assert accuracy("shakespeare_spelling") > 0.6
+    assert abs(accuracy("shakespeare_wordorder") - 0.25) < 0.06
+
+
+def test_shipped_tasks_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert tasks.load_task("shakespeare_wordend").name == "shakespeare_wordend"
+
+
+def test_a_sweep_workdir_stands_for_its_finished_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    for name, done in (("b_1e12", True), ("a_1e12", True), ("c_1e12", False)):
+        (sweep / "runs" / name).mkdir(parents=True)
+        (sweep / "runs" / name / "config.json").write_text("{}")
+        if done:
+            (sweep / "runs" / name / "result.json").write_text("{}")
+    assert tasks.expand_workdir(str(sweep)) == [str(sweep)]  # not a sweep: as given
+    (sweep / "sweep_config.json").write_text("{}")
+    assert tasks.expand_workdir(str(sweep)) == [str(sweep / "runs" / n) for n in ("a_1e12",
+                                                                               "b_1e12")]
+    assert tasks.expand_workdir(str(sweep / "runs" / "c_1e12")) == [str(sweep / "runs/c_1e12")]
+    for name in ("a_1e12", "b_1e12"):
+        (sweep / "runs" / name / "result.json").unlink()
+    with pytest.raises(UserError, match="a sweep without finished runs"):
+        tasks.expand_workdir(str(sweep))
 
 
 def test_evaluate_tasks_cli(tmp_path, shakespeare_manual_dir, repo_dir):
     text_file = str(shakespeare_manual_dir / "input.txt")
     workdir = tiny_workdir(str(tmp_path / "run"), text_file)
     refs = local_tasks(str(tmp_path / "tasks"), open(text_file).read())
-    refs.append(str(repo_dir / "tasks" / "shakespeare_nextline"))
+    refs.append(str(repo_dir / "tasks" / "shakespeare_wordorder"))
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
     def cli(*args):
@@ -135,7 +207,7 @@ def test_evaluate_tasks_cli(tmp_path, shakespeare_manual_dir, repo_dir):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert [(x["task"], x["shots"], x["n"]) for x in out["results"]] == [
-        (name, k, 8) for name in ("cloze", "choice", "completion", "shakespeare_nextline")
+        (name, k, 8) for name in ("cloze", "choice", "completion", "shakespeare_wordorder")
         for k in (0, 2)]
     for x in out["results"]:
         assert {"acc", "perplexity", "acc_norm", "exact_match"} & set(x)

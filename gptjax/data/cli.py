@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 
+from gptjax import paths
 from gptjax.cli import _Parser, add_config_arg
 from gptjax.data import make_tokenizer, pipeline, registry
 from gptjax.data.store import META, TokenStore, split_file
@@ -112,22 +112,20 @@ def _export(args) -> int:
         texts = "|".join(registry.names(lambda s: s.documents is not None))
         raise UserError(f"export tokenizes text: data.source={texts}, not {source.name!r}")
     tok = make_tokenizer(config, args.workdir or None)
-    out = os.path.abspath(os.path.expanduser(args.out))
-    if os.path.exists(os.path.join(out, "index.json")):
-        with open(os.path.join(out, "index.json")) as f:
-            if json.load(f).get("tokenizer") != tok.fingerprint:
-                raise UserError(f"{out} holds shards of another tokenizer; choose a new --out")
+    out = paths.prepare_dir(args.out, "--out")
+    index = paths.join(out, "index.json")
+    if paths.exists(index) and json.loads(paths.read_text(index)).get("tokenizer") \
+            != tok.fingerprint:
+        raise UserError(f"{out} holds shards of another tokenizer; choose a new --out")
     store = TokenStore.create(out, tok, source.key(config))
     tok.save(out)
     written = {}
     for split in _splits(config, args.splits):
         cache = pipeline.token_store(config, tok, args.workdir or None)
-        if cache.has(split) and os.path.abspath(cache.directory) != out:
-            meta = cache.meta(split)
-            shutil.copyfile(os.path.join(cache.directory, meta["file"]),
-                            os.path.join(out, meta["file"]))
-            shutil.copyfile(os.path.join(cache.directory, split_file(split) + META),
-                            os.path.join(out, split_file(split) + META))
+        if cache.has(split) and paths.resolve(cache.directory) != out:
+            meta = cache.meta(split)   # already tokenized: copy the cache's split
+            for name in (meta["file"], split_file(split) + META):
+                paths.copy(paths.join(cache.directory, name), paths.join(out, name))
         elif not store.has(split):
             store.write_split(split, tok, source.read(config, split),
                               add_eos=bool(config.data.tokenizer.add_eos), what="export")
