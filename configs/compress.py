@@ -3,7 +3,8 @@ novels, and the half-size student that `gptjax distill` trains from it.
 
     gptjax train --config configs/compress.py:austen --workdir /tmp/austen \
         --config.data.files=../shared/data/austen/austen.txt
-    gptjax compress --workdir /tmp/austen --out docs/compression --tasks austen_nextsent
+    gptjax compress --workdir /tmp/austen --out docs/compression \
+        --tasks austen_nextsent,austen_wordend
     gptjax distill --config configs/compress.py:student --workdir /tmp/student \
         --config.distill.teacher=/tmp/austen
 
