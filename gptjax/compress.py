@@ -39,8 +39,8 @@ import time
 import jax
 import numpy as np
 
-from gptjax import (checkpoint, evaluate, generate, prune, quant, scoring, steps, surgery,
-                    tasks, trim)
+from gptjax import (checkpoint, evaluate, generate, paths, prune, quant, scoring, steps,
+                    surgery, tasks, trim)
 from gptjax.defaults import base_config
 from gptjax.distill import Distillation
 from gptjax.errors import UserError
@@ -298,11 +298,13 @@ def run(args):
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise UserError(f"--methods {args.methods!r}: choose from {', '.join(METHODS)}")
-    args.workdir = os.path.abspath(args.workdir)
+    args.workdir = paths.resolve(args.workdir)   # read: a local path or a bucket URL
     checkpoint.read_config(args.workdir)  # clear errors before any work
+    args.out = paths.local_dir(args.out, "--out", "gptjax compress")
     args.task_list = [tasks.load_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
     args.shots = _shots(args.shots)
-    args.scratch = os.path.abspath(args.scratch or args.workdir.rstrip("/") + "-compress")
+    args.scratch = paths.local_dir(args.scratch or args.workdir.rstrip("/") + "-compress",
+                                   "--scratch", "gptjax compress")
     args.decode_batches = [int(b) for b in args.decode_batches.split(",")]
     os.makedirs(args.scratch, exist_ok=True)
     t0, rows = time.time(), []
@@ -310,7 +312,7 @@ def run(args):
         print(f"gptjax compress: {m}", flush=True)
         for name, workdir, mode in METHODS[m](args):
             rows.append(measure(name, workdir, mode, args))
-    paths = write(rows, args)
+    written = write(rows, args)
     print(table(rows, args.decode_batches, task_columns(args)))
-    print(f"done in {time.time() - t0:.0f}s -> {', '.join(paths)}")
+    print(f"done in {time.time() - t0:.0f}s -> {', '.join(written)}")
     return 0

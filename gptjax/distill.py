@@ -22,11 +22,12 @@ import copy
 import jax
 import jax.numpy as jnp
 
-from gptjax import checkpoint, data, sharding, steps
+from gptjax import checkpoint, steps
 from gptjax.cli import add_config_arg
 from gptjax.errors import UserError
 from gptjax.evaluate import prepare_eval_batches
 from gptjax.state import create_train_state, state_from_params
+from gptjax.surgery import inherited_batches
 from gptjax.train import RunData, storage_errors, summary, train
 
 
@@ -94,11 +95,7 @@ class Distillation:
         config.data = copy.deepcopy(teacher.config.data)  # the teacher's data and tokenizer
         config.data.seq_len = seq_len
         tokenizer = teacher.tokenizer
-        if jax.process_index() == 0 and hasattr(tokenizer, "save"):
-            tokenizer.save(workdir)
-        batches = data.make_train_iter(config, tokenizer, jax.process_index(),
-                                       jax.process_count(),
-                                       rows=sharding.host_rows(mesh, config.train.batch_size))
+        batches = inherited_batches(config, tokenizer, workdir, mesh)
 
         def init_state(cfg, mesh, model, tx, sh):
             if start is None:

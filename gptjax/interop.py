@@ -237,9 +237,6 @@ def save_hf(directory: str, params, c: GPTConfig) -> None:
             from None
     state = params_to_hf(params, c)
     state.pop("lm_head.weight") if c.tie_embeddings else None  # tied: HF re-ties on load
-    if paths.is_url(directory):
-        raise UserError(f"--out {directory}: HF exports are written to a local directory "
-                        f"(then copy it, e.g. gcloud storage cp -r)")
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config_to_hf(c), f, indent=2)
@@ -319,6 +316,9 @@ def run(args) -> int:
         print(f"imported {args.hf} -> {info['workdir']} ({info['layers']} layers, d_model "
               f"{info['d_model']}, vocab {info['vocab_size']})")
         return 0
+    if paths.is_url(args.out):
+        raise UserError(f"--out {args.out}: HF exports are written to a local directory "
+                        f"(then copy it, e.g. gcloud storage cp -r)")
     config = checkpoint.read_config(args.workdir)
     c = GPTConfig.from_config(config.model)
     params, step = checkpoint.load_params(args.workdir, config)

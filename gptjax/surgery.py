@@ -82,6 +82,15 @@ def start_workdir(out: str, config, tokenizer, source: str | None = None) -> str
     return out
 
 
+def inherited_batches(config, tokenizer, workdir: str, mesh):
+    """Training batches for a run that takes its data and tokenizer from another workdir
+    (distillation, recovery fine-tunes): the tokenizer is saved in `workdir` by process 0."""
+    if jax.process_index() == 0 and hasattr(tokenizer, "save"):
+        tokenizer.save(workdir)
+    return data.make_train_iter(config, tokenizer, jax.process_index(), jax.process_count(),
+                                rows=sharding.host_rows(mesh, config.train.batch_size))
+
+
 def write_workdir(out: str, config, tokenizer, params, source: str | None = None,
                   step: int = 0) -> str:
     """Writes a derived model (params of `config.model`'s shapes) as a workdir; -> its path."""
@@ -165,11 +174,7 @@ class Continued:
         config.model = copy.deepcopy(start.config.model)
         config.data = copy.deepcopy(start.config.data)
         tokenizer = start.tokenizer
-        if jax.process_index() == 0 and hasattr(tokenizer, "save"):
-            tokenizer.save(workdir)
-        batches = data.make_train_iter(config, tokenizer, jax.process_index(),
-                                       jax.process_count(),
-                                       rows=sharding.host_rows(mesh, config.train.batch_size))
+        batches = inherited_batches(config, tokenizer, workdir, mesh)
         params = start.params
         masks = masks_from_zeros(params) if self.masked else None
         kept = "" if masks is None else f", {sparsity(params):.0%} of block weights pruned"

@@ -91,3 +91,23 @@ def test_missing_tfds_download_fails_fast_naming_manual_dir(tmp_path):
     assert "Traceback" not in proc.stdout + proc.stderr, output(proc)
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("gptjax: error: ") and "manual_dir" in lines[-1], output(proc)
+
+
+@pytest.mark.parametrize("argv", [
+    ["compress", "--workdir", "{trained}", "--out", "gs://bucket/report", "--methods", "int8"],
+    ["compress", "--workdir", "{trained}", "--out", "{tmp}/report", "--scratch",
+     "gs://bucket/scratch", "--methods", "int8"],
+    ["sweep", "--config", "configs/scaling.py:micro", "--workdir", "gs://bucket/sweep"],
+    ["convert", "export", "--workdir", "{trained}", "--out", "gs://bucket/hf"],
+], ids=["compress_out", "compress_scratch", "sweep", "convert_export"])
+def test_a_url_where_only_local_directories_work_is_one_line(argv, trained, tmp_path):
+    """Never a local directory named `gs:` (what os.path.abspath makes of a URL)."""
+    argv = [a.format(trained=trained, tmp=tmp_path) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "gptjax", *argv], cwd=REPO,
+                          env=subprocess_env(devices=1), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, output(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gptjax: error: ") and "gs://bucket" in \
+        lines[0], output(proc)
+    assert not (REPO / "gs:").exists() and not list(tmp_path.rglob("gs:*"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 
@@ -61,12 +62,18 @@ def _env_len(cmd) -> int:
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
-    """A directory that looks like the repository (configs, examples, docs) for relative paths."""
-    root = tmp_path_factory.mktemp("docs")
-    for name in ("configs", "examples", "docs", "README.md", "launch", "tests", "gptjax", "tasks",
+    """A directory that looks like the repository for relative paths, with `../shared` beside
+    it as beside the repository. docs/ is a copy: commands that write there (a report, a plot)
+    must not change the repository's files."""
+    root = tmp_path_factory.mktemp("docs") / "repo"
+    root.mkdir()
+    for name in ("configs", "examples", "README.md", "launch", "tests", "gptjax", "tasks",
                  "pyproject.toml", ".venv"):
         if (REPO / name).exists():
             os.symlink(REPO / name, root / name)
+    shutil.copytree(REPO / "docs", root / "docs")
+    if (REPO.parent / "shared").exists():
+        os.symlink(REPO.parent / "shared", root.parent / "shared")
     return root
 
 
