@@ -32,6 +32,7 @@ import orbax.checkpoint as ocp
 
 from gptjax import data, paths, quant, sharding
 from gptjax.config import from_dict
+from gptjax.defaults import base_config
 from gptjax.errors import UserError
 from gptjax.state import abstract_train_state, with_shardings
 
@@ -232,14 +233,24 @@ def write_config(workdir: str, config) -> dict:
 
 
 def read_config(workdir: str):
-    """The run's final config (`WORKDIR/config.json`) as a ConfigDict."""
+    """The run's final config (`WORKDIR/config.json`) as a ConfigDict; keys added to gptjax
+    since the run was made take their defaults (gptjax/defaults.py)."""
     path = paths.join(workdir, CONFIG_FILE)
     if paths.isfile(workdir):
         raise UserError(f"--workdir {workdir} is a file, not a directory")
     if not paths.isfile(path):
         raise UserError(f"{path} not found: is {workdir} a gptjax workdir? "
                         f"(train first with `gptjax train --config ... --workdir {workdir}`)")
-    return from_dict(json.loads(paths.read_text(path)))
+    return from_dict(_with_defaults(json.loads(paths.read_text(path)), base_config().to_dict()))
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+    for key, value in defaults.items():
+        if key not in saved:
+            saved[key] = value
+        elif isinstance(value, dict) and isinstance(saved[key], dict):
+            _with_defaults(saved[key], value)
+    return saved
 
 
 def load_params(workdir: str, config, mesh=None, step: int | None = None):

@@ -146,3 +146,15 @@ def test_read_only_without_checkpoints_is_a_user_error(tmp_path):
         checkpoint.Checkpointer(str(tmp_path), read_only=True)
     with pytest.raises(UserError, match="config.json not found"):
         checkpoint.load_for_inference(str(tmp_path))
+
+
+def test_a_workdir_from_before_a_config_key_existed_reads_with_its_default(tmp_path):
+    """config.json of an older gptjax lacks keys added since (model.mup, a whole group):
+    they take their defaults, and the keys the run did save are kept."""
+    import json
+    saved = get_config("configs/smoke.py:tiny", ["--config.train.steps=7"]).to_dict()
+    del saved["model"]["mup"], saved["sweep"]
+    (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps(saved))
+    config = checkpoint.read_config(str(tmp_path))
+    assert config.model.mup is False and config.sweep.workers == 1
+    assert config.train.steps == 7 and config.model.d_model == saved["model"]["d_model"]

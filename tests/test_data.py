@@ -159,7 +159,7 @@ def test_local_files_bad_input(tmp_path, case):
     else:
         f = tmp_path / "x.csv"
         f.write_text("a,b\n")
-        match = "neither .txt nor .jsonl"
+        match = "not a .txt, .md or .jsonl file"
     config = _files_config(tmp_path, f, **overrides)
     with pytest.raises(UserError, match=match):
         list(sources.documents(config, "train"))

@@ -1,10 +1,10 @@
-"""A TFDS builder for the user's own text: globs of `.txt` and `.jsonl` files.
+"""A TFDS builder for the user's own text: globs of `.txt` / `.md` and `.jsonl` files.
 
 Built once into `data_dir` like any TFDS dataset (`gptjax_local_text/<config>/1.0.0`); the
 config name is a hash of the file list, sizes, mtimes and split settings, so editing a file
 builds a new version instead of silently reusing a stale one.
 
-Documents: a `.txt` file is one document; each line of a `.jsonl` file is one document (its
+Documents: a `.txt` or `.md` file is one document; each line of a `.jsonl` file is one document (its
 `data.jsonl_key` field). Empty documents are skipped. Splits `train` and `validation`:
   * many documents (>= 2 / holdout_fraction): a document goes to `validation` when a hash of
     (file name, line) falls below holdout_fraction -- stable as files are appended to;
@@ -51,7 +51,7 @@ def _documents(spec: dict):
     for path, _, _ in spec["files"]:
         base = os.path.basename(path)
         text = _read_text(path, errors)
-        if path.endswith(".txt"):
+        if not path.endswith(".jsonl"):   # plain text (.txt, .md): one document
             if text.strip():
                 yield base, text
             continue
@@ -85,7 +85,7 @@ def _cut(text: str, fraction: float) -> int:
 
 
 class GptjaxLocalText(tfds.core.GeneratorBasedBuilder):
-    """Local .txt / .jsonl files as a TFDS dataset with a held-out split."""
+    """Local .txt / .md / .jsonl files as a TFDS dataset with a held-out split."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Local text files, documents joined by the tokenizer's EOS."}

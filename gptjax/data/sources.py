@@ -1,7 +1,7 @@
 """The built-in data sources (`data.source`), registered in `registry.py` on import.
 
     tfds       any TFDS text dataset (tfds_text.py)             documents -> tokenized once
-    files      the user's .txt / .jsonl files via a TFDS builder documents -> tokenized once
+    files      the user's .txt / .md / .jsonl files via a TFDS builder documents -> tokenized once
     shards     a token store written by `gptjax data export`     tokens (numpy only, no TF)
     synthetic  random tokens of model.vocab_size                 batches (no text, no store)
 
@@ -57,10 +57,10 @@ registry.register(Source(
     label=lambda config: config.data.tfds_name, loader="tf"))
 
 registry.register(Source(
-    name="files", help="your own .txt / .jsonl files, through gptjax's TFDS builder",
+    name="files", help="your own .txt / .md / .jsonl files, through gptjax's TFDS builder",
     keys=("files", "jsonl_key", "holdout_fraction", "encoding_errors", "data_dir",
           "max_documents"),
-    required={"files": "GLOB[,GLOB...] (.txt or .jsonl)"},
+    required={"files": "GLOB[,GLOB...] (.txt, .md or .jsonl)"},
     documents=tfds_text.files_documents, cache_key=_files_key, loader="tf"))
 
 registry.register(Source(

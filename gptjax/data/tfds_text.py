@@ -48,10 +48,10 @@ def data_dir(config) -> str | None:
 # ----------------------------------------------------------------------------- local files
 
 def resolve_files(config) -> list[str]:
-    """Expands data.files (comma-separated globs) into a sorted list of .txt / .jsonl files."""
+    """Expands data.files (comma-separated globs) into a sorted list of .txt / .md / .jsonl files."""
     specs = [s.strip() for s in config.data.files.split(",") if s.strip()]
     if not specs:
-        raise UserError("data.source=files needs data.files=GLOB[,GLOB...] (.txt or .jsonl)")
+        raise UserError("data.source=files needs data.files=GLOB[,GLOB...] (.txt, .md or .jsonl)")
     files: list[str] = []
     for spec in specs:
         matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True))
@@ -61,8 +61,8 @@ def resolve_files(config) -> list[str]:
         files.extend(os.path.abspath(m) for m in matches)
     files = sorted(set(files))
     for f in files:
-        if not f.endswith((".txt", ".jsonl")):
-            raise UserError(f"data.files: {f!r} is neither .txt nor .jsonl")
+        if not f.endswith((".txt", ".md", ".jsonl")):
+            raise UserError(f"data.files: {f!r} is not a .txt, .md or .jsonl file")
     if all(os.path.getsize(f) == 0 for f in files):
         raise UserError(f"data.files={config.data.files!r}: every matching file is empty")
     return files
