@@ -21,8 +21,9 @@ from gptjax import cli, config
 
 COMMANDS = commands()
 GPTJAX = [c for c in COMMANDS if c.tag is None and c.argv[0] == "gptjax"]
-# Scaled down: a few steps of a tiny model (keys that every config has).
-TINY = ["--config.model.num_layers=2", "--config.model.d_model=32", "--config.model.num_heads=2",
+# Scaled down: a few steps of a tiny model (keys that every config has; 3 layers, so that
+# the compression report can drop two).
+TINY = ["--config.model.num_layers=3", "--config.model.d_model=32", "--config.model.num_heads=2",
         "--config.model.head_dim=16", "--config.model.d_ff=64", "--config.train.steps=4",
         "--config.train.log_every=2", "--config.train.eval_every=2",
         "--config.train.eval_batches=1", "--config.train.ckpt_every=2"]
