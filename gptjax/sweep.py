@@ -111,7 +111,8 @@ def _run_config(config, workdir, size, name, steps, lr):
                                         int(round(config.sweep.warmup_fraction * steps))))
     cfg.optim.lr = lr
     if config.sweep.evals_per_run > 0:
-        cfg.train.eval_every = max(1, steps // int(config.sweep.evals_per_run))
+        # rounded up: the last multiple falls short of the final step, which always evaluates
+        cfg.train.eval_every = max(1, math.ceil(steps / int(config.sweep.evals_per_run)))
     cfg.train.log_every = max(1, min(int(config.train.log_every), steps // 20 or 1))
     if not cfg.data.cache_dir:  # tokenize the corpus once for all sizes
         cfg.data.cache_dir = os.path.join(os.path.abspath(workdir), "data_cache")

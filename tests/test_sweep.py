@@ -48,8 +48,12 @@ def test_isoflop_plan_trains_each_budget_exactly(tmp_path):
             step_flops = r["flops_per_token"] * r["tokens"] / r["steps"]
             assert budget <= r["flops"] < budget + step_flops
             assert r["config"].train.steps == r["config"].optim.decay_steps == r["steps"]
+            every = r["config"].train.eval_every  # evaluated at its multiples and at the end
+            evals = set(range(every, r["steps"] + 1, every)) | {r["steps"]}
+            assert len(evals) == config.sweep.evals_per_run, (r["steps"], every)
         n = [r["non_embedding_params"] for r in group]
         assert n == sorted(n)
+    assert any(r["steps"] % config.sweep.evals_per_run for r in runs)  # ones that do not divide
     # Bigger budgets move the window towards bigger sizes.
     smallest = [min(r["non_embedding_params"] for r in runs if r["budget"] == b)
                 for b in BUDGETS]
