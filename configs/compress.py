@@ -41,7 +41,7 @@ def get_config(variant: str = "austen"):
     c.model.max_seq_len = 128
     c.model.use_bias = True
     c.data.source = "files"
-    c.data.files = ""                 # the text: --config.data.files=PATH/austen.txt (docs/compression.md)
+    c.data.files = ""                 # --config.data.files=PATH/austen.txt (docs/compression.md)
     c.data.seq_len = 128
     c.data.tokenizer.kind = "char"
     c.train.batch_size = 16

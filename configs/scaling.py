@@ -52,7 +52,7 @@ def _char_family(c):
     c.model.position = "rotary"
     c.model.mup = True                # one learning rate for every width (see mup_transfer)
     c.model.mup_base_width = 32
-    c.optim.lr = 1.5e-2               # mup_transfer: the optimum is 1.4e-2 ... 1.8e-2 at every width
+    c.optim.lr = 1.5e-2               # mup_transfer: optimum 1.4e-2 ... 1.8e-2 at every width
     sw = c.sweep
     sw.family = "width"
     sw.depth = 2

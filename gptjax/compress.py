@@ -39,8 +39,19 @@ import time
 import jax
 import numpy as np
 
-from gptjax import (checkpoint, evaluate, generate, paths, prune, quant, scoring, steps,
-                    surgery, tasks, trim)
+from gptjax import (
+    checkpoint,
+    evaluate,
+    generate,
+    paths,
+    prune,
+    quant,
+    scoring,
+    steps,
+    surgery,
+    tasks,
+    trim,
+)
 from gptjax.defaults import base_config
 from gptjax.distill import Distillation
 from gptjax.errors import UserError

@@ -4,6 +4,8 @@ package's registry."""
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 from conftest import REPO
@@ -88,3 +90,12 @@ def test_configs_are_not_an_installed_package():
     include = project["tool"]["setuptools"]["packages"]["find"]["include"]
     assert all(not pattern.startswith("configs") for pattern in include)
     assert not (REPO / "configs" / "__init__.py").exists()
+
+
+def test_lint_clean():
+    """pyproject.toml's lint rules ([tool.ruff]: pyflakes, pycodestyle, import order, bugbear)
+    hold in every file."""
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache",
+                          "--output-format", "concise", "."], cwd=REPO, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

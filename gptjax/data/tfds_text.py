@@ -48,7 +48,7 @@ def data_dir(config) -> str | None:
 # ----------------------------------------------------------------------------- local files
 
 def resolve_files(config) -> list[str]:
-    """Expands data.files (comma-separated globs) into a sorted list of .txt / .md / .jsonl files."""
+    """Expands data.files (comma-separated globs) into a sorted list of .txt/.md/.jsonl files."""
     specs = [s.strip() for s in config.data.files.split(",") if s.strip()]
     if not specs:
         raise UserError("data.source=files needs data.files=GLOB[,GLOB...] (.txt, .md or .jsonl)")
