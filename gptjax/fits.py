@@ -43,6 +43,13 @@ def interval(value: float, samples, level: float = LEVEL) -> dict:
             "hi": float(np.percentile(s, 100 - q))}
 
 
+def interval_reaches_zero(e_interval: dict, tol: float = 1e-6) -> bool:
+    """Whether an irreducible loss E (bounded below by 0) has an interval that reaches its
+    bound: the data do not bound it away from 0. Draws that run E to the bound end at ~1e-12
+    (the optimiser's bound), so "reaches" is a lower end below `tol`."""
+    return bool(np.isfinite(e_interval["lo"]) and e_interval["lo"] <= tol)
+
+
 def flops_curve(n, flops_per_token) -> Callable:
     """FLOPs per token as a function of N along a family: piecewise linear in log-log through
     the family's sizes (extrapolated at the ends), so that D = C / fpt(N) between sizes."""

@@ -150,8 +150,11 @@ def frontier(iso: dict, path: str, title: str):
     ax.plot(xs, fits.PowerLaw(**f)(xs), "k-", lw=1,
             label=f"E + A·C^-γ: γ = {f['alpha']:.3f} [{ci['alpha']['lo']:.3f}, "
                   f"{ci['alpha']['hi']:.3f}], R² = {f['r2']:.3f}")
-    ax.axhline(f["E"], color="gray", ls=":", lw=1,
-               label=f"E = {f['E']:.3f} [{ci['E']['lo']:.3f}, {ci['E']['hi']:.3f}]")
+    e_text = f"E = {f['E']:.3f} [{ci['E']['lo']:.3f}, {ci['E']['hi']:.3f}]"
+    if fits.interval_reaches_zero(ci["E"]):  # not drawn: the data do not bound it away from 0
+        ax.plot([], [], " ", label=e_text + ": reaches 0, not measured")
+    else:
+        ax.axhline(f["E"], color="gray", ls=":", lw=1, label=e_text)
     an = ci["alpha_n"]
     ax.plot([], [], " ", label=f"as L(N_opt): α_N = γ / a = {an['value']:.2f} "
                                f"[{an['lo']:.2f}, {an['hi']:.2f}]")

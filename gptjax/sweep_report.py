@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 
-from gptjax import loss_nd, scaling
+from gptjax import fits, loss_nd, scaling
 
 COLUMNS = ("name", "size", "budget", "num_layers", "d_model", "params", "non_embedding_params",
            "tokens", "steps", "flops", "lr", "eval_loss", "train_loss", "wall_time_s", "status")
@@ -72,7 +72,9 @@ def _isoflop(iso: dict) -> list[str]:
     front = iso.get("frontier")
     if front:
         c = iso["frontier_ci"]
-        bound = " (E at its bound 0: not identified)" if front["e_at_bound"] else ""
+        bound = (" (E at its bound 0: not identified)" if front["e_at_bound"] else
+                 " (E's interval reaches its bound 0: these runs do not measure E)"
+                 if fits.interval_reaches_zero(c["E"]) else "")
         out.append(f"- Compute-optimal frontier through the profile minima: L*(C) = E + A·C^-γ "
                    f"with E = {ci(c['E'])}{bound}, A = {ci(c['A'])}, γ = {ci(c['alpha'])}; "
                    f"R² = {front['r2']:.4f} on {front['n_points']} minima. With N_opt ∝ C^a "
@@ -95,6 +97,8 @@ def _loss_nd(nd: dict) -> list[str]:
     for k in ("E", "A", "alpha", "B", "beta"):
         out.append(f"| {k} | {ci(nd[k])} | {scaling.CHINCHILLA[k]} |")
     out.append(f"| a = β/(α+β) | {ci(nd['a'])} | 0.45 |")
+    if fits.interval_reaches_zero(nd["E"]):
+        out.append("\nE's interval reaches its bound 0: these runs do not measure E.")
     law = nd["law"]
     out.append(f"\nHuber loss (δ = {loss_nd.HUBER_DELTA}) on ln L, {law['n_points']} runs; "
                f"R² = {nd['r2']:.4f}, RMSE {law['rmse']:.4f}; CIs from {nd['accepted']} of "

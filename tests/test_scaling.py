@@ -91,10 +91,26 @@ def test_frontier_fit_needs_four_minima_and_recovers_e():
     ci = iso["frontier_ci"]  # L*(C) = E + A'·C^-(alpha / 2), since N_opt ∝ C^0.5
     assert _inside(ci["E"], e) and _inside(ci["alpha"], alpha / 2)
     assert _inside(ci["alpha_n"], alpha)
-    assert 0 < ci["E"]["lo"] and iso["frontier"].r2 > 0.99 and not iso["frontier"].e_at_bound
+    assert not fits.interval_reaches_zero(ci["E"]) and not iso["frontier"].e_at_bound
+    assert iso["frontier"].r2 > 0.99
     three = {c: budgets[c] for c in sorted(budgets)[:3]}
     assert "frontier" not in fits.isoflop_analysis(three, lambda n: 6 * np.asarray(n),
                                                    n_boot=20)
+
+
+def test_a_floor_the_runs_do_not_bound_away_from_zero_is_said_to_reach_it():
+    # One decade of a pure power law (E = 0) with noise: the fit may put E above 0, but its
+    # interval reaches the bound, and the report and the plot say so instead of drawing E.
+    budgets, rng = {}, np.random.default_rng(0)
+    for c in np.geomspace(1e11, 1e12, 4):
+        n_opt = 0.3 * c ** 0.5
+        n = n_opt * np.exp(np.linspace(-1.2, 1.2, 5))
+        budgets[c] = (n, 40.0 * n_opt ** -0.2 + 0.05 * np.log(n / n_opt) ** 2
+                      + rng.normal(0, 0.01, 5))
+    iso = fits.isoflop_analysis(budgets, lambda n: 6 * np.asarray(n), n_boot=200)
+    assert fits.interval_reaches_zero(iso["frontier_ci"]["E"])
+    assert not fits.interval_reaches_zero({"value": 1.2, "lo": 1.1, "hi": 1.3})
+    assert not fits.interval_reaches_zero({"value": 1.2, "lo": float("nan"), "hi": float("nan")})
 
 
 
