@@ -58,7 +58,7 @@ def _char_family(c):
     sw.depth = 2
     sw.head_dim = 4
     sw.lr_rule = "fixed"
-    sw.workers = 2                    # two runs at once: one small model uses < 1 CPU core
+    sw.workers = 2                    # two runs at once (docs/scaling.md: what that buys)
 
 
 def _shakespeare_isoflop(c):
