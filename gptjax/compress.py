@@ -294,16 +294,6 @@ def add_args(parser):
                         help="score only the first N eval examples of each task")
 
 
-def _shots(text: str) -> list[int]:
-    try:
-        shots = [int(k) for k in text.split(",") if k.strip()]
-    except ValueError:
-        shots = []
-    if not shots or min(shots) < 0:
-        raise UserError(f"--shots {text!r}: expected comma-separated integers >= 0")
-    return shots
-
-
 def run(args):
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -313,7 +303,10 @@ def run(args):
     checkpoint.read_config(args.workdir)  # clear errors before any work
     args.out = paths.local_dir(args.out, "--out", "gptjax compress")
     args.task_list = [tasks.load_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
-    args.shots = _shots(args.shots)
+    args.shots = tasks.int_list(args.shots, "--shots")
+    if not args.scratch and paths.is_url(args.workdir):
+        raise UserError(f"--workdir {args.workdir}: a bucket workdir needs --scratch DIR, a "
+                        f"local directory for the variants")
     args.scratch = paths.local_dir(args.scratch or args.workdir.rstrip("/") + "-compress",
                                    "--scratch", "gptjax compress")
     args.decode_batches = [int(b) for b in args.decode_batches.split(",")]

@@ -252,7 +252,8 @@ def add_args(parser) -> None:
                         help="write the tasks as lm-evaluation-harness YAML into DIR and exit")
 
 
-def _ints(text: str, flag: str) -> list[int]:
+def int_list(text: str, flag: str) -> list[int]:
+    """A comma-separated list of integers >= 0 (shot counts), or one line naming `flag`."""
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -348,7 +349,7 @@ def run(args) -> int:
         for path in write_harness_yaml(tasks, args.harness_yaml):
             print(path)
         return 0
-    shots = _ints(args.shots, "--shots")
+    shots = int_list(args.shots, "--shots")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: expected an integer >= 1")
     results, throughputs = [], []

@@ -155,7 +155,8 @@ def test_gcs_workdir_is_in_the_bucket_and_not_on_local_disk(gcs, trained):
     assert not list(REPO.glob("gs:*")) and not list(trained["root"].rglob("gs:*"))
 
 
-def test_eval_sample_plot_and_restore_on_another_mesh_from_the_bucket(gcs, trained, capsys):
+def test_eval_sample_plot_and_restore_on_another_mesh_from_the_bucket(gcs, trained, capsys,
+                                                                     tmp_path):
     import jax
 
     from gptjax import checkpoint, metrics, sharding
@@ -168,6 +169,9 @@ def test_eval_sample_plot_and_restore_on_another_mesh_from_the_bucket(gcs, train
     assert main(["sample", "--workdir", url, "--max-new-tokens", "4", "--num-samples", "1",
                  "--prompt", "ab"]) == 0
     assert capsys.readouterr().out.strip()
+    # compress reads a bucket workdir, but its variants need a local --scratch: one line
+    assert main(["compress", "--workdir", url, "--out", str(tmp_path / "report")]) == 2
+    assert "needs --scratch DIR" in capsys.readouterr().err
     metrics.plot(url)
     assert f"{p}/run/loss.png" in gcs.objects(f"{p}/run/")
     config = checkpoint.read_config(url)
