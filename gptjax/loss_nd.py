@@ -149,7 +149,9 @@ def bootstrap_loss_nd(n, d, loss, budgets=(), flops_per_token=None, n_boot: int 
     for c, samples in zip(budgets, opt, strict=True):
         n_opt, d_opt = law.optimal(c, flops_per_token)
         s = np.array(samples).reshape(-1, 2)
+        with np.errstate(over="ignore", divide="ignore"):  # a degenerate draw's ratio is inf,
+            ratio = s[:, 1] / s[:, 0]                      # which `interval` leaves out
         out["optima"].append({"compute": float(c), "n_opt": interval(n_opt, s[:, 0]),
                               "d_opt": interval(d_opt, s[:, 1]),
-                              "tokens_per_param": interval(d_opt / n_opt, s[:, 1] / s[:, 0])})
+                              "tokens_per_param": interval(d_opt / n_opt, ratio)})
     return out
