@@ -113,7 +113,6 @@ def test_a_floor_the_runs_do_not_bound_away_from_zero_is_said_to_reach_it():
     assert not fits.interval_reaches_zero({"value": 1.2, "lo": float("nan"), "hi": float("nan")})
 
 
-
 def test_bootstrap_drops_draws_that_would_be_flagged():
     # Shallow, noisy profiles whose vertex sits near their largest size: many redrawn parabolas
     # put it outside the sizes (or open downwards). Those draws are dropped, not fitted.
