@@ -13,7 +13,7 @@ a 2-core CPU shared with other jobs, see docs/compression.md),
 `student` (3 layers, the same width: half the layers, for distillation).
 """
 
-from gptjax.defaults import base_config
+from gptjax.config.defaults import base_config
 
 
 def _austen(c):

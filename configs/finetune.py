@@ -10,7 +10,7 @@ Variants: `smoke` (from the quickstart's `runs/quickstart`, on `examples/sft.jso
 (from Hugging Face GPT-2 weights: `init_from=hf:PATH` to a local checkpoint directory).
 """
 
-from gptjax.defaults import base_config
+from gptjax.config.defaults import base_config
 
 
 def _smoke(c):

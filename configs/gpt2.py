@@ -6,7 +6,7 @@ with --config.data.tokenizer.path=DIR; without it a byte-level BPE of 50257 toke
 the data, and training stops with one line if the corpus is too small to make that many.
 """
 
-from gptjax.defaults import base_config
+from gptjax.config.defaults import base_config
 
 # name: (n_layers, d_model, n_heads)
 VARIANTS = {

@@ -27,7 +27,7 @@ pass (remat full). SLICES names the smallest slice each size is documented to fi
 other with `gptjax compile --config configs/gpt3.py:SIZE --topology TYPE`.
 """
 
-from gptjax.defaults import base_config
+from gptjax.config.defaults import base_config
 
 N_CTX = 2048
 # name: (n_layers, d_model, n_heads, d_head, batch tokens, learning rate); the paper's 0.5M /

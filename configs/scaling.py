@@ -16,8 +16,8 @@ Any preset reads your own text with `--config.data.source=files --config.data.fi
 
 import os
 
-from gptjax.config import load_module
-from gptjax.defaults import base_config
+from gptjax.config.defaults import base_config
+from gptjax.config.loader import load_module
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 

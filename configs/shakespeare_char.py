@@ -1,6 +1,6 @@
 """nanoGPT's `train_shakespeare_char` recipe: a 10.7M-parameter character model."""
 
-from gptjax.defaults import base_config
+from gptjax.config.defaults import base_config
 
 
 def get_config():

@@ -4,7 +4,7 @@ Sized to reach Shakespeare-looking text in a few minutes on a 2-core CPU (see RE
 Variants: `default`; `tiny`, a much smaller model for unit tests.
 """
 
-from gptjax.defaults import base_config
+from gptjax.config.defaults import base_config
 
 
 def _tiny(c):

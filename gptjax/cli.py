@@ -1,7 +1,9 @@
 """`gptjax SUBCOMMAND ...`: one entry point; each subcommand lives in its own module.
 
-A module named in COMMANDS provides `add_args(parser)` and `run(args) -> int | None`; it is
-imported only when its subcommand runs, so `gptjax info` never pays for TensorFlow.
+COMMANDS names each subcommand's module under gptjax/commands/ (train/: what makes a run,
+use/: what reads one, measure/: what sizes a config); the module provides `add_args(parser)`
+and `run(args) -> int | None`. It is imported only when its subcommand runs, so `gptjax info`
+never pays for TensorFlow.
 Every `UserError` becomes one line on stderr and exit status 2.
 """
 
@@ -11,41 +13,33 @@ import argparse
 import importlib
 import sys
 
-from gptjax.config import get_config
+from gptjax.commands.args import Parser
+from gptjax.config.loader import get_config
 from gptjax.errors import UserError
 
 COMMANDS = {
-    "info": ("gptjax.info", "parameter count, training FLOPs per token and memory of a config"),
-    "train": ("gptjax.train", "train a model in a workdir (resumes if it holds a checkpoint)"),
-    "eval": ("gptjax.evaluate", "held-out loss / perplexity of a trained workdir"),
-    "evaluate-tasks": ("gptjax.tasks", "zero/one/few-shot in-context tasks (GPT-3 style)"),
-    "sample": ("gptjax.sample", "generate text from a trained workdir"),
-    "plot": ("gptjax.metrics", "draw the loss curves of a workdir to loss.png"),
-    "data": ("gptjax.data.cli", "tokenizers, exporting shards, input-pipeline benchmark"),
-    "bench": ("gptjax.bench", "time the real train step on synthetic data (no TensorFlow)"),
-    "bench-decode": ("gptjax.generate", "KV-cache decode tokens/s of a config (random weights)"),
-    "plan": ("gptjax.plan", "per-device memory of a config on a mesh and device"),
-    "compile": ("gptjax.compile", "compile the train step for a TPU slice here: memory, FLOPs"),
-    "sweep": ("gptjax.sweep", "model-size scaling sweeps, fits and plots"),
-    "finetune": ("gptjax.finetune", "fine-tune on prompt/response JSONL"),
-    "convert": ("gptjax.interop", "import / export Hugging Face GPT-2 weights"),
-    "quantize": ("gptjax.quant", "write an int8 / int4 weight-only copy of a workdir"),
-    "prune": ("gptjax.prune", "prune weights, heads or MLP neurons (+ recovery fine-tune)"),
-    "trim": ("gptjax.trim", "drop layers or unused vocabulary: a smaller model"),
-    "distill": ("gptjax.distill", "train a student on a teacher's soft targets"),
-    "compress": ("gptjax.compress", "size / quality / speed report of compression methods"),
+    "info": ("measure.info", "parameter count, training FLOPs per token and memory of a config"),
+    "train": ("train.train", "train a model in a workdir (resumes if it holds a checkpoint)"),
+    "eval": ("use.eval", "held-out loss / perplexity of a trained workdir"),
+    "evaluate-tasks": ("use.evaluate_tasks", "zero/one/few-shot in-context tasks (GPT-3 style)"),
+    "sample": ("use.sample", "generate text from a trained workdir"),
+    "plot": ("train.plot", "draw the loss curves of a workdir to loss.png"),
+    "data": ("train.data", "tokenizers, exporting shards, input-pipeline benchmark"),
+    "bench": ("measure.bench", "time the real train step on synthetic data (no TensorFlow)"),
+    "bench-decode": ("measure.bench_decode",
+                     "KV-cache decode tokens/s of a config (random weights)"),
+    "plan": ("measure.plan", "per-device memory of a config on a mesh and device"),
+    "compile": ("measure.tpu_compile",
+                "compile the train step for a TPU slice here: memory, FLOPs"),
+    "sweep": ("train.sweep", "model-size scaling sweeps, fits and plots"),
+    "finetune": ("train.finetune", "fine-tune on prompt/response JSONL"),
+    "convert": ("use.convert", "import / export Hugging Face GPT-2 weights"),
+    "quantize": ("use.quantize", "write an int8 / int4 weight-only copy of a workdir"),
+    "prune": ("use.prune", "prune weights, heads or MLP neurons (+ recovery fine-tune)"),
+    "trim": ("use.trim", "drop layers or unused vocabulary: a smaller model"),
+    "distill": ("train.distill", "train a student on a teacher's soft targets"),
+    "compress": ("use.compress", "size / quality / speed report of compression methods"),
 }
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not usage + message
-        raise UserError(f"{message} (see `{self.prog} --help`)")
-
-
-def add_config_arg(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument(
-        "--config", required=required, metavar="FILE.py[:ARG]",
-        help="config file, e.g. configs/gpt3.py:small; override keys with --config.KEY=VALUE")
 
 
 def _split_overrides(rest: list[str]) -> tuple[list[str], list[str]]:
@@ -63,12 +57,12 @@ def _split_overrides(rest: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _build_parser(selected: str | None) -> argparse.ArgumentParser:
-    parser = _Parser(prog="gptjax", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser = Parser(prog="gptjax", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == selected:
-            importlib.import_module(module).add_args(p)
+            importlib.import_module(f"gptjax.commands.{module}").add_args(p)
     return parser
 
 
@@ -86,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, unknown = _split_overrides(rest)
         if unknown:
             raise UserError(f"unrecognised arguments: {' '.join(unknown)}")
-        module = importlib.import_module(COMMANDS[selected][0])
+        module = importlib.import_module(f"gptjax.commands.{COMMANDS[selected][0]}")
         if getattr(args, "config", None) is not None:
             args.config = get_config(args.config, args.overrides)
         elif args.overrides and not getattr(module, "APPLIES_OVERRIDES", False):

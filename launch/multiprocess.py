@@ -7,7 +7,7 @@
 Each process gets JAX_COORDINATOR_ADDRESS=localhost:PORT, JAX_NUM_PROCESSES=N and its own
 JAX_PROCESS_ID, CPU devices (`--devices` virtual ones each; collectives over gloo), and a
 `[pI]` prefix on its output. This is exactly how a pod or cluster runs gptjax, with hosts
-replaced by processes; `gptjax.distributed` reads these variables.
+replaced by processes; `gptjax.parallel.distributed` reads these variables.
 
 When a process fails, the others are stopped after `--grace` seconds (they would otherwise wait
 in a collective until the heartbeat timeout) and the reason is printed: a process that exits
@@ -29,7 +29,8 @@ import sys
 import threading
 import time
 
-EXIT_PEER_TIMEOUT = 75  # gptjax.distributed.EXIT_PEER_TIMEOUT (kept importable without jax)
+# gptjax.parallel.distributed.EXIT_PEER_TIMEOUT (this script stays importable without jax)
+EXIT_PEER_TIMEOUT = 75
 
 
 def free_port() -> int:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train on Cloud TPU slices: every worker (host) of every slice runs the same gptjax command,
-# and jax.distributed finds its peers from the TPU metadata (gptjax/distributed.py).
+# and jax.distributed finds its peers from the TPU metadata (gptjax/parallel/distributed.py).
 #
 #   launch/tpu_pod.sh [--dry-run] check ARGS...     # here, no TPU: gptjax compile ARGS for
 #                                                   # ACCELERATOR x NUM_SLICES (fits? memory)

@@ -22,7 +22,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 OUT = REPO / "docs" / "tpu"
 sys.path.insert(0, str(REPO))
 
-from gptjax.config import load_module  # noqa: E402
+from gptjax.config.loader import load_module  # noqa: E402
 
 GPT3 = load_module(str(REPO / "configs" / "gpt3.py"))
 GEN_DEVICE = {"v5litepod": "v5e"}  # plan's --device of an accelerator type's generation

@@ -7,9 +7,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gptjax.config import get_config
-from gptjax.model import GPT
-from gptjax.state import model_config
+from gptjax.config.loader import get_config
+from gptjax.model.gpt import GPT
+from gptjax.training import train
+from gptjax.training.state import model_config
 
 TINY = ["--config.data.source=synthetic", "--config.model.vocab_size=100",
         "--config.train.steps=10", "--config.train.ckpt_every=10", "--config.train.eval_every=0",
@@ -41,7 +42,6 @@ def logits(c, params, tokens):
 
 def train_tiny(tmp_path_factory, name: str, *overrides: str):
     """A workdir of the tiny model trained 10 steps on synthetic tokens."""
-    from gptjax import train
     workdir = tmp_path_factory.mktemp(name) / "run"
     train.train(tiny_config(*overrides), str(workdir))
     return workdir

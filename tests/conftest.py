@@ -1,5 +1,6 @@
 """Test setup: CPU only, 8 virtual devices (for sharding tests), data from ../shared."""
 
+import importlib.util
 import os
 import pathlib
 
@@ -14,6 +15,10 @@ import pytest  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 os.environ.setdefault("GPTJAX_MANUAL_DIR", str(SHARED / "data" / "tiny_shakespeare"))
+# The TPU compiler (the `tpu` extra): tests that compile for a TPU slice skip without it.
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu not installed (the tpu extra: "
+                                                          "pip install -e '.[tpu]')")
 
 
 @pytest.fixture(scope="session")

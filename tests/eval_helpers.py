@@ -3,9 +3,12 @@ with a large init, so predictions are peaked rather than uniform; seconds to bui
 
 import jax
 
-from gptjax import interop, scoring, sharding, state
-from gptjax.config import get_config
+from gptjax.config.loader import get_config
 from gptjax.data.tokenizer import CharTokenizer
+from gptjax.evaluation import scoring
+from gptjax.parallel import sharding
+from gptjax.training import state
+from gptjax.workdir import write_params
 
 
 def tiny_config(text: str, window: int, text_file: str = "", **model):
@@ -33,6 +36,6 @@ def tiny_workdir(path: str, text_file: str, window: int = 32) -> str:
         config, tok = tiny_config(f.read(), window, text_file)
     mesh = sharding.single_device_mesh()
     params = jax.device_get(state.create_train_state(config, mesh).params)
-    interop.save_params_workdir(config, path, params)
+    write_params(path, config, params)
     tok.save(path)
     return path

@@ -25,7 +25,7 @@ does that without touching the training code: `python tests/faults.py ARGS...` i
 S may be `*` (every step). The hooks wrap `os.rename` (Orbax's local-filesystem commit) and
 `CommitFileTemporaryPath.finalize` (its gs:// commit),
 `orbax.checkpoint.CheckpointManager.save`, `gptjax.data.make_train_iter` and
-`gptjax.steps.make_loss_and_grads`. In-process tests call `install(spec)` (and undo it with
+`gptjax.training.steps.make_loss_and_grads`. In-process tests call `install(spec)` (and undo it with
 pytest's monkeypatch: `install(spec, monkeypatch.setattr)`).
 """
 
@@ -44,8 +44,8 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint._src.path import atomicity  # the gs:// commit; no public name
 
 import gptjax.data as data
-from gptjax import steps
 from gptjax.cli import main as cli_main
+from gptjax.training import steps
 
 ENV = "GPTJAX_FAULT"
 MARKER_ENV = "GPTJAX_FAULT_MARKER"

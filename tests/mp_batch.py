@@ -11,8 +11,10 @@ import sys
 import numpy as np
 from jax.experimental import multihost_utils
 
-from gptjax import data, distributed, sharding, train
-from gptjax.config import get_config
+from gptjax import data
+from gptjax.config.loader import get_config
+from gptjax.parallel import distributed, sharding
+from gptjax.training import train
 
 
 def main(workdir: str, overrides: list[str]) -> int:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from gptjax import bench
+from gptjax.performance import step_bench as bench
 
 # Runs bench through the CLI in a fresh interpreter, then reports whether TensorFlow was loaded.
 SCRIPT = """

@@ -6,10 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-from gptjax import checkpoint, sharding
-from gptjax.config import get_config
+from gptjax.config.loader import get_config
 from gptjax.errors import UserError
-from gptjax.state import abstract_train_state, create_train_state
+from gptjax.parallel import sharding
+from gptjax.storage import checkpoint
+from gptjax.training.state import abstract_train_state, create_train_state
+from gptjax.workdir import CONFIG_FILE, open_run, read_config
 
 
 def tiny(mesh=(1, 1, 1)):
@@ -145,7 +147,7 @@ def test_read_only_without_checkpoints_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no checkpoints"):
         checkpoint.Checkpointer(str(tmp_path), read_only=True)
     with pytest.raises(UserError, match="config.json not found"):
-        checkpoint.load_for_inference(str(tmp_path))
+        open_run(str(tmp_path))
 
 
 def test_a_workdir_from_before_a_config_key_existed_reads_with_its_default(tmp_path):
@@ -154,7 +156,7 @@ def test_a_workdir_from_before_a_config_key_existed_reads_with_its_default(tmp_p
     import json
     saved = get_config("configs/smoke.py:tiny", ["--config.train.steps=7"]).to_dict()
     del saved["model"]["mup"], saved["sweep"]
-    (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps(saved))
-    config = checkpoint.read_config(str(tmp_path))
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(saved))
+    config = read_config(str(tmp_path))
     assert config.model.mup is False and config.sweep.workers == 1
     assert config.train.steps == 7 and config.model.d_model == saved["model"]["d_model"]

@@ -12,11 +12,14 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import needs_libtpu
 
-from gptjax import cli, hlo
-from gptjax.compile import compile_config, parse_topology
-from gptjax.config import get_config, load_module
+from gptjax import cli
+from gptjax.config.loader import get_config, load_module
 from gptjax.errors import UserError
+from gptjax.hardware import hlo
+from gptjax.hardware.tpu_slices import parse_topology
+from gptjax.performance.aot import compile_config
 
 GPT3 = load_module(str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "gpt3.py"))
 
@@ -72,6 +75,7 @@ def _check(report, generation):
     assert report["kernels"]["tpu_custom_call"] >= 3  # splash forward, dq, dkv
 
 
+@needs_libtpu
 @pytest.mark.parametrize("topology,generation,slices", [("v5p-8", "v5p", 1), ("v5e-4", "v5e", 2)])
 def test_compile_smoke(topology, generation, slices):
     """Two generations; the second as two slices (multislice: data parallel across them)."""
@@ -85,6 +89,7 @@ def test_compile_smoke(topology, generation, slices):
     assert report["eval"]["memory"]["total_bytes"] > 0
 
 
+@needs_libtpu
 @pytest.mark.parametrize("topology,generation", [("v4-16", "v4")])
 def test_compile_gpt2_124m(topology, generation):
     """A second generation; docs/tpu.md's own command compiles it for v5e-8
@@ -100,6 +105,7 @@ def test_compile_gpt2_124m(topology, generation):
 
 
 @pytest.mark.slow
+@needs_libtpu
 @pytest.mark.parametrize("size", list(GPT3.VARIANTS))
 def test_gpt3_compiles_and_fits_on_its_documented_slice(size, capsys):
     """As users run it: only --topology, the JSON says fits: true."""

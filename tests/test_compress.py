@@ -1,9 +1,9 @@
 """`gptjax compress`, `quantize`, `prune`, `trim` and `distill` on the command line: help,
 clear one-line errors, and (slow) the whole report on the tiny model."""
 
-import argparse
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -11,9 +11,11 @@ import pytest
 from compress_helpers import TINY, tiny, train_tiny
 from eval_helpers import tiny_workdir
 
-from gptjax import surgery, tasks
 from gptjax.cli import main
+from gptjax.compression import surgery
 from gptjax.data.tokenizer import SyntheticTokenizer
+from gptjax.evaluation import incontext as tasks
+from gptjax.training.evaluation import evaluate_workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,12 +53,12 @@ def test_bad_input_is_one_line(trained, tmp_path, capsys, args, message):
     code = main([command, "--workdir", str(trained), "--out", str(tmp_path / "out"), *rest])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert __import__("re").search(message, err), err
+    assert re.search(message, err), err
 
 
 def test_student_of_another_vocabulary_is_one_line(trained, tmp_path, capsys):
     config, _, params = tiny(noisy=False, vocab_size=50)
-    other = surgery.write_workdir(str(tmp_path / "v50"), config, SyntheticTokenizer(50), params)
+    other = surgery.write_model(str(tmp_path / "v50"), config, SyntheticTokenizer(50), params)
     code = main(["distill", "--config", "configs/smoke.py:tiny", "--workdir",
                  str(tmp_path / "student"), f"--config.distill.teacher={trained}",
                  f"--config.distill.init_from={other}", *TINY])
@@ -66,7 +68,6 @@ def test_student_of_another_vocabulary_is_one_line(trained, tmp_path, capsys):
 
 
 def test_quantized_workdir_loads_without_the_float_checkpoint(trained, tmp_path, capsys):
-    from gptjax.evaluate import evaluate_workdir
     out = tmp_path / "int4"
     assert main(["quantize", "--workdir", str(trained), "--out", str(out), "--mode", "int4",
                  "--group", "0"]) == 0
@@ -92,10 +93,8 @@ def test_task_accuracy_of_each_variant_as_it_runs(tmp_path, shakespeare_manual_d
     column = "shakespeare_nextline 0-shot acc_norm"
     by = {row["variant"]: row for row in csv.DictReader(open(out / "results.csv"))}
     assert column in open(out / "results.md").read().splitlines()[0]
-    flags = argparse.Namespace(step=None, batch_size=32, overrides=(), show_prompt=False,
-                               json=False, limit=24)
     for name, variant in (("float", workdir), ("int8", str(scratch / "int8"))):
-        (result,), _ = tasks.evaluate_workdir(variant, [tasks.load_task(task)], [0], flags)
+        (result,), _ = tasks.evaluate_workdir(variant, [tasks.load_task(task)], [0], limit=24)
         assert float(by[name][column]) == pytest.approx(result["acc_norm"]), name
     assert 0.0 <= float(by["w8a8 (Qwix)"][column]) <= 1.0
     code = main(["compress", "--workdir", workdir, "--out", str(out), "--tasks", task,

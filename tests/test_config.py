@@ -8,9 +8,9 @@ import sys
 import pytest
 from conftest import REPO
 
-from gptjax.config import get_config, load_module
+from gptjax.config.loader import get_config, load_module
 from gptjax.errors import UserError
-from gptjax.model import GPTConfig
+from gptjax.model.gpt import GPTConfig
 
 
 def test_overrides_apply_with_types():

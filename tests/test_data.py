@@ -13,11 +13,12 @@ import time
 import numpy as np
 import pytest
 
-from gptjax import data, train
-from gptjax.config import load_module
+from gptjax import data
+from gptjax.config.loader import load_module
 from gptjax.data import pipeline, sources
 from gptjax.data.store import TokenStore
 from gptjax.errors import UserError
+from gptjax.training import train
 
 get_config = load_module("configs/smoke.py").get_config
 
@@ -410,7 +411,7 @@ def test_synthetic_source_needs_no_text():
 def shards(char_run, tmp_path_factory):
     config, workdir, _ = char_run
     out = str(tmp_path_factory.mktemp("shards"))
-    from gptjax.config import apply_overrides  # noqa: F401 - the CLI path is tested below
+    from gptjax.config.loader import apply_overrides  # noqa: F401 - the CLI path is tested below
     from gptjax.data import cli
     args = type("A", (), {"config": config, "workdir": workdir, "out": out, "splits": "",
                           "json": True, "data_command": "export"})()
@@ -426,7 +427,7 @@ def test_export_shards_readable_without_tensorflow(shards, char_run):
     code = f"""
 import sys, json
 from gptjax import data
-from gptjax.config import load_module
+from gptjax.config.loader import load_module
 get_config = load_module("configs/smoke.py").get_config
 c = get_config("tiny")
 c.data.source = "shards"; c.data.shards_dir = {shards!r}; c.data.seq_len = 64

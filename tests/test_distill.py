@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 from compress_helpers import tiny, tiny_config, train_tiny
 
-from gptjax import checkpoint, distill, surgery
+from gptjax.compression import surgery
 from gptjax.data.tokenizer import SyntheticTokenizer
 from gptjax.errors import UserError
-from gptjax.model import GPT
+from gptjax.model.gpt import GPT
+from gptjax.training import distill, train
+from gptjax.training.loss import cross_entropy
+from gptjax.workdir import open_run
 
 
 def test_student_equal_to_teacher_at_t1_has_zero_kl():
@@ -30,7 +33,7 @@ def test_student_equal_to_teacher_at_t1_has_zero_kl():
     loss, kl = distill.distill_loss(logits, other, batch["targets"], None, c.vocab_size, 2.0, 0.5)
     assert float(kl) > 0
     hard, _ = distill.distill_loss(logits, other, batch["targets"], None, c.vocab_size, 2.0, 0.0)
-    total, n = distill.steps.cross_entropy(logits, batch["targets"])
+    total, n = cross_entropy(logits, batch["targets"])
     assert abs(float(hard) - float(total / n)) < 1e-6
 
 
@@ -47,20 +50,18 @@ def student_config(teacher, steps, **distill_keys):
 
 
 def test_distill_runs_through_the_loop_and_resumes(teacher, tmp_path):
-    from gptjax import train
     workdir = str(tmp_path / "student")
     first = train.train(student_config(teacher, 2), workdir, distill.Distillation())
     assert first["step"] == 2 and np.isfinite(first["loss"])
     second = train.train(student_config(teacher, 4), workdir, distill.Distillation())
     assert second["step"] == 4 and np.isfinite(second["eval_loss"])
-    config, params, _, step = checkpoint.load_for_inference(workdir)
+    config, params, _, step = open_run(workdir)
     assert step == 4 and config.model.num_layers == 1
 
 
 def test_student_with_another_vocabulary_is_refused(teacher, tmp_path):
-    from gptjax import train
     config, _, params = tiny(noisy=False, vocab_size=50)
-    other = surgery.write_workdir(str(tmp_path / "v50"), config, SyntheticTokenizer(50), params)
+    other = surgery.write_model(str(tmp_path / "v50"), config, SyntheticTokenizer(50), params)
     with pytest.raises(UserError, match="vocabulary of 50 tokens.*100"):
         train.train(student_config(teacher, 2, init_from=other), str(tmp_path / "s"),
                     distill.Distillation())

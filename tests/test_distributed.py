@@ -1,13 +1,14 @@
-"""How `gptjax.distributed` decides to call `jax.distributed.initialize` (pure, no processes)."""
+"""How `gptjax.parallel.distributed` decides to call `jax.distributed.initialize` (pure, no
+processes)."""
 
 import subprocess
 import sys
 
 import pytest
 
-from gptjax import distributed
-from gptjax.defaults import base_config
+from gptjax.config.defaults import base_config
 from gptjax.errors import UserError
+from gptjax.parallel import distributed
 
 
 def _dist(**kw):
@@ -102,7 +103,7 @@ def test_single_process_helpers():
 
 def test_initialize_after_devices_is_a_user_error(repo_dir):
     code = ("import jax; jax.devices()\n"
-            "from gptjax.defaults import base_config\n"
+            "from gptjax.config.defaults import base_config\n"
             "from gptjax import distributed\n"
             "c = base_config()\n"
             "c.distributed.coordinator_address = 'localhost:1'\n"

@@ -17,7 +17,8 @@ import sys
 import pytest
 from doc_commands import REPO, TAGS, commands
 
-from gptjax import cli, config
+from gptjax import cli
+from gptjax.config.loader import loader as config
 
 COMMANDS = commands()
 GPTJAX = [c for c in COMMANDS if c.tag is None and c.argv[0] == "gptjax"]

@@ -11,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax import finetune, steps
-from gptjax.config import get_config
+from gptjax.config.loader import get_config
 from gptjax.data.tokenizer import CharTokenizer
 from gptjax.errors import UserError
+from gptjax.training import finetune
+from gptjax.training.loss import cross_entropy
+from gptjax.workdir import load_params, open_run, read_config
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def test_only_response_targets_carry_loss(shakespeare_lines):
     # The loss ignores prompt and padding targets entirely, and sees every response target.
     logits = jax.random.normal(jax.random.key(0), (1, 16, tok.vocab_size))
     def loss(t):
-        total, weight = steps.cross_entropy(logits, jnp.asarray(t)[None], weights[None])
+        total, weight = cross_entropy(logits, jnp.asarray(t)[None], weights[None])
         return float(total / weight)
     other = targets.copy()
     other[weights == 0] = (other[weights == 0] + 5) % tok.vocab_size
@@ -64,7 +66,7 @@ def test_bad_jsonl_is_a_user_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, shakespeare_manual_dir):
-    from gptjax import train
+    from gptjax.training import train
     workdir = tmp_path_factory.mktemp("ft") / "pre"
     config = get_config("configs/smoke.py:tiny", [
         "--config.data.source=files",
@@ -101,8 +103,8 @@ def test_finetune_cli_lowers_the_task_loss(pretrained, shakespeare_lines, tmp_pa
     assert "held-out response loss" in r.stdout
 
     # The result is an ordinary workdir: it loads for inference with its tokenizer.
-    from gptjax import checkpoint
-    config, params, tok, _ = checkpoint.load_for_inference(str(out))
+    from gptjax.storage import checkpoint
+    config, params, tok, _ = open_run(str(out))
     assert config.finetune.train_file == str(path) and tok.vocab_size == config.model.vocab_size
     assert int(checkpoint.Checkpointer(str(out), read_only=True).latest_step()) == 60
 
@@ -113,7 +115,7 @@ def test_finetune_killed_mid_save_resumes_bit_identical(pretrained, shakespeare_
     there (params, Adam state, position in the examples) and ends equal to an unbroken run."""
     from fault_helpers import subprocess_env
 
-    from gptjax import checkpoint
+    from gptjax.storage import checkpoint
     _, lines = shakespeare_lines
     path = tmp_path / "task.jsonl"
     with open(path, "w") as f:
@@ -139,9 +141,9 @@ def test_finetune_killed_mid_save_resumes_bit_identical(pretrained, shakespeare_
     resumed = run(broken)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at step 4" in resumed.stdout
-    config = checkpoint.read_config(str(ref))
-    a, _ = checkpoint.load_params(str(ref), config)
-    b, step = checkpoint.load_params(str(broken), config)
+    config = read_config(str(ref))
+    a, _ = load_params(str(ref), config)
+    b, step = load_params(str(broken), config)
     assert step == 12
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

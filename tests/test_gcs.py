@@ -26,6 +26,8 @@ import uuid
 import numpy as np
 import pytest
 
+from gptjax.workdir import load_params, read_config
+
 # Not imported here: gcsfs reads its settings from the environment the `gcs` fixture sets.
 if not all(importlib.util.find_spec(m) for m in ("gcsfs", "gcp_storage_emulator")):
     pytest.skip("needs gcsfs and gcp-storage-emulator: pip install -e '.[gcs-test]'",
@@ -82,10 +84,12 @@ def _state(workdir: str, step: int) -> dict[str, np.ndarray]:
     """Every array of a checkpoint's train state, restored onto one device."""
     import jax
 
-    from gptjax import checkpoint, sharding
-    from gptjax.state import abstract_train_state, with_shardings
+    from gptjax.parallel import sharding
+    from gptjax.parallel.params import with_shardings
+    from gptjax.storage import checkpoint
+    from gptjax.training.state import abstract_train_state
 
-    abstract, shardings = abstract_train_state(checkpoint.read_config(workdir),
+    abstract, shardings = abstract_train_state(read_config(workdir),
                                                sharding.single_device_mesh())
     ckpt = checkpoint.Checkpointer(workdir, read_only=True)
     state, _ = ckpt.restore(step, with_shardings(abstract, shardings), with_data=False)
@@ -159,8 +163,9 @@ def test_eval_sample_plot_and_restore_on_another_mesh_from_the_bucket(gcs, train
                                                                      tmp_path):
     import jax
 
-    from gptjax import checkpoint, metrics, sharding
     from gptjax.cli import main
+    from gptjax.metrics import curves
+    from gptjax.parallel import sharding
 
     url, p = trained["run"], trained["prefix"]
     assert main(["eval", "--workdir", url, "--json"]) == 0
@@ -172,13 +177,13 @@ def test_eval_sample_plot_and_restore_on_another_mesh_from_the_bucket(gcs, train
     # compress reads a bucket workdir, but its variants need a local --scratch: one line
     assert main(["compress", "--workdir", url, "--out", str(tmp_path / "report")]) == 2
     assert "needs --scratch DIR" in capsys.readouterr().err
-    metrics.plot(url)
+    curves.plot(url)
     assert f"{p}/run/loss.png" in gcs.objects(f"{p}/run/")
-    config = checkpoint.read_config(url)
+    config = read_config(url)
     with config.unlocked():
         config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
     mesh = sharding.make_mesh(config.mesh)
-    params, step = checkpoint.load_params(url, config, mesh=mesh)
+    params, step = load_params(url, config, mesh=mesh)
     assert step == STEPS
     saved = {k: v for k, v in _state(url, STEPS).items() if k.startswith(".params")}
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
@@ -267,10 +272,11 @@ def test_two_processes_share_a_gcs_workdir_and_stop_on_sigterm(gcs, tmp_path):
 def test_token_store_in_a_bucket_trains_from_a_local_copy(gcs, tmp_path, monkeypatch):
     """A tokenized split written to gs:// (as the token cache of a gs:// workdir is, or an
     export copied there): objects in the bucket, memory-mapped from a one-time local copy."""
-    from gptjax import data, paths
-    from gptjax.config import get_config
+    from gptjax import data
+    from gptjax.config.loader import get_config
     from gptjax.data.store import TokenStore
     from gptjax.data.tokenizer import CharTokenizer
+    from gptjax.storage import paths
 
     monkeypatch.setattr(paths, "REMOTE_CACHE", str(tmp_path / "remote"))
     text = "to be or not to be, that is the question\n" * 40
@@ -299,9 +305,9 @@ def test_export_import_and_quantize_write_to_the_bucket(gcs, trained, tmp_path, 
     """The other commands that write a workdir or a shards dir: `data export --out gs://`,
     `quantize --out gs://` and `convert import --workdir gs://` put every file in the bucket
     (and those workdirs are read back from it); `sweep` refuses a URL in one line."""
-    from gptjax import paths
     from gptjax.cli import main
     from gptjax.data.store import TokenStore
+    from gptjax.storage import paths
 
     monkeypatch.setattr(paths, "REMOTE_CACHE", str(tmp_path / "remote"))
     monkeypatch.chdir(tmp_path)

@@ -12,11 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax import generate as G
-from gptjax import sharding
-from gptjax.config import get_config
+from gptjax.config.loader import get_config
 from gptjax.errors import UserError
-from gptjax.model import GPT, GPTConfig
+from gptjax.inference import generate as G
+from gptjax.model.gpt import GPT, GPTConfig
+from gptjax.parallel import sharding
+from gptjax.performance import decode_bench
+from gptjax.workdir import write_params
 
 # float32 on CPU: the cached path (explicit softmax over the cache) and the uncached one
 # (jax.nn.dot_product_attention) differ only by summation order.
@@ -199,7 +201,6 @@ def char_workdir(tmp_path_factory, shakespeare_manual_dir):
     """A workdir as training leaves it (config.json, tokenizer.json, checkpoints/0), holding
     random params: sampling needs no trained model, and this is much faster than training."""
     from gptjax.data.tokenizer import CharTokenizer
-    from gptjax.interop import save_params_workdir
     workdir = tmp_path_factory.mktemp("gen") / "run"
     text = (shakespeare_manual_dir / "input.txt").read_text()
     tok = CharTokenizer.train([[text]], eos=False)
@@ -208,7 +209,7 @@ def char_workdir(tmp_path_factory, shakespeare_manual_dir):
         "--config.model.max_seq_len=32"])
     model = GPT(GPTConfig.from_config(config.model))
     params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
-    save_params_workdir(config, str(workdir), params)
+    write_params(str(workdir), config, params)
     tok.save(str(workdir))
     return workdir
 
@@ -237,3 +238,31 @@ def test_bench_decode_cli_prints_tokens_per_second():
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("batch")]
     assert len(lines) == 2 and all("tokens/s" in ln for ln in lines)
     assert float(lines[1].split(":")[1].split()[0]) > 0
+
+
+def test_bench_decode_defaults_fit_a_short_window():
+    """As documented (16-token prompt, 128 new tokens) on smoke's 128-token learned window: the
+    defaults shrink to fit, with a note, instead of exit 2; explicit values stay as given."""
+    r = _cli("bench-decode", "--config", "configs/smoke.py", "--batch", "1", "--repeats", "1",
+             "--bandwidth", "10")
+    assert r.returncode == 0, r.stderr
+    assert "128-token window" in r.stdout and "16-token prompt + 112 new tokens" in r.stdout
+    assert [ln for ln in r.stdout.splitlines() if ln.startswith("batch")]
+    bad = _cli("bench-decode", "--config", "configs/smoke.py:tiny", "--batch", "1",
+               "--prompt-len", "16", "--new-tokens", "8", "--bandwidth", "10")
+    assert bad.returncode == 2 and "exceeds the model's max_seq_len=16" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("position,given,fitted", [
+    ("learned", (None, None), (2, 14)),    # both defaults: the prompt keeps an eighth
+    ("learned", (4, None), (4, 12)),       # the default gives way to the given value
+    ("learned", (None, 8), (8, 8)),
+    ("learned", (16, 8), (16, 8)),         # both given: as given (generation says it's too long)
+    ("learned", (20, None), (20, 128)),    # nothing left for a default: as given
+    ("rotary", (None, None), (16, 128)),   # no window to fit
+])
+def test_decode_bench_fit_window(position, given, fitted):
+    c = GPTConfig(vocab_size=37, num_layers=1, d_model=16, num_heads=2, head_dim=8, d_ff=32,
+                  max_seq_len=16, position=position)
+    assert decode_bench.fit_window(c, *given) == fitted

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from gptjax.config import get_config
+from gptjax.config.loader import get_config
 from gptjax.data import gpt2_bpe, make_tokenizer
 from gptjax.errors import UserError
-from gptjax.train import check_vocab
+from gptjax.training.train import check_vocab
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""lm-evaluation-harness integration (gptjax/harness.py, the optional `gptjax[eval]` extra):
-`python -m gptjax.harness` runs local harness tasks end to end with the numbers of
-`gptjax evaluate-tasks`, and on a GPT-2 imported from transformers the harness's
+"""lm-evaluation-harness integration (gptjax/evaluation/harness.py, the optional `gptjax[eval]`
+extra): `python -m gptjax.evaluation.harness` runs local harness tasks end to end with the
+numbers of `gptjax evaluate-tasks`, and on a GPT-2 imported from transformers the harness's
 log-likelihoods equal those of transformers' own model (`--model hf`) within 1e-4."""
 
 import json
@@ -15,7 +15,8 @@ from eval_helpers import tiny_workdir
 from test_interop import _random_hf_model
 from test_tasks import local_tasks
 
-from gptjax import interop, tasks
+from gptjax.evaluation import incontext as tasks
+from gptjax.inference import hf_gpt2 as interop
 
 # Offline: the harness reads the local JSONL through the `json` dataset loader only.
 HF_ENV = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -39,7 +40,7 @@ def test_harness_cli_equals_evaluate_tasks(tmp_path, shakespeare_manual_dir, rep
     task_list = [tasks.load_task(r) for r in refs]
     tasks.write_harness_yaml(task_list, str(tmp_path / "yaml"))
     r = subprocess.run(
-        [sys.executable, "-m", "gptjax.harness", "--model", "gptjax", "--model_args",
+        [sys.executable, "-m", "gptjax.evaluation.harness", "--model", "gptjax", "--model_args",
          f"workdir={workdir}", "--tasks", ",".join(t.name for t in task_list),
          "--include_path", str(tmp_path / "yaml"), "--limit", "12", "--batch_size", "16",
          "--output_path", str(tmp_path / "out")],
@@ -108,7 +109,7 @@ def test_loglikelihoods_match_transformers_gpt2(tmp_path, shakespeare_manual_dir
     pytest.importorskip("accelerate", reason="pip install 'gptjax[eval-test]'")
     from lm_eval.tasks import TaskManager
 
-    import gptjax.harness  # noqa: F401  registers --model gptjax
+    import gptjax.evaluation.harness  # noqa: F401  registers --model gptjax
     text = (shakespeare_manual_dir / "input.txt").read_text()[:30000]
     hf_dir = tmp_path / "hf"
     tokenizer = _bpe_tokenizer(text, transformers)

@@ -13,9 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax import interop
 from gptjax.errors import UserError
-from gptjax.model import GPT, GPTConfig
+from gptjax.inference import hf_gpt2 as interop
+from gptjax.model.gpt import GPT, GPTConfig
+from gptjax.workdir import open_run
 
 HF_TINY = {"model_type": "gpt2", "vocab_size": 61, "n_positions": 32, "n_embd": 32, "n_layer": 3,
            "n_head": 4, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5}
@@ -141,7 +142,6 @@ def test_convert_cli_import_then_export(tmp_path):
 def test_import_with_a_tokenizer_sets_tokenizer_kind_hf(tmp_path):
     pytest.importorskip("safetensors", reason="pip install 'gptjax[interop]'")
     tokenizers = pytest.importorskip("tokenizers", reason="pip install 'gptjax[interop]'")
-    from gptjax import checkpoint
     model, params = gptjax_tiny(seed=4)
     interop.save_hf(str(tmp_path / "hf"), params, model.config)
     vocab = {"<|endoftext|>": 0, "[UNK]": 1, **{f"w{i}": i + 2 for i in range(59)}}  # 61 ids
@@ -152,6 +152,6 @@ def test_import_with_a_tokenizer_sets_tokenizer_kind_hf(tmp_path):
     with open(tmp_path / "run" / "config.json") as f:
         saved = json.load(f)["data"]
     assert saved["tokenizer"]["kind"] == "hf" and saved["source"] != "synthetic"
-    config, _, tok, _ = checkpoint.load_for_inference(str(tmp_path / "run"))
+    config, _, tok, _ = open_run(str(tmp_path / "run"))
     assert tok.kind == "hf" and tok.vocab_size == config.model.vocab_size == 61
     assert tok.encode("w3 w7 nope") == [5, 9, 1] and tok.eos_id == 0

@@ -4,6 +4,7 @@ handling and the exact commands the scripts would run (their dry-run modes)."""
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -12,7 +13,8 @@ import sys
 import pytest
 
 SCRIPTS = ["launch/tpu_pod.sh", "launch/slurm_gpu.sbatch", "launch/gpu_bench.sh",
-           "launch/env/gpu.env", "launch/env/tpu.env", "launch/env/cpu.env"]
+           "launch/env/gpu.env", "launch/env/tpu.env", "launch/env/cpu.env", "launch/test.sh",
+           "launch/setup.sh", "launch/quickstart.sh", ".ci/run"]
 
 
 def _bash(repo_dir, args, env=None, **kw):
@@ -38,6 +40,23 @@ def test_shellcheck_clean(repo_dir):
     out = subprocess.run(["shellcheck", "-x", *SCRIPTS], cwd=repo_dir, capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stdout
+
+
+def test_ci_runs_the_readme_test_command(repo_dir):
+    """CI is the README's second command: .ci/run does nothing but run it, and that command
+    installs the extras the suite tests (no `GPTJAX_EXTRAS` needed in front of it)."""
+    readme = (repo_dir / "README.md").read_text()
+    quickstart = readme[readme.index("## Quickstart"):]
+    block = quickstart[quickstart.index("```bash") + len("```bash"):].split("```")[0]
+    command = block.strip().splitlines()[1].split("#")[0].strip()
+    assert command == "bash launch/test.sh"
+    ci = [ln for ln in (repo_dir / ".ci" / "run").read_text().splitlines()
+          if ln.strip() and not ln.startswith("#")]
+    assert ci[-1] == f"exec {command}", ci
+    assert not any(re.search(r"\bpip\b|GPTJAX_EXTRAS", ln) for ln in ci), ci
+    test_sh = (repo_dir / "launch" / "test.sh").read_text()
+    for extra in ("interop-test", "eval-test", "tpu", "gcs-test"):
+        assert extra in test_sh.split("GPTJAX_EXTRAS-", 1)[1].splitlines()[0], extra
 
 
 TPU = {"TPU_NAME": "gpt", "ZONE": "us-east5-a", "ACCELERATOR": "v5p-32"}
@@ -135,9 +154,9 @@ def test_slurm_one_process_per_node_gets_all_gpus(repo_dir):
 
 
 def test_slurm_env_reaches_gptjax_distributed():
-    """The variables srun sets are the ones gptjax.distributed auto-detects."""
-    from gptjax.defaults import base_config
-    from gptjax.distributed import resolve
+    """The variables srun sets are the ones gptjax.parallel.distributed auto-detects."""
+    from gptjax.config.defaults import base_config
+    from gptjax.parallel.distributed import resolve
     srun_env = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_NTASKS": "16",
                 "SLURM_STEP_NUM_TASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1"}
     dist = base_config().distributed
@@ -200,7 +219,7 @@ def test_multiprocess_launcher_arguments(repo_dir):
     assert env["XLA_FLAGS"] == "--foo --xla_force_host_platform_device_count=4"
     assert "did not join" in mp.explain(0, mp.EXIT_PEER_TIMEOUT, "5s")
     assert "SIGABRT" in mp.explain(1, -6, "5s")
-    from gptjax.distributed import EXIT_PEER_TIMEOUT
+    from gptjax.parallel.distributed import EXIT_PEER_TIMEOUT
     assert mp.EXIT_PEER_TIMEOUT == EXIT_PEER_TIMEOUT
     for bad in ([], ["-n", "2", "--skip", "2", "--", "true"], ["-n", "0", "--", "true"]):
         with pytest.raises(SystemExit):

@@ -9,10 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax import sharding, steps
-from gptjax.config import get_config
-from gptjax.model import GPT
-from gptjax.state import abstract_train_state, model_config, with_shardings
+from gptjax.config.loader import get_config
+from gptjax.model.gpt import GPT
+from gptjax.parallel import sharding
+from gptjax.parallel.params import with_shardings
+from gptjax.training import steps
+from gptjax.training.loss import block_size, cross_entropy, make_forward, make_loss
+from gptjax.training.state import abstract_train_state, model_config
 
 VOCAB = 65  # shakespeare_char's characters, padded to 128 columns
 
@@ -37,20 +40,20 @@ def test_chunked_equals_whole_logits(chunk, tied):
     config = tiny(f"--config.train.loss_chunk={chunk}", f"--config.model.tie_embeddings={tied}")
     model, params, batch = setup(config)
     batch["weights"] = (jax.random.uniform(jax.random.key(7), batch["targets"].shape) > 0.3)
-    forward = steps.make_forward(config, model)
+    forward = make_forward(config, model)
 
     def whole(p):
-        total, weight = steps.cross_entropy(forward(p, batch["inputs"]), batch["targets"],
+        total, weight = cross_entropy(forward(p, batch["inputs"]), batch["targets"],
                                             batch["weights"])
         return total / weight
 
-    chunked = steps.make_loss(config, model)
+    chunked = make_loss(config, model)
     want, want_g = jax.value_and_grad(whole)(params)
     got, got_g = jax.value_and_grad(lambda p: chunked(p, batch)[0])(params)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  got_g, want_g)
-    assert steps.block_size(16, chunk) == {1: 1, 5: 4, 8: 8}[chunk]
+    assert block_size(16, chunk) == {1: 1, 5: 4, 8: 8}[chunk]
 
 
 def test_untrained_loss_is_log_vocab_size_in_train_eval_and_finetune():
@@ -61,10 +64,10 @@ def test_untrained_loss_is_log_vocab_size_in_train_eval_and_finetune():
     mesh = sharding.make_mesh(config.mesh)
     _, shardings = abstract_train_state(config, mesh, model)
     with jax.set_mesh(mesh):
-        train_loss = steps.make_loss(config, model)(params, batch, train=True)[0]
+        train_loss = make_loss(config, model)(params, batch, train=True)[0]
         total, weight = steps.make_eval_step(config, mesh, shardings.params, model)(params, batch)
         weights = jnp.zeros(batch["targets"].shape).at[:, 5:].set(1.0)  # response tokens only
-        ft_loss = steps.make_loss(config, model)(params, {**batch, "weights": weights})[0]
+        ft_loss = make_loss(config, model)(params, {**batch, "weights": weights})[0]
     for loss in (train_loss, total / weight, ft_loss):
         assert abs(float(loss) - math.log(VOCAB)) < 0.1, float(loss)
     assert abs(math.log(128) - math.log(VOCAB)) > 0.5
@@ -73,7 +76,7 @@ def test_untrained_loss_is_log_vocab_size_in_train_eval_and_finetune():
 def test_logits_are_float32_under_bfloat16_compute():
     config = tiny("--config.model.dtype=bfloat16")
     model, params, batch = setup(config)
-    logits = steps.make_forward(config, model)(params, batch["inputs"])
+    logits = make_forward(config, model)(params, batch["inputs"])
     assert logits.dtype == jnp.float32
     assert float(logits[..., VOCAB:].max()) == float(jnp.finfo(jnp.float32).min)
     # Accumulated in float32: not a bfloat16 value rounded up (bf16 keeps 8 mantissa bits).

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax.config import get_config
-from gptjax.flops import model_stats, param_counts
-from gptjax.layouts import layers_to_scanned, scanned_to_layers
-from gptjax.model import GPT, GPTConfig, attention_mask, explicit_attention
+from gptjax.config.loader import get_config
+from gptjax.model.flops import model_stats, param_counts
+from gptjax.model.gpt import GPT, GPTConfig, attention_mask, explicit_attention
+from gptjax.model.layouts import layers_to_scanned, scanned_to_layers
 
 TINY = GPTConfig.from_config(get_config("configs/smoke.py:tiny").model, backend="cpu")
 

@@ -10,9 +10,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from gptjax import sharding
-from gptjax.config import load_config
+from gptjax.config.loader import load_config
 from gptjax.errors import UserError
+from gptjax.parallel import sharding
 
 
 @dataclasses.dataclass(frozen=True)

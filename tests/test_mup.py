@@ -4,10 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from gptjax import mup
-from gptjax.defaults import base_config
-from gptjax.model import GPTConfig
-from gptjax.optim import make_optimizer, mup_hidden_mask
+from gptjax.config.defaults import base_config
+from gptjax.model.gpt import GPTConfig
+from gptjax.scaling import mup
+from gptjax.training.optim import make_optimizer, mup_hidden_mask
 
 WIDTHS = (32, 128)
 

@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-from gptjax import plan
-from gptjax.config import get_config
+from gptjax.config.loader import get_config
 from gptjax.errors import UserError
+from gptjax.parallel.sharding import parse_mesh
+from gptjax.performance import memory_plan as plan
 
 
 def _config(spec, *overrides):
@@ -17,11 +18,11 @@ def _config(spec, *overrides):
 
 
 def test_parse_mesh():
-    assert plan.parse_mesh("data=2,fsdp=4") == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert parse_mesh("data=2,fsdp=4") == {"data": 2, "fsdp": 4, "tensor": 1}
     with pytest.raises(UserError, match="AXIS=SIZE"):
-        plan.parse_mesh("pipeline=2")
+        parse_mesh("pipeline=2")
     with pytest.raises(UserError, match="not an integer"):
-        plan.parse_mesh("data=two")
+        parse_mesh("data=two")
 
 
 def test_state_bytes_exact_and_sharded():

@@ -1,17 +1,17 @@
 """Pruning: sparsity targets, structurally pruned = masked logits, pruned weights stay exactly
 zero through a recovery fine-tune and a checkpoint round trip, clear errors."""
 
-import argparse
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from compress_helpers import logits, tiny, train_tiny
 
-from gptjax import checkpoint, prune, surgery
+from gptjax.compression import prune, surgery
 from gptjax.errors import UserError
-from gptjax.state import model_config
+from gptjax.training.evaluation import evaluate_workdir
+from gptjax.training.state import model_config
+from gptjax.workdir import open_run
 
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
@@ -69,22 +69,19 @@ def trained(tmp_path_factory):
     return train_tiny(tmp_path_factory, "prune")
 
 
-def args(workdir, out, **kw):
-    base = dict(workdir=str(workdir), out=str(out), sparsity=0.0, scope="global", heads=0.0,
-                neurons=0.0, score="magnitude", calibration_batches=2, recover_steps=0,
-                recover_lr=1e-3, recover_out="")
-    return argparse.Namespace(**{**base, **kw})
+def prune_run(workdir, out, **kw):
+    return prune.prune_workdir(str(workdir), str(out), calibration_batches=2, **kw)
 
 
 def test_pruned_weights_stay_zero_through_recovery_and_checkpoints(trained, tmp_path):
-    out, masked = prune.prune_workdir(args(trained, tmp_path / "s50", sparsity=0.5,
-                                           score="first_order"))
-    assert masked
-    _, pruned, _, _ = checkpoint.load_for_inference(out)
+    out, masked, _, _, zeros = prune_run(trained, tmp_path / "s50", sparsity=0.5,
+                                         score="first_order")
+    assert masked and abs(zeros - 0.5) < 0.01
+    _, pruned, _, _ = open_run(out)
     assert abs(surgery.sparsity(pruned) - 0.5) < 0.01
     result = surgery.recover(out, str(tmp_path / "rec"), steps=6, lr=1e-2, masked=True)
     assert result["step"] == 6
-    _, recovered, _, step = checkpoint.load_for_inference(result["workdir"])
+    _, recovered, _, step = open_run(result["workdir"])
     assert step == 6
     changed = 0
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(pruned)[0],
@@ -97,11 +94,13 @@ def test_pruned_weights_stay_zero_through_recovery_and_checkpoints(trained, tmp_
 
 
 def test_structured_workdir_loads_smaller(trained, tmp_path):
-    out, masked = prune.prune_workdir(args(trained, tmp_path / "h", heads=1, neurons=0.25))
-    assert not masked
-    config, params, _, _ = checkpoint.load_for_inference(out)
+    result = prune_run(trained, tmp_path / "h", heads=1, neurons=0.25)
+    assert not result.masked and (result.num_heads, result.d_ff) == (1, 24)
+    assert prune.pruned_line(result) == (f"pruned (1 heads, d_ff 24, 0.0% of block weights "
+                                         f"zero) -> {result.out}")
+    out = result.out
+    config, params, _, _ = open_run(out)
     assert (config.model.num_heads, config.model.d_ff) == (1, 24)
-    from gptjax.evaluate import evaluate_workdir
     assert np.isfinite(evaluate_workdir(out, batches=1)["loss"])
     with pytest.raises(UserError, match="already holds a run"):
-        prune.prune_workdir(args(trained, out, heads=1))
+        prune_run(trained, out, heads=1)

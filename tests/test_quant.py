@@ -10,10 +10,13 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from gptjax import quant
-from gptjax.config import get_config
+from gptjax.config.loader import get_config
 from gptjax.errors import UserError
-from gptjax.model import GPT, GPTConfig
+from gptjax.inference import quantization as quant
+from gptjax.model.gpt import GPT, GPTConfig
+from gptjax.storage import quantized
+from gptjax.training import train
+from gptjax.training.evaluation import evaluate_workdir
 
 
 def init(**kw):
@@ -59,8 +62,8 @@ def test_int4_grouped_round_trip_is_bounded_by_the_scale(tmp_path):
     assert bool(jnp.all(err <= scale / 2 + 1e-7))
     assert float(jnp.max(err)) > 0
     # Saved packed two values a byte; loaded back bit for bit, without the float params.
-    path = quant.save(str(tmp_path), q, {"mode": "int4", "group": 32, "step": 7})
-    loaded, info = quant.load(str(tmp_path))
+    path = quantized.save(str(tmp_path), q, {"mode": "int4", "group": 32, "step": 7})
+    loaded, info = quantized.load(str(tmp_path))
     assert info["step"] == 7
     for a, b in zip(jax.tree.leaves(q), jax.tree.leaves(loaded), strict=True):
         assert a.dtype == b.dtype and bool(jnp.all(a == b))
@@ -119,7 +122,6 @@ def test_qwix_model_ptq_limits():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shakespeare_manual_dir):
-    from gptjax import train
     workdir = tmp_path_factory.mktemp("quant") / "run"
     config = get_config("configs/smoke.py:tiny", [
         "--config.data.source=files",
@@ -135,7 +137,6 @@ def trained(tmp_path_factory, shakespeare_manual_dir):
 
 def test_int8_perplexity_within_one_percent_of_float(trained):
     """`gptjax eval --quantize int8` vs float on the same held-out batches."""
-    from gptjax.evaluate import evaluate_workdir
     base = evaluate_workdir(str(trained), batches=4)
     q = evaluate_workdir(str(trained), batches=4, quantize="int8")
     assert base["tokens"] == q["tokens"] > 0

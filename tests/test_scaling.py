@@ -4,9 +4,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from gptjax import fits, flops, loss_nd, scaling
-from gptjax.config import load_module
+from gptjax.config.loader import load_module
 from gptjax.errors import UserError
+from gptjax.model import flops
+from gptjax.scaling import family as scaling
+from gptjax.scaling import isoflop_fit as fits
+from gptjax.scaling import parametric_fit as loss_nd
+from gptjax.scaling import stats
 
 presets = load_module("configs/scaling.py")
 
@@ -91,7 +95,7 @@ def test_frontier_fit_needs_four_minima_and_recovers_e():
     ci = iso["frontier_ci"]  # L*(C) = E + A'·C^-(alpha / 2), since N_opt ∝ C^0.5
     assert _inside(ci["E"], e) and _inside(ci["alpha"], alpha / 2)
     assert _inside(ci["alpha_n"], alpha)
-    assert not fits.interval_reaches_zero(ci["E"]) and not iso["frontier"].e_at_bound
+    assert not stats.interval_reaches_zero(ci["E"]) and not iso["frontier"].e_at_bound
     assert iso["frontier"].r2 > 0.99
     three = {c: budgets[c] for c in sorted(budgets)[:3]}
     assert "frontier" not in fits.isoflop_analysis(three, lambda n: 6 * np.asarray(n),
@@ -108,9 +112,9 @@ def test_a_floor_the_runs_do_not_bound_away_from_zero_is_said_to_reach_it():
         budgets[c] = (n, 40.0 * n_opt ** -0.2 + 0.05 * np.log(n / n_opt) ** 2
                       + rng.normal(0, 0.01, 5))
     iso = fits.isoflop_analysis(budgets, lambda n: 6 * np.asarray(n), n_boot=200)
-    assert fits.interval_reaches_zero(iso["frontier_ci"]["E"])
-    assert not fits.interval_reaches_zero({"value": 1.2, "lo": 1.1, "hi": 1.3})
-    assert not fits.interval_reaches_zero({"value": 1.2, "lo": float("nan"), "hi": float("nan")})
+    assert stats.interval_reaches_zero(iso["frontier_ci"]["E"])
+    assert not stats.interval_reaches_zero({"value": 1.2, "lo": 1.1, "hi": 1.3})
+    assert not stats.interval_reaches_zero({"value": 1.2, "lo": float("nan"), "hi": float("nan")})
 
 
 def test_bootstrap_drops_draws_that_would_be_flagged():
@@ -138,7 +142,7 @@ def test_power_law_recovers_known_parameters_within_cis(E, A, alpha):
     rng = np.random.default_rng(0)
     n = np.geomspace(1e3, 1e7, 9)
     clean = E + A * n ** -alpha
-    out = fits.bootstrap_power_law(n, clean * (1 + rng.normal(0, 0.003, n.shape)), n_boot=200)
+    out = stats.bootstrap_power_law(n, clean * (1 + rng.normal(0, 0.003, n.shape)), n_boot=200)
     for key, truth in (("E", E), ("A", A), ("alpha", alpha)):
         assert _inside(out[key], truth), (key, out[key])
     assert out["law"].r2 > 0.99 and not out["law"].e_at_bound
@@ -146,12 +150,12 @@ def test_power_law_recovers_known_parameters_within_cis(E, A, alpha):
 
 def test_power_law_without_e_and_at_its_bound():
     n = np.geomspace(1e3, 1e8, 6)
-    pure = fits.fit_power_law(n, 7.0 * n ** -0.076, fit_e=False)
+    pure = stats.fit_power_law(n, 7.0 * n ** -0.076, fit_e=False)
     assert pure.E == 0 and pure.alpha == pytest.approx(0.076, rel=1e-3)
     # A pure power law fitted with E: E goes to its bound 0 and says so.
-    assert fits.fit_power_law(n, 7.0 * n ** -0.3).e_at_bound
+    assert stats.fit_power_law(n, 7.0 * n ** -0.3).e_at_bound
     with pytest.raises(UserError, match="distinct"):
-        fits.fit_power_law([1e3, 1e3, 1e4], [3.0, 3.0, 2.0])
+        stats.fit_power_law([1e3, 1e3, 1e4], [3.0, 3.0, 2.0])
 
 
 # ----------------------------------------------------------------------------- approach 3

@@ -1,5 +1,6 @@
-"""Scoring primitives (gptjax/scoring.py): log-likelihoods equal a direct full forward pass,
-batched == unbatched, rolling windows, greedy generation with stop strings, on 8 CPU devices."""
+"""Scoring primitives (gptjax/evaluation/scoring.py): log-likelihoods equal a direct full
+forward pass, batched == unbatched, rolling windows, greedy generation with stop strings, on 8
+CPU devices."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 from eval_helpers import tiny_scorer
 
-from gptjax import generate, scoring
+from gptjax.evaluation import scoring
+from gptjax.inference import generate
 
 WINDOW = 24
 

@@ -6,10 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from gptjax import sharding, steps
-from gptjax.config import get_config
+from gptjax.config.loader import get_config
 from gptjax.errors import UserError
-from gptjax.state import abstract_train_state, create_train_state
+from gptjax.parallel import sharding
+from gptjax.training import steps
+from gptjax.training.state import abstract_train_state, create_train_state
 
 MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)]
 

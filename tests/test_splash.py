@@ -1,4 +1,4 @@
-"""Splash attention (gptjax/attention.py) in Pallas' interpreter on CPU: forward and gradients
+"""Splash attention (gptjax/model/attention.py) in Pallas' interpreter on CPU: forward and gradients
 equal XLA's attention, causal and locally banded, on one device and sharded over a mesh.
 
 Tolerances (float32 inputs): outputs within 2e-5 absolute, gradients within 1e-4 absolute of
@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gptjax import sharding
-from gptjax.attention import fused_attention, supported
-from gptjax.config import get_config
+from gptjax.config.loader import get_config
+from gptjax.model.attention import fused_attention, supported
+from gptjax.parallel import sharding
 
 T, HEADS = 256, 2
 

@@ -1,9 +1,12 @@
-"""The package's shape: no import cycles between gptjax modules, modules and functions of a
-readable size, configs not installed as a package, no data-source branches outside the data
-package's registry."""
+"""The package's shape: the layering table of docs/architecture.md (which part of gptjax may
+import which), no import cycle between modules, every import counted (function-local ones
+included), modules and functions of a readable size, configs not installed as a package, no
+data-source branches outside the data package's registry."""
 
 import ast
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
 
@@ -13,23 +16,59 @@ from conftest import REPO
 PACKAGE = REPO / "gptjax"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
+MAX_PACKAGE_MODULES = 12
 CONFIG_LISTINGS = ("defaults.py",)  # one function listing every key with its comment
+TOP_LEVEL = {"__init__", "__main__", "cli", "errors", "workdir"}
+
+# Which parts of gptjax each part may import (besides itself): the table of
+# docs/architecture.md, lowest layer first. A part is a subpackage or a top-level module.
+_BELOW_TRAINING = {"config", "data", "errors", "hardware", "inference", "metrics", "model",
+                   "parallel", "storage", "workdir"}
+LAYERS = {
+    "errors": set(),
+    "config": {"errors"},
+    "hardware": {"errors"},
+    "model": {"config", "errors"},
+    "parallel": {"config", "errors", "model"},
+    "storage": {"errors", "parallel"},
+    "data": {"config", "errors", "storage"},
+    "metrics": {"errors", "storage"},
+    "workdir": {"config", "data", "errors", "model", "parallel", "storage"},
+    "inference": {"config", "data", "errors", "model", "parallel", "storage", "workdir"},
+    "training": _BELOW_TRAINING,
+    "evaluation": _BELOW_TRAINING | {"training"},
+    "compression": _BELOW_TRAINING | {"training", "evaluation", "performance"},
+    "scaling": _BELOW_TRAINING | {"training"},
+    "performance": _BELOW_TRAINING | {"training"},
+    "commands": _BELOW_TRAINING | {"training", "evaluation", "compression", "scaling",
+                                   "performance"},
+    "cli": {"commands", "config", "errors"},
+    "__main__": {"cli"},
+    "__init__": set(),
+}
+# The only gptjax imports inside a function: each defers a heavy third-party import.
+LAZY = {("gptjax.data.tfds_text", "gptjax.data.local_text"): "imports tensorflow_datasets"}
 
 
-def _modules() -> dict[str, pathlib.Path]:
+def _modules(root: pathlib.Path = PACKAGE) -> dict[str, pathlib.Path]:
     out = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(REPO).with_suffix("").parts
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         out[name] = path
     return out
 
 
-def _imports(name: str, path: pathlib.Path, modules: dict) -> set[str]:
-    """gptjax modules `name` imports at import time (module level, not inside functions)."""
-    found = set()
+def _imports(name: str, path: pathlib.Path, modules: dict) -> dict[str, bool]:
+    """gptjax modules `name` imports -> whether every import of it is inside a function.
+    Every import statement counts: module level, inside functions, under `if`/`try`."""
+    found: dict[str, bool] = {}
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.parse(path.read_text()).body:
+    tree = ast.parse(path.read_text())
+    local = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef,
+                                                              ast.AsyncFunctionDef))
+             for n in ast.walk(f) if n is not f}
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -42,16 +81,38 @@ def _imports(name: str, path: pathlib.Path, modules: dict) -> set[str]:
             targets = subs if len(subs) == len(node.names) else [base] + subs
         else:
             continue
-        # A module's parent packages are initialised before it anyway: not an edge.
-        found |= {t for t in targets if t in modules and not (name + ".").startswith(t + ".")}
+        for t in targets:
+            # A module's parent packages are initialised before it anyway: not an edge.
+            if t in modules and not (name + ".").startswith(t + "."):
+                found[t] = found.get(t, True) and id(node) in local
     return found
 
 
-def test_no_import_cycles():
-    modules = _modules()
-    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
-    # A package's __init__ runs before its submodules: `gptjax.data.x` importing `gptjax.data`
-    # is not a cycle unless `gptjax.data` (transitively) imports `gptjax.data.x` back.
+def _graph(root: pathlib.Path = PACKAGE) -> dict[str, dict[str, bool]]:
+    modules = _modules(root)
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def forbidden_edges(graph: dict) -> list[str]:
+    """Imports the layering table does not allow (a part missing from it allows nothing)."""
+    bad = []
+    for name, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            src, dst = _part(name), _part(target)
+            if src != dst and dst not in LAYERS.get(src, set()):
+                bad.append(f"{name} -> {target} ({src} may not import {dst})")
+    return bad
+
+
+def find_cycle(graph: dict) -> list[str] | None:
+    """One import cycle among modules, or None. A package's __init__ runs before its submodules:
+    `gptjax.data.x` importing `gptjax.data` is not a cycle unless `gptjax.data` (transitively)
+    imports `gptjax.data.x` back."""
     state, stack = {}, []
 
     def visit(node):
@@ -59,16 +120,76 @@ def test_no_import_cycles():
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                cycle = stack[stack.index(nxt):] + [nxt]
-                pytest.fail("import cycle: " + " -> ".join(cycle))
+                return stack[stack.index(nxt):] + [nxt]
             if nxt not in state:
-                visit(nxt)
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
         stack.pop()
         state[node] = "done"
+        return None
 
     for name in sorted(graph):
         if name not in state:
-            visit(name)
+            cycle = visit(name)
+            if cycle:
+                return cycle
+    return None
+
+
+def local_imports(graph: dict) -> list[str]:
+    return [f"{name} imports {target} inside a function"
+            for name, targets in sorted(graph.items())
+            for target, inside in sorted(targets.items())
+            if inside and (name, target) not in LAZY]
+
+
+def test_layers_are_respected():
+    assert not forbidden_edges(_graph()), "\n".join(forbidden_edges(_graph()))
+
+
+def test_no_import_cycles():
+    cycle = find_cycle(_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_gptjax_imports_inside_functions():
+    assert not local_imports(_graph()), "\n".join(local_imports(_graph()))
+
+
+def test_a_planted_edge_is_caught(tmp_path):
+    """The checks read every import: a function-local import of the training loop from the
+    model is a forbidden edge, a cycle (train -> ... -> model -> train) and a local import."""
+    root = tmp_path / "gptjax"
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    assert not forbidden_edges(_graph(root)) and find_cycle(_graph(root)) is None
+    with open(root / "model" / "gpt.py", "a") as f:
+        f.write("\n\ndef planted():\n    from gptjax.training import train  # noqa\n"
+                "    return train\n")
+    graph = _graph(root)
+    assert forbidden_edges(graph) == ["gptjax.model.gpt -> gptjax.training.train "
+                                      "(model may not import training)"]
+    cycle = find_cycle(graph)
+    assert cycle is not None and "gptjax.model.gpt" in cycle and "gptjax.training.train" in cycle
+    assert local_imports(graph) == ["gptjax.model.gpt imports gptjax.training.train inside a "
+                                    "function"]
+
+
+def test_layout_by_concern():
+    """Top level: the entry points, errors, the workdir, and subpackages; each subpackage says
+    its idea in its docstring and holds at most MAX_PACKAGE_MODULES modules."""
+    top = {p.stem for p in PACKAGE.glob("*.py")}
+    assert top <= TOP_LEVEL, f"modules outside a subpackage: {sorted(top - TOP_LEVEL)}"
+    parts = {p.parent.relative_to(PACKAGE).parts[0] for p in PACKAGE.glob("*/__init__.py")}
+    assert parts <= set(LAYERS), f"subpackages missing from LAYERS: {sorted(parts - set(LAYERS))}"
+    architecture = (REPO / "docs" / "architecture.md").read_text()
+    for init in PACKAGE.rglob("__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and len(doc) > 40, f"{init.relative_to(REPO)}: say what the package holds"
+        modules = [p for p in init.parent.glob("*.py") if p.name != "__init__.py"]
+        assert len(modules) <= MAX_PACKAGE_MODULES, f"{init.parent.name}: {len(modules)} modules"
+    for part in LAYERS:
+        assert re.search(rf"\b{re.escape(part)}\b", architecture), f"architecture.md: {part}"
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: p.name)

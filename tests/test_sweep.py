@@ -12,9 +12,15 @@ import time
 import numpy as np
 import pytest
 
-from gptjax import cli, scaling, sweep, sweep_collect, sweep_launch, sweep_local
-from gptjax.config import load_module
+from gptjax import cli
+from gptjax.config.loader import load_module
 from gptjax.errors import UserError
+from gptjax.scaling import cluster as sweep_launch
+from gptjax.scaling import collect as sweep_collect
+from gptjax.scaling import family as scaling
+from gptjax.scaling import local as sweep_local
+from gptjax.scaling import runs as sweep_runs
+from gptjax.scaling import sweep
 
 presets = load_module("configs/scaling.py")
 
@@ -38,7 +44,7 @@ BUDGETS = (4e9, 4e10, 4e11)
 
 def test_isoflop_plan_trains_each_budget_exactly(tmp_path):
     config = _isoflop()
-    runs = sweep.plan(config, str(tmp_path))
+    runs = sweep_runs.plan(config, str(tmp_path))
     assert len(runs) == 15 and len({r["name"] for r in runs}) == 15
     for budget in BUDGETS:
         group = [r for r in runs if r["budget"] == budget]
@@ -62,18 +68,18 @@ def test_isoflop_plan_trains_each_budget_exactly(tmp_path):
 
 def test_plan_lr_grid_and_rules(tmp_path):
     config = _config("micro", lrs=(1e-3, 3e-3))
-    runs = sweep.plan(config, str(tmp_path))
+    runs = sweep_runs.plan(config, str(tmp_path))
     assert [r["name"] for r in runs[:2]] == ["d8-l1_lr0.001", "d8-l1_lr0.003"]
     assert [r["config"].optim.lr for r in runs[:2]] == [1e-3, 3e-3]
-    kaplan = sweep.plan(_config("micro", lr_rule="kaplan"), str(tmp_path))
+    kaplan = sweep_runs.plan(_config("micro", lr_rule="kaplan"), str(tmp_path))
     lrs = [r["lr"] for r in kaplan]
     assert lrs == sorted(lrs, reverse=True)
     with pytest.raises(UserError, match="lr_rule"):
-        sweep.plan(_config("micro", lr_rule="cosine"), str(tmp_path))
+        sweep_runs.plan(_config("micro", lr_rule="cosine"), str(tmp_path))
 
 
 def _fake_train(calls, fail_on=None, noise=0.0):
-    """Writes metrics.jsonl / config.json like gptjax.train, from a known L(N, D)."""
+    """Writes metrics.jsonl / config.json like gptjax.training.train, from a known L(N, D)."""
     rng = np.random.default_rng(0)
 
     def train(config, workdir):
@@ -187,7 +193,7 @@ def test_print_commands_and_stored_config(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and lines[-1].startswith("# afterwards")
     assert lines[0] == f"gptjax sweep --workdir {workdir} --run d8-l1"
-    stored = sweep.load_sweep_config(workdir)
+    stored = sweep_runs.load_sweep_config(workdir)
     assert stored.sweep.d_models == (8, 16, 32) and stored.mesh.rules[0][1] == ("data", "fsdp")
     # A different config for the same workdir is refused unless replaced explicitly.
     assert cli.main(["sweep", "--config", "configs/scaling.py:micro", "--workdir", workdir,

@@ -1,5 +1,6 @@
-"""In-context tasks (gptjax/tasks.py): task files, k-shot prompts, the metrics of the three
-formats, the shipped tasks' build script, and `gptjax evaluate-tasks` end to end."""
+"""In-context tasks (gptjax/evaluation/incontext.py): task files, k-shot prompts, the metrics of
+the three formats, the shipped tasks' build script, and `gptjax evaluate-tasks` end to end
+(gptjax/commands/use/evaluate_tasks.py)."""
 
 import json
 import math
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 from eval_helpers import tiny_workdir
 
-from gptjax import tasks
+from gptjax.commands.use.evaluate_tasks import expand_workdir
 from gptjax.errors import UserError
+from gptjax.evaluation import incontext as tasks
 
 
 def write_task(directory, fmt, eval_rows, fewshot_rows, **spec):
@@ -180,15 +182,15 @@ def test_a_sweep_workdir_stands_for_its_finished_runs(tmp_path):
         (sweep / "runs" / name / "config.json").write_text("{}")
         if done:
             (sweep / "runs" / name / "result.json").write_text("{}")
-    assert tasks.expand_workdir(str(sweep)) == [str(sweep)]  # not a sweep: as given
+    assert expand_workdir(str(sweep)) == [str(sweep)]  # not a sweep: as given
     (sweep / "sweep_config.json").write_text("{}")
-    assert tasks.expand_workdir(str(sweep)) == [str(sweep / "runs" / n) for n in ("a_1e12",
+    assert expand_workdir(str(sweep)) == [str(sweep / "runs" / n) for n in ("a_1e12",
                                                                                "b_1e12")]
-    assert tasks.expand_workdir(str(sweep / "runs" / "c_1e12")) == [str(sweep / "runs/c_1e12")]
+    assert expand_workdir(str(sweep / "runs" / "c_1e12")) == [str(sweep / "runs/c_1e12")]
     for name in ("a_1e12", "b_1e12"):
         (sweep / "runs" / name / "result.json").unlink()
     with pytest.raises(UserError, match="a sweep without finished runs"):
-        tasks.expand_workdir(str(sweep))
+        expand_workdir(str(sweep))
 
 
 def test_evaluate_tasks_cli(tmp_path, shakespeare_manual_dir, repo_dir):

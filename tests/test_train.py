@@ -14,11 +14,13 @@ import jax
 import numpy as np
 import pytest
 
-from gptjax import checkpoint, train
-from gptjax import state as state_lib
-from gptjax.config import get_config
+from gptjax.config.loader import get_config
 from gptjax.errors import UserError
-from gptjax.state import abstract_train_state, model_config
+from gptjax.storage import checkpoint
+from gptjax.training import state as state_lib
+from gptjax.training import train
+from gptjax.training.state import abstract_train_state, model_config
+from gptjax.workdir import load_params, open_run
 
 
 def tiny(**overrides):
@@ -72,13 +74,14 @@ def test_outputs_of_a_run(full_run):
 
 
 def test_eval_and_plot_commands_on_the_run(full_run, tmp_path):
-    from gptjax import evaluate, metrics
+    from gptjax.metrics import curves
+    from gptjax.training import evaluation as evaluate
     workdir, result = full_run
     out = evaluate.evaluate_workdir(workdir)
     assert out["step"] == 8
     assert out["loss"] == pytest.approx(result["eval_loss"], rel=1e-6)
     assert out["bits_per_char"] == pytest.approx(out["loss"] / np.log(2))
-    png = metrics.plot(workdir, str(tmp_path / "curve.png"))
+    png = curves.plot(workdir, str(tmp_path / "curve.png"))
     assert os.path.getsize(png) > 1000
 
 
@@ -97,13 +100,13 @@ def test_resumed_run_matches_uninterrupted_run_exactly(full_run, tmp_path):
 
 def test_load_for_inference_on_one_device(full_run):
     workdir, _ = full_run
-    config, params, tokenizer, _ = checkpoint.load_for_inference(workdir)
+    config, params, tokenizer, _ = open_run(workdir)
     assert tokenizer.vocab_size == config.model.vocab_size
     leaves = jax.tree.leaves(params)
     assert all(len(x.sharding.device_set) == 1 for x in leaves)
     mesh = jax.make_mesh((1, 8, 1), ("data", "fsdp", "tensor"),
                          axis_types=(jax.sharding.AxisType.Auto,) * 3)
-    sharded, step = checkpoint.load_params(workdir, config, mesh=mesh)
+    sharded, step = load_params(workdir, config, mesh=mesh)
     assert step == 8
     assert not sharded["layers"]["block_0"]["mlp"]["fc"]["kernel"].sharding.is_fully_replicated
     for a, b in zip(leaves, jax.tree.leaves(sharded), strict=True):
@@ -208,7 +211,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path, repo_dir):
     ("TPU v5p", 459e12), ("TPU v6 lite", 918e12), ("cpu", None), ("NVIDIA GeForce RTX 3090", None),
 ])
 def test_peak_flops_table_and_mfu(kind, peak):
-    from gptjax.metrics import peak_flops, throughput
+    from gptjax.hardware.devices import peak_flops, throughput
     assert peak_flops(kind) == peak
     out = throughput(tokens_per_s=1e5, flops_per_token=6e9, num_devices=8, device_kind=kind)
     assert out["tflops_per_device"] == pytest.approx(1e5 * 6e9 / 8 / 1e12)
@@ -219,8 +222,8 @@ def test_peak_flops_table_and_mfu(kind, peak):
 
 
 def test_weight_decay_mask_and_schedule():
-    from gptjax.optim import decay_mask, schedule
-    from gptjax.state import abstract_params
+    from gptjax.parallel.params import abstract_params
+    from gptjax.training.optim import decay_mask, schedule
     c = tiny(model__use_bias=True, model__tie_embeddings=False)
     mask = decay_mask(nn.unbox(abstract_params(model_config(c))))
     flat = {"/".join(str(getattr(k, "key", k)) for k in p): v
@@ -243,7 +246,8 @@ def test_weight_decay_mask_and_schedule():
 def test_nonfinite_params_are_never_saved(tmp_path):
     """The checkpoint hook's last line of defence: a state whose params hold a NaN is refused
     with one line naming the step, and nothing is written."""
-    from gptjax import loop, sharding
+    from gptjax.parallel import sharding
+    from gptjax.training import loop
     c = tiny()
     mesh = sharding.make_mesh(c.mesh)
     good = state_lib.create_train_state(c, mesh)

@@ -9,9 +9,9 @@ The contract the rest of gptjax relies on (keep it stable):
     for batch in make_eval_batches(config, tok, process_index, process_count): ...
 
 B_host = config.train.batch_size // process_count (or len(rows): the rows of each global batch
-this process's devices hold, `gptjax.sharding.host_rows`), T = config.data.seq_len; `targets` is
-`inputs` shifted left by one token. Importing this package does not import TensorFlow: only
-reading a TFDS / files source (to tokenize it once) or data.loader=tf does.
+this process's devices hold, `gptjax.parallel.sharding.host_rows`), T = config.data.seq_len;
+`targets` is `inputs` shifted left by one token. Importing this package does not import
+TensorFlow: only reading a TFDS / files source (to tokenize it once) or data.loader=tf does.
 
 `data.source` names an entry of the source registry (`registry.py`; the built-in ones are in
 `sources.py`): `register_source(Source(...))` adds one, `source_names()` lists them.

@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import tempfile
 
-from gptjax import paths
 from gptjax.data.hf_tokenizer import EOS_TOKEN, HFTokenizer
 from gptjax.errors import UserError
+from gptjax.storage import paths
 
 try:
     import tokenizers

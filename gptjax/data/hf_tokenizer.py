@@ -11,8 +11,8 @@ import hashlib
 
 import numpy as np
 
-from gptjax import paths
 from gptjax.errors import UserError
+from gptjax.storage import paths
 
 try:
     import tokenizers

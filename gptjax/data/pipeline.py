@@ -11,7 +11,7 @@ The stream of windows is the concatenation of epochs; epoch e is a permutation o
 drawn from (data.seed, e), with a random shift in [0, L) so token positions inside windows differ
 from epoch to epoch. Global batch k is stream positions [k*B, (k+1)*B); each process reads only
 its rows r of it (positions k*B + r): by default process i of n the block [i*B/n, (i+1)*B/n),
-in training the rows its devices hold (`gptjax.sharding.host_rows`; processes that hold
+in training the rows its devices hold (`gptjax.parallel.sharding.host_rows`; processes that hold
 replicas of the same rows read the same rows).
 The iterator's state is the stream position: saving and restoring it is O(1) and exact, and it
 stays meaningful if the number of processes or the batch size changes on resume.
@@ -36,10 +36,10 @@ import weakref
 
 import numpy as np
 
-from gptjax import paths
 from gptjax.data import registry
 from gptjax.data.store import TokenStore, cache_root
 from gptjax.errors import UserError
+from gptjax.storage import paths
 
 LOADERS = ("auto", *registry.LOADERS)
 EVAL_SEED_OFFSET = 1_000_003   # a `batches` source's eval stream: seed + this
@@ -154,7 +154,7 @@ def _block(process_index: int, process_count: int, global_batch: int) -> np.ndar
 
 def batch_rows(config, process_index: int, process_count: int, rows=None) -> np.ndarray:
     """The rows of each global batch this process reads: `rows` (mesh-aware, from
-    gptjax.sharding.host_rows), else its contiguous block of B / process_count."""
+    gptjax.parallel.sharding.host_rows), else its contiguous block of B / process_count."""
     if rows is not None:
         return np.asarray(rows, np.int64)
     host_batch(config, process_index, process_count)
@@ -328,7 +328,7 @@ class TrainIterator:
 def make_train_iter(config, tokenizer, process_index: int = 0, process_count: int = 1,
                     workdir: str | None = None, rows=None):
     """This process's training batches: {'inputs','targets'} int32 [B/process_count, T], or
-    the given `rows` of each global batch (gptjax.sharding.host_rows)."""
+    the given `rows` of each global batch (gptjax.parallel.sharding.host_rows)."""
     d = config.data
     source = registry.of(config)
     rows = batch_rows(config, process_index, process_count, rows)

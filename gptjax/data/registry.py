@@ -21,7 +21,7 @@ import itertools
 import re
 from collections.abc import Callable, Iterable
 
-from gptjax.config import did_you_mean
+from gptjax.config.loader import did_you_mean
 from gptjax.errors import UserError
 
 LOADERS = ("tf", "numpy")
@@ -60,7 +60,7 @@ class Source:
         for key in self.keys:
             if key not in d:
                 raise UserError(f"data.source={self.name} reads data.{key}, which this config "
-                                "does not have; add it to gptjax/defaults.py")
+                                "does not have; add it to gptjax/config/defaults.py")
         for key, hint in self.required.items():
             if not d[key]:
                 raise UserError(f"data.source={self.name} needs data.{key}={hint}")

@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 
-from gptjax import paths
 from gptjax.data import registry, tfds_text
 from gptjax.data.registry import Source, documents, source_key  # noqa: F401 - re-exported
 from gptjax.data.synthetic import SyntheticIterator, SyntheticTokenizer
 from gptjax.data.tfds_text import files_builder, tfds_builder  # noqa: F401 - re-exported
 from gptjax.data.tokenizer import TOKENIZER_FILES, load_tokenizer
 from gptjax.errors import UserError
+from gptjax.storage import paths
 
 
 def shards_dir(config) -> str:

@@ -16,8 +16,8 @@ import re
 import numpy as np
 import sentencepiece as spm
 
-from gptjax import paths
 from gptjax.errors import UserError
+from gptjax.storage import paths
 
 try:
     from sentencepiece import sentencepiece_model_pb2 as pb

@@ -12,7 +12,7 @@ Every document is followed by the tokenizer's EOS (when it has one and data.toke
 so the array is doc0 EOS doc1 EOS ...; training windows run across those boundaries.
 Files are written under a temporary name and renamed (on a bucket: uploaded whole, and read
 through a local copy), so a crash or several processes building the same store never leave a
-half-written split behind. The directory may be any `gptjax.paths` path, `gs://` included.
+half-written split behind. The directory may be any `gptjax.storage.paths` path, `gs://` included.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import time
 
 import numpy as np
 
-from gptjax import paths
 from gptjax.errors import UserError
+from gptjax.storage import paths
 
 FORMAT = "gptjax-tokens/1"
 INDEX = "index.json"

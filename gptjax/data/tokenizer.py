@@ -30,7 +30,6 @@ import sys
 
 import numpy as np
 
-from gptjax import paths
 from gptjax.data import gpt2_bpe, registry
 from gptjax.data.hf_tokenizer import FILE as HF_FILE
 from gptjax.data.hf_tokenizer import HFTokenizer
@@ -39,6 +38,7 @@ from gptjax.data.spm import SentencePieceTokenizer, train_sentencepiece
 from gptjax.data.store import cache_root
 from gptjax.data.synthetic import SyntheticTokenizer
 from gptjax.errors import UserError
+from gptjax.storage import paths
 
 KINDS = ("char", "bpe", "unigram", "path", "hf", "gpt2")
 CHAR_FILE = "tokenizer.chars.json"  # not HF's tokenizer.json

@@ -1,0 +1,2 @@
+"""Commands that size a config without training it: `gptjax info`, `plan`, `compile`, `bench`,
+`bench-decode`."""

@@ -1,0 +1,50 @@
+"""`gptjax compile`: the TPU compiler's own verdict on a config and a TPU slice, without a TPU
+(gptjax/performance/aot.py; slices: gptjax/hardware/tpu_slices.py).
+
+    gptjax compile --config configs/gpt3.py:xl --topology v5p-32
+    gptjax compile --config configs/gpt3.py:175b --topology v5p-1024 --json
+    gptjax compile --config configs/gpt2.py:124m --topology v5e-16 --mesh data=4,fsdp=4
+
+It prints per chip what the compiler says of the train step (and eval step) `gptjax train`
+would run there: parameters, optimizer state, temporaries, the total against the chip's HBM,
+the FLOPs of its matmuls, its collectives and the compile time. Exit 2 if it does not fit.
+"""
+
+from __future__ import annotations
+
+import json
+
+from gptjax.commands.args import add_config_arg
+from gptjax.errors import UserError
+from gptjax.hardware.devices import human_bytes
+from gptjax.hardware.tpu_slices import parse_topology
+from gptjax.parallel.sharding import parse_mesh
+from gptjax.performance import aot
+
+
+def add_args(parser):
+    add_config_arg(parser)
+    parser.add_argument("--topology", required=True, metavar="TYPE",
+                        help="TPU accelerator type as gcloud writes it: v5p-32, v5e-16 "
+                             "(v5litepod-16), v6e-256, v4-32; or GEN:AxBxC (docs/tpu.md)")
+    parser.add_argument("--num-slices", type=int, default=1,
+                        help="multislice: this many slices, data-parallel over the DCN")
+    parser.add_argument("--mesh", default="",
+                        help="axis sizes, e.g. data=1,fsdp=-1 (default: config.mesh)")
+    parser.add_argument("--no-eval", action="store_true", help="compile the train step only")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args):
+    config = args.config
+    s = parse_topology(args.topology, num_slices=args.num_slices)
+    if args.mesh:
+        with config.unlocked():
+            config.mesh.update(parse_mesh(args.mesh))
+    report = aot.compile_config(config, s, eval_step=not args.no_eval)
+    print(json.dumps(report) if args.json else aot.format_report(report))
+    if not report["fits"]:
+        total = report["memory"]["total_bytes"]
+        raise UserError(f"{config.name} does not fit {s.name}: {human_bytes(total)} per chip of "
+                        f"{human_bytes(report['hbm_bytes'])} HBM")
+    return 0

@@ -1,0 +1,1 @@
+"""Commands that make a run: `gptjax train`, `finetune`, `distill`, `sweep`, `data`, `plot`."""

@@ -1,0 +1,205 @@
+"""`gptjax data sources|tokenizer|export|bench|info`: the input pipeline from the command line.
+
+  sources    the registered data sources: what each provides and the config keys it reads
+  tokenizer  train (or load) the run's tokenizer and show how it splits a text
+  export     tokenize the train / eval splits into a shards directory (numpy-readable, no TF)
+  bench      tokens/s the pipeline delivers from pre-tokenized data (numpy and tf.data loaders)
+  info       source, tokenizer, split sizes, windows and steps per epoch
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+from gptjax.commands.args import Parser, add_config_arg
+from gptjax.data import make_tokenizer, pipeline, registry
+from gptjax.data.store import META, TokenStore, split_file
+from gptjax.errors import UserError
+from gptjax.storage import paths
+
+
+def add_args(parser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", parser_class=Parser)
+    sub.required = True
+
+    p = sub.add_parser("sources", help="the registered data sources (values of data.source)")
+    add_config_arg(p, required=False)   # a config file may register more
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("tokenizer", help="train or load the tokenizer; encode a sample text")
+    add_config_arg(p)
+    p.add_argument("--workdir", default="", help="save the tokenizer here (and reuse it later)")
+    p.add_argument("--text", default="To be, or not to be: that is the question.\n",
+                   help="text to show encoded")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("export", help="tokenize splits into a shards dir (data.source=shards)")
+    add_config_arg(p)
+    p.add_argument("--out", required=True, help="directory to write (created)")
+    p.add_argument("--workdir", default="", help="take (or save) the tokenizer here")
+    p.add_argument("--splits", default="", help="comma-separated (default: train and eval split)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("bench", help="tokens/s delivered from pre-tokenized data")
+    add_config_arg(p)
+    p.add_argument("--workdir", default="")
+    p.add_argument("--loader", default="both", choices=("both", "numpy", "tf"))
+    p.add_argument("--batches", type=int, default=300, help="batches timed per loader")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("info", help="source, tokenizer, split sizes, steps per epoch")
+    add_config_arg(p)
+    p.add_argument("--workdir", default="")
+    p.add_argument("--json", action="store_true")
+
+
+def run(args) -> int:
+    return {"sources": _sources, "tokenizer": _tokenizer, "export": _export, "bench": _bench,
+            "info": _info}[args.data_command](args)
+
+
+def _print(args, result: dict, lines: list[str]) -> None:
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print("\n".join(lines))
+
+
+def _splits(config, text: str) -> list[str]:
+    if text:
+        return [s.strip() for s in text.split(",") if s.strip()]
+    return [s for s in (config.data.train_split, config.data.eval_split) if s]
+
+
+def _sources(args) -> int:
+    result, lines = {}, []
+    for name in registry.names():
+        source = registry.get(name)
+        result[name] = {"help": source.help, "provides": source.provides,
+                        "keys": list(source.keys), "required": list(source.required)}
+        keys = f" [data.{', data.'.join(source.keys)}]" if source.keys else ""
+        lines.append(f"{name:10s} {source.provides:9s} {source.help}{keys}")
+    _print(args, result, lines)
+    return 0
+
+
+def _tokenizer(args) -> int:
+    config = args.config
+    start = time.time()
+    tok = make_tokenizer(config, args.workdir or None)
+    ids = tok.encode(args.text)
+    pieces = [tok.decode([i]) for i in ids]
+    result = {"kind": tok.kind, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
+              "workdir": args.workdir or None, "ids": ids,
+              "round_trip": tok.decode(ids) == args.text,
+              "seconds": round(time.time() - start, 2)}
+    _print(args, result, [
+        f"tokenizer: {tok.kind}, vocab_size={tok.vocab_size}, eos_id={tok.eos_id}"
+        + (f", saved in {args.workdir}" if args.workdir else ""),
+        f"{len(ids)} tokens: {pieces!r}",
+        f"round trip: {result['round_trip']}"])
+    return 0
+
+
+def _export(args) -> int:
+    config = args.config
+    source = registry.of(config)
+    if source.documents is None:
+        texts = "|".join(registry.names(lambda s: s.documents is not None))
+        raise UserError(f"export tokenizes text: data.source={texts}, not {source.name!r}")
+    tok = make_tokenizer(config, args.workdir or None)
+    out = paths.prepare_dir(args.out, "--out")
+    index = paths.join(out, "index.json")
+    if paths.exists(index) and json.loads(paths.read_text(index)).get("tokenizer") \
+            != tok.fingerprint:
+        raise UserError(f"{out} holds shards of another tokenizer; choose a new --out")
+    store = TokenStore.create(out, tok, source.key(config))
+    tok.save(out)
+    written = {}
+    for split in _splits(config, args.splits):
+        cache = pipeline.token_store(config, tok, args.workdir or None)
+        if cache.has(split) and paths.resolve(cache.directory) != out:
+            meta = cache.meta(split)   # already tokenized: copy the cache's split
+            for name in (meta["file"], split_file(split) + META):
+                paths.copy(paths.join(cache.directory, name), paths.join(out, name))
+        elif not store.has(split):
+            store.write_split(split, tok, source.read(config, split),
+                              add_eos=bool(config.data.tokenizer.add_eos), what="export")
+        written[split] = store.meta(split)["num_tokens"]
+    result = {"out": out, "splits": written, "vocab_size": tok.vocab_size}
+    _print(args, result, [f"wrote {out}: " + ", ".join(f"{k}={v} tokens" for k, v in
+                                                       written.items()),
+                          f"train with --config.data.source=shards --config.data.shards_dir={out}"])
+    return 0
+
+
+def _bench(args) -> int:
+    config = args.config
+    if registry.of(config).batches is not None:
+        real = "|".join(registry.names(lambda s: s.batches is None))
+        raise UserError(f"bench measures reading real tokens; use data.source={real}")
+    tok = make_tokenizer(config, args.workdir or None)
+    tokens = pipeline.split_tokens(config, tok, config.data.train_split, args.workdir or None)
+    d = config.data
+    windows = pipeline.Windows(tokens.size, d.seq_len, d.seed, d.shuffle, "training split")
+    loaders = ["numpy", "tf"] if args.loader == "both" else [args.loader]
+    if "tf" in loaders and not pipeline._tf_available():
+        if args.loader == "tf":
+            raise UserError("--loader tf needs TensorFlow")
+        loaders.remove("tf")
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
+              "batch_size": config.train.batch_size, "seq_len": d.seq_len,
+              "split_tokens": int(tokens.size)}
+    lines = [f"{result['machine']}; batch {config.train.batch_size} x {d.seq_len}, "
+             f"{tokens.size} tokens in the training split"]
+    n = max(1, args.batches)
+    for loader in loaders:
+        it = pipeline.TrainIterator(tokens, windows, config.train.batch_size, 0, 1,
+                                    loader=loader, prefetch=d.prefetch)
+        for _ in range(min(10, n)):   # warm-up: thread / tf.data start, page cache
+            next(it)
+        start = time.perf_counter()
+        count = 0
+        for _ in range(n):
+            count += next(it)["inputs"].size
+        dt = time.perf_counter() - start
+        it.close()
+        result[loader] = {"tokens_per_s": round(count / dt), "batches_per_s": round(n / dt, 1)}
+        lines.append(f"{loader:6s}: {count / dt / 1e6:8.2f} M tokens/s "
+                     f"({n / dt:.0f} batches/s)")
+    _print(args, result, lines)
+    sys.stdout.flush()
+    return 0
+
+
+def _info(args) -> int:
+    config = args.config
+    d = config.data
+    source = registry.of(config)
+    tok = make_tokenizer(config, args.workdir or None)
+    result = {"source": d.source, "tokenizer": tok.kind, "vocab_size": tok.vocab_size,
+              "eos_id": tok.eos_id, "splits": {}}
+    lines = [f"source: {source.describe(config)}",
+             f"tokenizer: {tok.kind}, vocab_size={tok.vocab_size}, eos_id={tok.eos_id}"]
+    if source.batches is None:
+        store = pipeline.token_store(config, tok, args.workdir or None)
+        for split in _splits(config, ""):
+            tokens = pipeline.split_tokens(config, tok, split, args.workdir or None)
+            meta = store.meta(split)
+            w = pipeline.Windows(tokens.size, d.seq_len, d.seed, d.shuffle,
+                                 f"split {split!r}").num_windows
+            steps = w / config.train.batch_size
+            result["splits"][split] = {"tokens": int(tokens.size),
+                                       "documents": meta["num_documents"], "windows": w,
+                                       "steps_per_epoch": round(steps, 2)}
+            lines.append(f"{split}: {tokens.size} tokens, {meta['num_documents']} documents, "
+                         f"{w} windows of {d.seq_len + 1}, {steps:.1f} steps of batch "
+                         f"{config.train.batch_size} per epoch")
+        result["store"] = store.directory
+        lines.append(f"token store: {store.directory}")
+    _print(args, result, lines)
+    return 0

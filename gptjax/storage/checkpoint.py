@@ -1,0 +1,214 @@
+"""Orbax checkpoints of a workdir: `WORKDIR/checkpoints/<step>/{state,config,data}`.
+
+One checkpoint holds
+  state   the train state (step, params, Adam state, rng, skipped counter), every leaf a global
+          jax.Array, written shard by shard by the processes that own it (StandardSave);
+  config  the full config the run used (JSON, primary process);
+  data    each process's input-iterator position, `data/process_<i>.json`, written by that
+          process itself (each host reads a different part of the data).
+Saves are asynchronous: the step loop goes on while Orbax writes. A save is committed only when
+every process has finished: on a local disk by renaming its temporary directory (an interrupted
+save leaves a `<step>.orbax-checkpoint-tmp-*` directory), on `gs://` by writing
+`<step>/commit_success.txt` last (a bucket has no rename); `latest_step` never returns an
+uncommitted step. The workdir may be any path `gptjax.storage.paths` takes, a bucket URL included.
+What else a workdir holds, and how a run is opened for inference, is gptjax/workdir.py's.
+
+Restoring takes the *target* shardings, so a run written on 8 devices restores on 1 (or on any
+other mesh): Orbax reads each target shard from whichever files hold it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from gptjax.errors import UserError
+from gptjax.storage import paths
+
+# What a failing write raises: OSError (ENOSPC, EACCES, EROFS, ...), tensorstore's ValueError
+# ("RESOURCE_EXHAUSTED: ... No space left on device"), RuntimeError from Orbax's threads.
+_WRITE_ERRORS = (OSError, ValueError, RuntimeError)
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return paths.join(paths.resolve(workdir), "checkpoints")
+
+
+def _data_handler() -> ocp.JsonCheckpointHandler:
+    # primary_host=None: every process writes (and reads) its own file.
+    opts = ocp.options.MultiprocessingOptions(primary_host=None)
+    return ocp.JsonCheckpointHandler(filename=f"process_{jax.process_index()}.json",
+                                     multiprocessing_options=opts)
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """Orbax warns on every read-only open ("Given directory is read only"): not news here."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class Checkpointer:
+    """A thin CheckpointManager: interval saves, keep policy, latest complete step, restore."""
+
+    def __init__(self, workdir: str, keep: int = 3, keep_every: int = 0,
+                 async_save: bool = True, read_only: bool = False, pytree: bool = False):
+        self.directory = checkpoint_dir(workdir)
+        if read_only:  # the settings Orbax would otherwise override with a warning each
+            options = ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=0,
+                                                   create=False, read_only=True)
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=max(int(keep), 1) if keep else None,
+                keep_period=int(keep_every) if keep_every else None,
+                enable_async_checkpointing=bool(async_save),
+                # reliability (tests/test_faults.py): delete leftovers of crashed saves
+                # (`<step>.orbax-checkpoint-tmp*`) at start; they are never restored anyway.
+                cleanup_tmp_directories=True,
+                create=True)
+        if read_only and not paths.isdir(self.directory):
+            raise UserError(f"no checkpoints in {workdir}: expected {self.directory}/<step>/ "
+                            f"(train first with `gptjax train --workdir {workdir}`)")
+        with _quiet_absl():
+            self.manager = ocp.CheckpointManager(
+                self.directory, options=options,
+                # pytree=True reads the same files with the handler that can restore a subtree.
+                item_handlers={"state": (ocp.PyTreeCheckpointHandler() if pytree
+                                         else ocp.StandardCheckpointHandler()),
+                               "config": ocp.JsonCheckpointHandler(),
+                               "data": _data_handler()})
+
+    @classmethod
+    def from_config(cls, workdir: str, config, read_only: bool = False) -> Checkpointer:
+        tr = config.train
+        return cls(workdir, keep=tr.keep_checkpoints, keep_every=tr.keep_every,
+                   async_save=tr.async_checkpoint, read_only=read_only)
+
+    def latest_step(self) -> int | None:
+        self.manager.reload()
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        self.manager.reload()
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state, data_state: dict, config_dict: dict,
+             force: bool = True) -> bool:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  config=ocp.args.JsonSave(config_dict),
+                                  data=ocp.args.JsonSave(data_state))
+        try:
+            return self.manager.save(int(step), args=args, force=force)
+        except _WRITE_ERRORS as e:  # also a failed *earlier* async save, surfacing here
+            raise self._write_failed(e) from None
+
+    def wait(self) -> None:
+        try:
+            self.manager.wait_until_finished()
+        except _WRITE_ERRORS as e:
+            raise self._write_failed(e) from None
+
+    def close(self) -> None:
+        self.wait()
+        self.manager.close()
+
+    def _write_failed(self, e: BaseException) -> UserError:
+        """Disk full, permissions, ... -> one line (reliability, tests/test_faults.py).
+
+        Orbax commits a checkpoint only once it is complete, so every older one is intact.
+        """
+        try:
+            self.manager.wait_until_finished()  # an earlier save may still be in flight
+        except Exception:  # it failed too: the message still names the newest complete one
+            pass
+        try:
+            kept = self.latest_step()
+        except Exception:  # only for the message
+            kept = None
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return UserError(f"could not write a checkpoint in {self.directory}: {detail}; the "
+                         f"newest complete checkpoint (step {kept}) is kept: fix the storage "
+                         f"and rerun the same command to resume")
+
+    def state_metadata(self, step: int):
+        """Tree of the saved arrays' metadata (shape, dtype), read without loading them."""
+        meta = self.manager.item_metadata(step)
+        tree = meta["state"] if meta is not None else None
+        tree = getattr(tree, "tree", tree)
+        if tree is None:
+            raise UserError(f"checkpoint {self.directory}/{step} has no readable state")
+        return tree
+
+    def restore_config(self, step: int) -> dict:
+        out = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return dict(out["config"])
+
+    def restore(self, step: int, abstract_state, with_data: bool = True):
+        """-> (state, data_state or None). `abstract_state`: ShapeDtypeStructs with shardings."""
+        check_compatible(self.state_metadata(step), abstract_state, f"{self.directory}/{step}")
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if with_data:
+            items["data"] = ocp.args.JsonRestore()
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except FileNotFoundError as e:
+            if with_data:
+                raise UserError(f"checkpoint {self.directory}/{step} has no input position for "
+                                f"process {jax.process_index()} (was it written with a "
+                                f"different number of processes?): {e}") from None
+            raise
+        return out["state"], (dict(out["data"]) if with_data else None)
+
+
+def _keystr(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _flatten_dict_tree(tree) -> dict:
+    leaves = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]
+    return {_keystr(p): v for p, v in leaves}
+
+
+def check_compatible(saved_meta, abstract_state, where: str) -> None:
+    """Same parameter names and shapes as the target, or a UserError naming the first mismatch."""
+    saved = _flatten_dict_tree(saved_meta)
+    target = _flatten_dict_tree(abstract_state)
+    for name, leaf in target.items():
+        if name not in saved:
+            raise UserError(f"checkpoint {where} has no {name!r}: it was written by a different "
+                            f"model config (e.g. scan_layers, use_bias, tie_embeddings); use a "
+                            f"new --workdir or the config it was trained with")
+        s_shape = tuple(getattr(saved[name], "shape", ()) or ())
+        if s_shape != tuple(leaf.shape):
+            raise UserError(f"checkpoint {where}: {name!r} has shape {s_shape} but this config "
+                            f"needs {tuple(leaf.shape)}; use a new --workdir or the config it "
+                            f"was trained with")
+    extra = sorted(set(saved) - set(target))
+    if extra:
+        raise UserError(f"checkpoint {where} holds {extra[0]!r}, which this config does not "
+                        f"have; use a new --workdir or the config it was trained with")
+
+
+def all_finite(tree) -> bool:
+    """True when every floating leaf is finite (one small device->host transfer)."""
+    leaves = [x for x in jax.tree.leaves(tree)
+              if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)]
+    if not leaves:
+        return True
+    return bool(np.asarray(_all_finite(leaves)))
+
+
+@jax.jit
+def _all_finite(leaves):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
