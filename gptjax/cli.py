@@ -42,6 +42,11 @@ COMMANDS = {
 }
 
 
+def command_module(name: str):
+    """The module of subcommand `name` (gptjax/commands/...), imported now."""
+    return importlib.import_module(f"gptjax.commands.{COMMANDS[name][0]}")
+
+
 def _split_overrides(rest: list[str]) -> tuple[list[str], list[str]]:
     """Separates `--config.KEY=VALUE` (or `--config.KEY VALUE`) from other leftovers."""
     overrides, unknown = [], []
@@ -59,10 +64,10 @@ def _split_overrides(rest: list[str]) -> tuple[list[str], list[str]]:
 def _build_parser(selected: str | None) -> argparse.ArgumentParser:
     parser = Parser(prog="gptjax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == selected:
-            importlib.import_module(f"gptjax.commands.{module}").add_args(p)
+            command_module(name).add_args(p)
     return parser
 
 
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, unknown = _split_overrides(rest)
         if unknown:
             raise UserError(f"unrecognised arguments: {' '.join(unknown)}")
-        module = importlib.import_module(f"gptjax.commands.{COMMANDS[selected][0]}")
+        module = command_module(selected)
         if getattr(args, "config", None) is not None:
             args.config = get_config(args.config, args.overrides)
         elif args.overrides and not getattr(module, "APPLIES_OVERRIDES", False):

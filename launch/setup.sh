@@ -33,6 +33,14 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
   done
   touch "$stamp"
 fi
+# libtpu (the tests' TPU compiler) on a machine with no TPU and no CUDA plugin: run on the CPU
+# without JAX first probing for a TPU (a page of libtpu warnings). `gptjax compile` still works.
+if [[ -z "${JAX_PLATFORMS:-}" && ! -e /dev/accel0 && ! -e /dev/vfio/0 ]] && python -c "
+import importlib.util as u, pkgutil, sys
+plugins = [m.name for m in pkgutil.iter_modules() if m.name.startswith('jax_cuda')]
+sys.exit(not u.find_spec('libtpu') or bool(plugins))" 2>/dev/null; then
+  export JAX_PLATFORMS=cpu
+fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}" TF_ENABLE_ONEDNN_OPTS=0
 # Offline copy of tiny_shakespeare beside the repo (CI, tests); elsewhere TFDS downloads it.
 if [[ -z "${GPTJAX_MANUAL_DIR:-}" && -f ../shared/data/tiny_shakespeare/input.txt ]]; then

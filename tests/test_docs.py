@@ -8,7 +8,6 @@ directory, with training commands scaled down to a few steps of a tiny model.
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 from doc_commands import REPO, TAGS, commands
 
 from gptjax import cli
-from gptjax.config.loader import loader as config
+from gptjax.config import loader as config
 
 COMMANDS = commands()
 GPTJAX = [c for c in COMMANDS if c.tag is None and c.argv[0] == "gptjax"]
@@ -49,8 +48,8 @@ def test_commands_are_found_and_tagged_properly():
 def test_command_parses(cmd, monkeypatch):
     """The subcommand exists, its flags parse and the config with its overrides loads."""
     seen = {}
-    for module, _ in cli.COMMANDS.values():
-        monkeypatch.setattr(importlib.import_module(module), "run",
+    for name in cli.COMMANDS:
+        monkeypatch.setattr(cli.command_module(name), "run",
                             lambda args: seen.setdefault("args", args) and 0)
     env = {k: v for k, v in (a.split("=", 1) for a in cmd.argv[:_env_len(cmd)])}
     assert not env or set(env) <= {"JAX_PLATFORMS"}, env

@@ -2,7 +2,7 @@
 disk. Every test runs `gptjax train` in a subprocess and really signals / kills it.
 
 Faults are injected with `python -m gptjax.faults` (= `python -m gptjax` plus the hooks named in
-$GPTJAX_FAULT, see gptjax/faults.py) so the worst moments are hit on purpose, not by luck; the
+$GPTJAX_FAULT, see tests/faults.py) so the worst moments are hit on purpose, not by luck; the
 random kills use a fixed seed so a failure reproduces. "Nothing lost" is checked strictly: a run
 that was interrupted and resumed must end bit-identical (every logged loss, every array of the
 final train state) to one uninterrupted reference run. All subprocesses use 1 CPU device so

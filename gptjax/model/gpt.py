@@ -1,8 +1,8 @@
 """GPT: a decoder-only transformer (GPT-2 / GPT-3 family) in Flax linen.
 
-Read top to bottom: config -> attention -> MLP -> block -> the stack -> GPT. Every parameter and
-activation carries *logical* axis names ('embed', 'heads', 'batch', ...);
-gptjax/parallel/sharding.py owns the one table that maps them onto the physical mesh.
+Read top to bottom: config -> attention -> MLP -> block -> the stack -> GPT. Every parameter
+and activation carries *logical* axis names ('embed', 'heads', ...); gptjax/parallel/sharding.py
+owns the one table that maps them onto the physical mesh.
 """
 
 from __future__ import annotations
@@ -365,8 +365,7 @@ class GPT(nn.Module):
                  hidden: bool = False):
         """tokens [B, T] -> float32 logits [B, T, padded_vocab]; hidden=True: the final
         LayerNorm's output [B, T, D]. decode=True reads and updates the KV cache (collection
-        'cache', mutable); `positions` say where each token goes in it
-        (gptjax/inference/generate.py)."""
+        'cache', mutable); `positions` say where each token goes in it (inference/generate.py)."""
         c = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)

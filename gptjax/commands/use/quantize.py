@@ -3,9 +3,7 @@ checkpoint in it; `gptjax sample` / `eval` read it like any workdir)."""
 
 from __future__ import annotations
 
-from gptjax import workdir
-from gptjax.inference import quantization
-from gptjax.storage import paths, quantized
+from gptjax.compression.surgery import quantize_workdir, quantized_line
 
 
 def add_args(parser):
@@ -19,12 +17,6 @@ def add_args(parser):
 
 
 def run(args):
-    config, params, tokenizer, step = workdir.open_run(args.workdir, step=args.step)
-    q = quantization.quantize(params, args.mode, args.group)
-    out = workdir.start(args.out, config, tokenizer, source=args.workdir)
-    group = quantization.DEFAULT_GROUP[args.mode] if args.group is None else args.group
-    path = quantized.save(out, q, {"mode": args.mode, "group": group, "step": step,
-                                   "source": paths.resolve(args.workdir)})
-    print(f"{args.mode} weights ({quantization.weight_bytes(q) / 1e6:.2f} MB, float "
-          f"{quantization.weight_bytes(params) / 1e6:.2f} MB) -> {path}")
+    q = quantize_workdir(args.workdir, args.out, args.mode, args.group, args.step)
+    print(quantized_line(q))
     return 0
