@@ -20,7 +20,7 @@ from gptjax.errors import UserError
 COMMANDS = {
     "info": ("measure.info", "parameter count, training FLOPs per token and memory of a config"),
     "train": ("train.train", "train a model in a workdir (resumes if it holds a checkpoint)"),
-    "eval": ("use.eval", "held-out loss / perplexity of a trained workdir"),
+    "eval": ("use.heldout", "held-out loss / perplexity of a trained workdir"),
     "evaluate-tasks": ("use.evaluate_tasks", "zero/one/few-shot in-context tasks (GPT-3 style)"),
     "sample": ("use.sample", "generate text from a trained workdir"),
     "plot": ("train.plot", "draw the loss curves of a workdir to loss.png"),

@@ -15,7 +15,7 @@ from gptjax.cli import main
 from gptjax.compression import surgery
 from gptjax.data.tokenizer import SyntheticTokenizer
 from gptjax.evaluation import incontext as tasks
-from gptjax.training.evaluation import evaluate_workdir
+from gptjax.evaluation.heldout import evaluate_workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

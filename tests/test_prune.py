@@ -9,7 +9,7 @@ from compress_helpers import logits, tiny, train_tiny
 
 from gptjax.compression import prune, surgery
 from gptjax.errors import UserError
-from gptjax.training.evaluation import evaluate_workdir
+from gptjax.evaluation.heldout import evaluate_workdir
 from gptjax.training.state import model_config
 from gptjax.workdir import open_run
 

@@ -12,11 +12,11 @@ import pytest
 
 from gptjax.config.loader import get_config
 from gptjax.errors import UserError
+from gptjax.evaluation.heldout import evaluate_workdir
 from gptjax.inference import quantization as quant
 from gptjax.model.gpt import GPT, GPTConfig
 from gptjax.storage import quantized
 from gptjax.training import train
-from gptjax.training.evaluation import evaluate_workdir
 
 
 def init(**kw):

@@ -175,6 +175,13 @@ def test_a_planted_edge_is_caught(tmp_path):
                                     "function"]
 
 
+def test_no_module_named_like_a_builtin():
+    import builtins
+    shadowing = [str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")
+                 if p.stem in dir(builtins) or p.stem in sys.stdlib_module_names]
+    assert not shadowing, f"modules named like a builtin or a standard module: {shadowing}"
+
+
 def test_layout_by_concern():
     """Top level: the entry points, errors, the workdir, and subpackages; each subpackage says
     its idea in its docstring and holds at most MAX_PACKAGE_MODULES modules."""

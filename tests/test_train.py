@@ -74,10 +74,10 @@ def test_outputs_of_a_run(full_run):
 
 
 def test_eval_and_plot_commands_on_the_run(full_run, tmp_path):
+    from gptjax.evaluation.heldout import evaluate_workdir
     from gptjax.metrics import curves
-    from gptjax.training import evaluation as evaluate
     workdir, result = full_run
-    out = evaluate.evaluate_workdir(workdir)
+    out = evaluate_workdir(workdir)
     assert out["step"] == 8
     assert out["loss"] == pytest.approx(result["eval_loss"], rel=1e-6)
     assert out["bits_per_char"] == pytest.approx(out["loss"] / np.log(2))

@@ -11,9 +11,9 @@ from compress_helpers import logits, tiny, train_tiny
 from gptjax.compression import report, surgery, trim
 from gptjax.data.tokenizer import CharTokenizer, SyntheticTokenizer
 from gptjax.errors import UserError
+from gptjax.evaluation.heldout import evaluate_workdir
 from gptjax.model.gpt import GPT
 from gptjax.parallel.sharding import single_device_mesh
-from gptjax.training.evaluation import evaluate_workdir
 from gptjax.training.state import model_config
 from gptjax.workdir import read_config
 

@@ -51,6 +51,7 @@ from gptjax.evaluation import incontext, scoring
 from gptjax.inference import quantization as quant
 from gptjax.metrics import plotting
 from gptjax.model.gpt import GPT
+from gptjax.parallel.sharding import inference_mesh
 from gptjax.performance import decode_bench
 from gptjax.storage import paths, quantized
 from gptjax.training import evaluation as evaluate
@@ -168,7 +169,7 @@ def measure(name: str, workdir: str, mode: str, ctx) -> dict:
     the fly: w8a8), scored on the run's first ctx.eval_batches held-out batches."""
     config = read_config(workdir)
     config.train.eval_batches = ctx.eval_batches
-    mesh = evaluate.inference_mesh(config)
+    mesh = inference_mesh(config)
     config, params, tokenizer, _ = open_run(workdir, mesh, config=config)
     c = model_config(config)
     model, run_params = quant.prepare(GPT(c), params, mode)

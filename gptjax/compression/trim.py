@@ -25,8 +25,9 @@ from gptjax import data
 from gptjax.compression import surgery
 from gptjax.data.tokenizer import CharTokenizer
 from gptjax.errors import UserError
+from gptjax.parallel.sharding import inference_mesh
 from gptjax.training import steps
-from gptjax.training.evaluation import evaluate, inference_mesh, prepare_eval_batches
+from gptjax.training.evaluation import evaluate, prepare_eval_batches
 from gptjax.training.state import model_config
 from gptjax.workdir import open_run, read_config
 

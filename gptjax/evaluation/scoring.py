@@ -36,7 +36,7 @@ from gptjax.inference import generate
 from gptjax.inference import quantization as quant
 from gptjax.model.gpt import GPT
 from gptjax.parallel import sharding
-from gptjax.training import evaluation as evaluate
+from gptjax.parallel.sharding import inference_mesh
 from gptjax.training.loss import cross_entropy, make_forward
 from gptjax.training.state import model_config
 from gptjax.workdir import open_run, read_config
@@ -287,13 +287,13 @@ def _cut(text: str, stops) -> str:
 
 def load_scorer(workdir: str, step: int | None = None, batch_size: int = 32,
                 overrides=()) -> Scorer:
-    """A Scorer for a trained (or fine-tuned, or imported) workdir, on `evaluate.inference_mesh`
+    """A Scorer for a trained (or fine-tuned, or imported) workdir, on `sharding.inference_mesh`
     (the run's mesh when it fits this machine, else data parallel over every device)."""
     config = read_config(workdir)
     rest = apply_overrides(config, list(overrides))
     if rest:
         raise UserError(f"unrecognised arguments: {' '.join(rest)}")
-    mesh = evaluate.inference_mesh(config)
+    mesh = inference_mesh(config)
     config, params, tokenizer, _ = open_run(workdir, mesh, step, config)
     return Scorer(config, params, tokenizer, mesh, batch_size)
 

@@ -239,3 +239,14 @@ def global_batch(batch: dict, mesh: Mesh, batch_size: int | None = None) -> dict
         shape = None if batch_size is None else (int(batch_size), *v.shape[1:])
         out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v, shape)
     return out
+
+
+def inference_mesh(config):
+    """The run's mesh when it fits this machine, else pure data parallel over all devices."""
+    try:
+        mesh = make_mesh(config.mesh)
+        check_config(config, mesh)
+        return mesh
+    except UserError:
+        config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+        return make_mesh(config.mesh)

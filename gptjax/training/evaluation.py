@@ -1,8 +1,6 @@
-"""Held-out loss on the run's fixed eval batches: the training loop's eval hook and
-`evaluate_workdir` behind `gptjax eval --workdir DIR`.
-
-It uses the run's own config.json and tokenizer, the newest complete checkpoint (or
---step), and the same eval batches training reports on, so the numbers match the training log.
+"""Held-out loss on the run's fixed eval batches: what the training loop's eval hook reports
+and what `gptjax eval` (gptjax/evaluation/heldout.py) measures on a finished run, on the same
+batches, so the numbers match the training log.
 """
 
 from __future__ import annotations
@@ -12,14 +10,8 @@ import math
 import jax
 
 from gptjax import data
-from gptjax.config.loader import apply_overrides
 from gptjax.errors import UserError
-from gptjax.inference import quantization as quant
-from gptjax.model.gpt import GPT
 from gptjax.parallel import sharding
-from gptjax.training import steps
-from gptjax.training.state import model_config
-from gptjax.workdir import open_run, read_config
 
 
 def prepare_eval_batches(config, tokenizer, mesh) -> list:
@@ -54,35 +46,3 @@ def eval_metrics(result: dict, tokenizer_kind: str) -> dict:
     if tokenizer_kind == "char":
         out["bits_per_char"] = result["loss"] / math.log(2)
     return out
-
-
-def inference_mesh(config):
-    """The run's mesh when it fits this machine, else pure data parallel over all devices."""
-    try:
-        mesh = sharding.make_mesh(config.mesh)
-        sharding.check_config(config, mesh)
-        return mesh
-    except UserError:
-        config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
-        return sharding.make_mesh(config.mesh)
-
-
-def evaluate_workdir(workdir: str, overrides=(), step: int | None = None,
-                     batches: int | None = None, quantize: str = "none") -> dict:
-    config = read_config(workdir)
-    rest = apply_overrides(config, list(overrides))
-    if rest:
-        raise UserError(f"unrecognised arguments: {' '.join(rest)}")
-    if batches is not None:
-        config.train.eval_batches = int(batches)
-    mesh = inference_mesh(config)
-    config, params, tokenizer, step = open_run(workdir, mesh, step, config)
-    if quantize != "none" or quant.is_quantized(params):  # dequantised inside the step
-        model, params = quant.prepare(GPT(model_config(config)), params, quantize)
-        eval_fn = steps.make_eval_step(config, mesh, None, model, params_transform=lambda p: (
-            quant.dequantize(p, model_config(config).dtype)))
-    else:
-        eval_fn = steps.make_eval_step(config, mesh, jax.tree.map(lambda x: x.sharding, params))
-    with jax.set_mesh(mesh):
-        result = evaluate(eval_fn, params, prepare_eval_batches(config, tokenizer, mesh), mesh)
-    return {**eval_metrics(result, config.data.tokenizer.kind), "step": step}

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
+from gptjax.evaluation.heldout import evaluate_workdir
 from gptjax.inference import quantization
-from gptjax.training.evaluation import evaluate_workdir
 
 APPLIES_OVERRIDES = True  # e.g. --config.train.eval_batches=50 on the saved config
 
