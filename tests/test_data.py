@@ -16,6 +16,7 @@ import pytest
 from gptjax import data
 from gptjax.config.loader import load_module
 from gptjax.data import pipeline, sources
+from gptjax.data.export import export_shards
 from gptjax.data.store import TokenStore
 from gptjax.errors import UserError
 from gptjax.training import train
@@ -411,11 +412,8 @@ def test_synthetic_source_needs_no_text():
 def shards(char_run, tmp_path_factory):
     config, workdir, _ = char_run
     out = str(tmp_path_factory.mktemp("shards"))
-    from gptjax.config.loader import apply_overrides  # noqa: F401 - the CLI path is tested below
-    from gptjax.data import cli
-    args = type("A", (), {"config": config, "workdir": workdir, "out": out, "splits": "",
-                          "json": True, "data_command": "export"})()
-    assert cli.run(args) == 0
+    written, splits, _ = export_shards(config, out, workdir)  # the CLI path is tested below
+    assert written == out and set(splits) == {"train", "validation"}
     return out
 
 

@@ -9,7 +9,7 @@ import pytest
 from gptjax.config.loader import get_config
 from gptjax.data import gpt2_bpe, make_tokenizer
 from gptjax.errors import UserError
-from gptjax.training.train import check_vocab
+from gptjax.training.recipes import check_vocab
 
 
 @pytest.fixture(scope="module")

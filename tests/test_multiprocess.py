@@ -108,7 +108,7 @@ def test_two_process_checkpoint_restores_in_one_process(runs):
     """Every leaf was written as a global array; one process (1 device) reads it back."""
     import jax
 
-    from gptjax.storage.checkpoint import load_params, read_config
+    from gptjax.workdir import load_params, read_config
 
     one, two, _ = runs
     p_two, step = load_params(str(two), read_config(str(two)))

@@ -10,16 +10,13 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 
 from gptjax.commands.args import Parser, add_config_arg
 from gptjax.data import make_tokenizer, pipeline, registry
-from gptjax.data.store import META, TokenStore, split_file
-from gptjax.errors import UserError
-from gptjax.storage import paths
+from gptjax.data.export import export_shards
+from gptjax.performance import data_bench
 
 
 def add_args(parser) -> None:
@@ -106,31 +103,9 @@ def _tokenizer(args) -> int:
 
 
 def _export(args) -> int:
-    config = args.config
-    source = registry.of(config)
-    if source.documents is None:
-        texts = "|".join(registry.names(lambda s: s.documents is not None))
-        raise UserError(f"export tokenizes text: data.source={texts}, not {source.name!r}")
-    tok = make_tokenizer(config, args.workdir or None)
-    out = paths.prepare_dir(args.out, "--out")
-    index = paths.join(out, "index.json")
-    if paths.exists(index) and json.loads(paths.read_text(index)).get("tokenizer") \
-            != tok.fingerprint:
-        raise UserError(f"{out} holds shards of another tokenizer; choose a new --out")
-    store = TokenStore.create(out, tok, source.key(config))
-    tok.save(out)
-    written = {}
-    for split in _splits(config, args.splits):
-        cache = pipeline.token_store(config, tok, args.workdir or None)
-        if cache.has(split) and paths.resolve(cache.directory) != out:
-            meta = cache.meta(split)   # already tokenized: copy the cache's split
-            for name in (meta["file"], split_file(split) + META):
-                paths.copy(paths.join(cache.directory, name), paths.join(out, name))
-        elif not store.has(split):
-            store.write_split(split, tok, source.read(config, split),
-                              add_eos=bool(config.data.tokenizer.add_eos), what="export")
-        written[split] = store.meta(split)["num_tokens"]
-    result = {"out": out, "splits": written, "vocab_size": tok.vocab_size}
+    out, written, vocab = export_shards(args.config, args.out, args.workdir or None,
+                                        _splits(args.config, args.splits))
+    result = {"out": out, "splits": written, "vocab_size": vocab}
     _print(args, result, [f"wrote {out}: " + ", ".join(f"{k}={v} tokens" for k, v in
                                                        written.items()),
                           f"train with --config.data.source=shards --config.data.shards_dir={out}"])
@@ -138,39 +113,14 @@ def _export(args) -> int:
 
 
 def _bench(args) -> int:
-    config = args.config
-    if registry.of(config).batches is not None:
-        real = "|".join(registry.names(lambda s: s.batches is None))
-        raise UserError(f"bench measures reading real tokens; use data.source={real}")
-    tok = make_tokenizer(config, args.workdir or None)
-    tokens = pipeline.split_tokens(config, tok, config.data.train_split, args.workdir or None)
-    d = config.data
-    windows = pipeline.Windows(tokens.size, d.seq_len, d.seed, d.shuffle, "training split")
-    loaders = ["numpy", "tf"] if args.loader == "both" else [args.loader]
-    if "tf" in loaders and not pipeline._tf_available():
-        if args.loader == "tf":
-            raise UserError("--loader tf needs TensorFlow")
-        loaders.remove("tf")
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
-              "batch_size": config.train.batch_size, "seq_len": d.seq_len,
-              "split_tokens": int(tokens.size)}
-    lines = [f"{result['machine']}; batch {config.train.batch_size} x {d.seq_len}, "
-             f"{tokens.size} tokens in the training split"]
-    n = max(1, args.batches)
-    for loader in loaders:
-        it = pipeline.TrainIterator(tokens, windows, config.train.batch_size, 0, 1,
-                                    loader=loader, prefetch=d.prefetch)
-        for _ in range(min(10, n)):   # warm-up: thread / tf.data start, page cache
-            next(it)
-        start = time.perf_counter()
-        count = 0
-        for _ in range(n):
-            count += next(it)["inputs"].size
-        dt = time.perf_counter() - start
-        it.close()
-        result[loader] = {"tokens_per_s": round(count / dt), "batches_per_s": round(n / dt, 1)}
-        lines.append(f"{loader:6s}: {count / dt / 1e6:8.2f} M tokens/s "
-                     f"({n / dt:.0f} batches/s)")
+    result = data_bench.bench(args.config, args.loader, args.batches, args.workdir or None)
+    lines = [f"{result['machine']}; batch {result['batch_size']} x {result['seq_len']}, "
+             f"{result['split_tokens']} tokens in the training split"]
+    for loader in ("numpy", "tf"):
+        if loader in result:
+            r = result[loader]
+            lines.append(f"{loader:6s}: {r['tokens_per_s'] / 1e6:8.2f} M tokens/s "
+                         f"({r['batches_per_s']:.0f} batches/s)")
     _print(args, result, lines)
     sys.stdout.flush()
     return 0
