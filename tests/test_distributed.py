@@ -104,7 +104,7 @@ def test_single_process_helpers():
 def test_initialize_after_devices_is_a_user_error(repo_dir):
     code = ("import jax; jax.devices()\n"
             "from gptjax.config.defaults import base_config\n"
-            "from gptjax import distributed\n"
+            "from gptjax.parallel import distributed\n"
             "c = base_config()\n"
             "c.distributed.coordinator_address = 'localhost:1'\n"
             "c.distributed.num_processes = 2\n"
