@@ -44,10 +44,14 @@ def test_bad_topology_is_one_line(name, needle):
         parse_topology(name)
 
 
-def test_cli_typo_and_too_small_slice_are_one_line(capsys):
+def test_cli_typo_is_one_line(capsys):
     assert cli.main(["compile", "--config", "configs/smoke.py", "--topology", "v5q-8"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "v5q-8" in err
+
+
+@needs_libtpu
+def test_too_small_slice_is_one_line(capsys):
     assert cli.main(["compile", "--config", "configs/gpt3.py:xl", "--topology", "v5e-1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not fit v5e-1" in err, err
