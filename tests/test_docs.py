@@ -103,6 +103,8 @@ def test_commands_run(doc, scratch, monkeypatch):
             argv = [sys.executable if a == "python" else a for a in cmd.argv[n:]]
             if argv[:2] == ["bash", "launch/quickstart.sh"]:  # the main job, scaled down
                 argv += ["runs/quickstart", *TINY]
+            if "gptjax" in argv:  # `launch/multiprocess.py ... -- gptjax CMD`: scaled down too
+                argv += SCALE_DOWN.get(argv[argv.index("gptjax") + 1], [])
             code = subprocess.run(argv, cwd=scratch, timeout=1200,
                                   env={**os.environ, **env, "PYTHONPATH": str(REPO)}).returncode
         # An injected crash or full disk is the point of a fault example: it must not hang.
