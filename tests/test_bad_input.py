@@ -111,3 +111,17 @@ def test_a_url_where_only_local_directories_work_is_one_line(argv, trained, tmp_
     assert len(lines) == 1 and lines[0].startswith("gptjax: error: ") and "gs://bucket" in \
         lines[0], output(proc)
     assert not (REPO / "gs:").exists() and not list(tmp_path.rglob("gs:*"))
+
+
+@pytest.mark.parametrize("value,words", [("1,x", ["--decode-batches", "'1,x'", "integers"]),
+                                         ("0", ["--decode-batches", ">= 1"])])
+def test_compress_decode_batches_not_whole_numbers_is_one_line(value, words, trained, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "gptjax", "compress", "--workdir", str(trained),
+                           "--out", str(tmp_path / "report"), "--methods", "int8",
+                           "--decode-batches", value], cwd=REPO, env=subprocess_env(devices=1),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, output(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gptjax: error: "), output(proc)
+    assert all(w in lines[0] for w in words), lines[0]
+    assert not (tmp_path / "report").exists()

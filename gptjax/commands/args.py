@@ -21,12 +21,13 @@ def add_config_arg(parser: argparse.ArgumentParser, required: bool = True) -> No
         help="config file, e.g. configs/gpt3.py:small; override keys with --config.KEY=VALUE")
 
 
-def int_list(text: str, flag: str) -> list[int]:
-    """A comma-separated list of integers >= 0 (shot counts), or one line naming `flag`."""
+def int_list(text: str, flag: str, minimum: int = 0) -> list[int]:
+    """A comma-separated list of integers >= `minimum` (shot counts, batch sizes), or one line
+    naming `flag`."""
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"{flag} {text!r}: expected comma-separated integers") from None
-    if not values or min(values) < 0:
-        raise UserError(f"{flag} {text!r}: expected integers >= 0")
+    if not values or min(values) < minimum:
+        raise UserError(f"{flag} {text!r}: expected integers >= {minimum}")
     return values

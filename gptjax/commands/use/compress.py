@@ -47,7 +47,7 @@ def run(args):
         log=functools.partial(print, flush=True), shots=int_list(args.shots, "--shots"),
         recover_steps=args.recover_steps, recover_lr=args.recover_lr,
         distill_steps=args.distill_steps, eval_batches=args.eval_batches,
-        decode_batches=[int(b) for b in args.decode_batches.split(",")],
+        decode_batches=int_list(args.decode_batches, "--decode-batches", minimum=1),
         decode_tokens=args.decode_tokens, repeats=args.repeats, task_limit=args.task_limit)
     print(result.table())
     print(f"done in {time.time() - t0:.0f}s -> {', '.join(result.written)}")
