@@ -179,7 +179,7 @@ class Checkpointer:
 
     def state_metadata(self, step: int):
         """Tree of the saved arrays' metadata (shape, dtype), read without loading them."""
-        with self._reading(step):
+        with self.reading(step):
             meta = self.manager.item_metadata(step)
         tree = meta["state"] if meta is not None else None
         tree = getattr(tree, "tree", tree)
@@ -188,13 +188,13 @@ class Checkpointer:
         return tree
 
     def restore_config(self, step: int) -> dict:
-        with self._reading(step):
+        with self.reading(step):
             out = self.manager.restore(step,
                                        args=ocp.args.Composite(config=ocp.args.JsonRestore()))
             return dict(out["config"])
 
     @contextlib.contextmanager
-    def _reading(self, step: int):
+    def reading(self, step: int):
         """A checkpoint that cannot be decoded (no manifest caught it) -> one IntegrityError."""
         try:
             yield
@@ -249,7 +249,7 @@ class Checkpointer:
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if with_data:
             items["data"] = ocp.args.JsonRestore()
-        with self._reading(step):
+        with self.reading(step):
             try:
                 out = self.manager.restore(step, args=ocp.args.Composite(**items))
             except FileNotFoundError as e:

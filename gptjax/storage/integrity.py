@@ -106,7 +106,8 @@ def problem(directory, name: str, expected: dict) -> str | None:
     except OSError as e:
         return f"{name} cannot be read ({paths.first_line(e)})"
     if got["size"] != expected["size"]:
-        return f"{name} has {got['size']} bytes, expected {expected['size']} (truncated or cut)"
+        return (f"{name} has {got['size']} bytes, its manifest says {expected['size']} "
+                f"(truncated or replaced)")
     if got["crc32c"] != expected["crc32c"]:
         return (f"{name} has checksum {got['crc32c']}, its manifest says {expected['crc32c']} "
                 f"(the content changed: bit rot, a bad copy)")
