@@ -39,6 +39,8 @@ COMMANDS = {
     "trim": ("use.trim", "drop layers or unused vocabulary: a smaller model"),
     "distill": ("train.distill", "train a student on a teacher's soft targets"),
     "compress": ("use.compress", "size / quality / speed report of compression methods"),
+    "checkpoints": ("use.checkpoints",
+                    "a run's checkpoints: step, time, size, verified / corrupt / incomplete"),
 }
 
 

@@ -26,6 +26,7 @@ other mesh): Orbax reads each target shard from whichever files hold it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 
@@ -304,3 +305,55 @@ def all_finite(tree) -> bool:
 @jax.jit
 def _all_finite(leaves):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+# ----------------------------------------------------------------------------- inventory
+
+
+def _saved_at(step_dir: str) -> float | None:
+    try:
+        meta = json.loads(paths.read_text(paths.join(step_dir, "_CHECKPOINT_METADATA")))
+        ns = meta.get("commit_timestamp_nsecs") or meta.get("init_timestamp_nsecs")
+        return ns / 1e9 if ns else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _size(directory: str) -> int:
+    return sum(paths.getsize(paths.join(directory, *f.split("/")))
+               for f in paths.walk_files(directory))
+
+
+def inventory(workdir: str, verify: bool = False) -> list[dict]:
+    """Every checkpoint of `workdir`, oldest first: {step, time (s since the epoch or None),
+    size (bytes), state, detail}. state: verified | corrupt | unchecked (has a manifest, not
+    read: verify=False) | no manifest (written before gptjax wrote them) | incomplete (never
+    committed: a crashed save, or a commit marker missing on a bucket)."""
+    ckpt = Checkpointer(workdir, read_only=True)
+    committed = set(ckpt.all_steps())
+    rows = []
+    for name in paths.listdir(ckpt.directory):
+        step_name = name.split(TMP_MARK)[0]
+        if not step_name.isdigit():
+            continue
+        where = paths.join(ckpt.directory, name)
+        row = {"step": int(step_name), "path": where, "time": _saved_at(where),
+               "size": _size(where), "detail": ""}
+        if TMP_MARK in name or int(step_name) not in committed:
+            row.update(state="incomplete", detail="never committed (a crashed or unfinished "
+                                                  "save); never restored")
+        elif not verify:
+            row["state"] = "unchecked" if ckpt.has_manifest(int(name)) else "no manifest"
+        else:
+            try:
+                row["state"] = ckpt.verify(int(name))
+            except IntegrityError as e:
+                row.update(state="corrupt", detail=str(e).split(" is corrupt: ", 1)[-1])
+        rows.append(row)
+    ckpt.close()
+    return sorted(rows, key=lambda r: (r["step"], r["state"] != "incomplete"))
+
+
+def moved_aside(workdir: str) -> list[str]:
+    """What `move_aside` put in WORKDIR/checkpoints_corrupt/."""
+    return paths.listdir(paths.join(paths.resolve(workdir), CORRUPT_DIR))
