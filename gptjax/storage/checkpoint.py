@@ -44,8 +44,9 @@ from gptjax.storage.integrity import IntegrityError
 # ("RESOURCE_EXHAUSTED: ... No space left on device"), RuntimeError from Orbax's threads.
 _WRITE_ERRORS = (OSError, ValueError, RuntimeError)
 # What a corrupt checkpoint raises when read: tensorstore's ValueError ("Data corruption
-# detected"), json's JSONDecodeError (a ValueError), a missing file.
-_READ_ERRORS = (ValueError, OSError, KeyError, TypeError)
+# detected"), json's JSONDecodeError (a ValueError), a missing file, Orbax's bare Exception
+# ("Encountered error while reading array index").
+_READ_ERRORS = (Exception,)
 TMP_MARK = ".orbax-checkpoint-tmp"
 CORRUPT_DIR = "checkpoints_corrupt"
 # Rewritten (commit time) or written by the commit itself, after the manifest.
@@ -196,7 +197,8 @@ class Checkpointer:
 
     @contextlib.contextmanager
     def reading(self, step: int):
-        """A checkpoint that cannot be decoded (no manifest caught it) -> one IntegrityError."""
+        """A checkpoint that cannot be decoded -> one IntegrityError (not moved aside: only a
+        manifest mismatch proves corruption; this may be the reader's problem)."""
         try:
             yield
         except UserError:

@@ -60,15 +60,18 @@ def _start(run: RunData, workdir: str, mesh, model, tx):
     try:
         for step in reversed(ckpt.all_steps()):  # the newest intact one
             try:
-                state = _restore(ckpt, step, run, with_shardings(abstract, shardings))
-                return ckpt, state, shardings, step
-            except IntegrityError as e:
+                if config.train.verify_restore:
+                    ckpt.verify(step)
+            except IntegrityError as e:  # a file does not match the manifest: proven corrupt
                 if config.train.on_corrupt == "stop":
                     raise IntegrityError(f"{e}; not resuming (train.on_corrupt=stop)") from None
                 moved = ckpt.move_aside(step)
                 if jax.process_index() == 0:
                     print(f"gptjax: {e}; moved it to {moved} and resuming from the newest intact "
                           f"checkpoint (train.on_corrupt=fallback)", flush=True)
+                continue
+            state = _restore(ckpt, step, run, with_shardings(abstract, shardings))
+            return ckpt, state, shardings, step
         return ckpt, run.init_state(config, mesh, model, tx, shardings), shardings, None
     except BaseException:
         ckpt.close()  # its background clean-up must not outlive the process mid-flight
@@ -76,11 +79,8 @@ def _start(run: RunData, workdir: str, mesh, model, tx):
 
 
 def _restore(ckpt, step: int, run: RunData, target):
-    """The train state of checkpoint `step` (verified first unless train.verify_restore=false),
-    and the input position set from it."""
+    """The train state of checkpoint `step`, and the input position set from it."""
     config = run.config
-    if config.train.verify_restore:
-        ckpt.verify(step)
     saved_vocab = ckpt.restore_config(step)["model"]["vocab_size"]
     if saved_vocab != config.model.vocab_size:
         raise UserError(f"checkpoint {ckpt.directory}/{step} was trained with a vocabulary "
