@@ -80,9 +80,11 @@ class Checkpointer:
     """A thin CheckpointManager: interval saves, keep policy, latest complete step, restore."""
 
     def __init__(self, workdir: str, keep: int = 3, keep_every: int = 0,
-                 async_save: bool = True, read_only: bool = False, pytree: bool = False):
+                 async_save: bool = True, read_only: bool = False, pytree: bool = False,
+                 manifest: bool = True):
         self.workdir, self.directory = paths.resolve(workdir), checkpoint_dir(workdir)
         self.async_save, self._saving = bool(async_save), None
+        self.manifest, self.manifest_s = bool(manifest), 0.0  # off only to measure its cost
         if read_only:  # the settings Orbax would otherwise override with a warning each
             options = ocp.CheckpointManagerOptions(max_to_keep=None, save_interval_steps=0,
                                                    create=False, read_only=True)
@@ -146,10 +148,14 @@ class Checkpointer:
         """Orbax's commit callback (primary process, every process's files written): the
         manifest goes into the step's not yet committed directory (`<step>.orbax-checkpoint-tmp*`
         locally; on a bucket `<step>/` itself, committed by a marker object written next)."""
+        if not self.manifest:
+            return
+        t0 = time.perf_counter()
         step = self._saving
         tmp = [n for n in paths.listdir(self.directory) if n.startswith(f"{step}{TMP_MARK}")]
         where = paths.join(self.directory, tmp[-1]) if tmp else self.step_dir(step)
         integrity.write_manifest(where, exclude=NOT_IN_MANIFEST)
+        self.manifest_s += time.perf_counter() - t0
 
     def wait(self) -> None:
         try:
