@@ -40,6 +40,10 @@ def _save_s(workdir: str, state, step: int, manifest: bool) -> tuple[float, floa
     return elapsed, ckpt.manifest_s
 
 
+def _drop(root: str, step: int) -> None:
+    shutil.rmtree(checkpoint.Checkpointer(root, read_only=True).step_dir(step))
+
+
 def bench(config, repeats: int = 3, directory: str | None = None) -> dict:
     if repeats < 1:
         raise UserError(f"--repeats={repeats} must be >= 1")
@@ -51,8 +55,11 @@ def bench(config, repeats: int = 3, directory: str | None = None) -> dict:
     plain, checked, manifest_s, verify_s = [], [], [], []
     try:
         _save_s(root, state, 0, True)  # warm-up: Orbax's first save also sets itself up
-        for i in range(repeats):
+        size = checkpoint.inventory(root)[-1]["size"]
+        _drop(root, 0)
+        for i in range(repeats):  # one checkpoint on disk at a time
             plain.append(_save_s(root, state, 2 * i + 1, False)[0])
+            _drop(root, 2 * i + 1)
             elapsed, in_callback = _save_s(root, state, 2 * i + 2, True)
             checked.append(elapsed)
             manifest_s.append(in_callback)
@@ -61,7 +68,7 @@ def bench(config, repeats: int = 3, directory: str | None = None) -> dict:
             ckpt.verify(2 * i + 2)
             verify_s.append(time.perf_counter() - t0)
             ckpt.close()
-        size = checkpoint.inventory(root)[-1]["size"]
+            _drop(root, 2 * i + 2)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     save, with_manifest = statistics.median(plain), statistics.median(checked)
