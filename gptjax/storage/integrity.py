@@ -20,6 +20,7 @@ naming the directory and the first file that is missing, truncated or changed:
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import google_crc32c
 
@@ -27,6 +28,8 @@ from gptjax.errors import UserError
 from gptjax.storage import paths
 
 CHUNK = 1 << 20
+THREADS = 8  # files read at once (a bucket answers each request with latency; CRC32C and reads
+             # release the GIL)
 MANIFEST = "gptjax_manifest.json"
 FORMAT = "gptjax-manifest/1"
 
@@ -62,12 +65,20 @@ def _path(directory, name: str) -> str:
     return paths.join(directory, *name.split("/"))
 
 
+def _each(fn, items: list) -> list:
+    if len(items) < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(min(THREADS, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
 def write_manifest(directory, files: list[str] | None = None, exclude=()) -> dict:
     """Writes `directory/gptjax_manifest.json` for `files` (names relative to `directory`;
     default every file there but `exclude`); -> the manifest."""
     if files is None:
         files = [f for f in paths.walk_files(directory) if f != MANIFEST and f not in exclude]
-    manifest = {"format": FORMAT, "files": {f: file_entry(_path(directory, f)) for f in files}}
+    entries = _each(lambda f: file_entry(_path(directory, f)), files)
+    manifest = {"format": FORMAT, "files": dict(zip(files, entries, strict=True))}
     paths.write_text(paths.join(directory, MANIFEST), json.dumps(manifest, indent=1))
     return manifest
 
@@ -118,12 +129,9 @@ def first_problem(directory, manifest: dict, names: list[str] | None = None):
     """-> (index in `names`, what is wrong) of the first bad file, or None; `names` defaults
     to every file of the manifest (sorted)."""
     names = sorted(manifest["files"]) if names is None else names
-    for i, name in enumerate(names):
-        if name in manifest["files"]:
-            found = problem(directory, name, manifest["files"][name])
-            if found:
-                return i, found
-    return None
+    listed = [(i, n) for i, n in enumerate(names) if n in manifest["files"]]
+    found = _each(lambda item: problem(directory, item[1], manifest["files"][item[1]]), listed)
+    return next(((i, f) for (i, _), f in zip(listed, found, strict=True) if f), None)
 
 
 def verify(directory, what: str | None = None, names: list[str] | None = None) -> int | None:
