@@ -407,4 +407,4 @@ def test_a_corrupt_checkpoint_in_the_bucket_is_named_moved_aside_and_resume_is_b
     gcs.write(f"{prefix}/config.json", b"{garbage")
     assert main(["eval", "--workdir", url]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"workdir {url} is corrupt: config.json has 9 bytes" in err[0], err
+    assert len(err) == 1 and f"workdir {url} is corrupt: config.json has 8 bytes" in err[0], err
