@@ -74,10 +74,13 @@ def _each(fn, items: list) -> list:
 
 def write_manifest(directory, files: list[str] | None = None, exclude=()) -> dict:
     """Writes `directory/gptjax_manifest.json` for `files` (names relative to `directory`;
-    default every file there but `exclude`); -> the manifest."""
+    default every file there but `exclude`); -> the manifest. In a bucket that keeps a CRC32C
+    of each object (GCS) the entries are the bucket's own, from one listing: nothing is read
+    back, whatever the checkpoint's size."""
     if files is None:
         files = [f for f in paths.walk_files(directory) if f != MANIFEST and f not in exclude]
-    entries = _each(lambda f: file_entry(_path(directory, f)), files)
+    known = paths.store_checksums(directory) if paths.is_url(directory) else {}
+    entries = _each(lambda f: known.get(f) or file_entry(_path(directory, f)), files)
     manifest = {"format": FORMAT, "files": dict(zip(files, entries, strict=True))}
     paths.write_text(paths.join(directory, MANIFEST), json.dumps(manifest, indent=1))
     return manifest

@@ -21,6 +21,7 @@ GCS emulator (tests/test_gcs.py).
 
 from __future__ import annotations
 
+import base64
 import builtins
 import hashlib
 import os
@@ -181,6 +182,23 @@ def remove(path) -> None:
         _p(path).unlink(missing_ok=True)
     elif os.path.exists(path):
         os.remove(path)
+
+
+def store_checksums(url) -> dict[str, dict]:
+    """{name relative to `url`: {"size", "crc32c"}} of the objects under a bucket URL whose
+    store keeps a CRC32C (GCS: every object's `crc32c` metadata), from one listing and without
+    reading them; {} where the store keeps none."""
+    import fsspec  # comes with gcsfs (the gcs extra), the client of every gs:// path
+
+    fs, root = fsspec.core.url_to_fs(os.fspath(url))
+    out = {}
+    for key, info in fs.find(root, detail=True).items():
+        crc = info.get("crc32c")
+        if crc and info.get("type", "file") == "file":
+            rel = key[len(root):].strip("/")
+            digest = int.from_bytes(base64.b64decode(crc), "big")
+            out[rel] = {"size": int(info["size"]), "crc32c": f"crc32c:{digest:08x}"}
+    return out
 
 
 def move_tree(src, dst) -> None:
