@@ -275,10 +275,17 @@ def _stopped_at_8(reference, tmp_path) -> Path:
     *[pytest.param(k, marks=pytest.mark.slow) for k in KINDS[1:] if k != "uncompressed"],
 ])
 def test_train_moves_a_corrupt_checkpoint_aside_and_resumes_bit_identical(reference, tmp_path,
-                                                                         kind):
+                                                                         capsys, kind):
     """(No chunk of the tiny train state is stored uncompressed: that case is the one above.)"""
     w = _stopped_at_8(reference, tmp_path)
     rel = _corrupt(ckpt_root(w) / "8", kind, {})
+    if kind == "compressed":  # eval stops with the one line, and takes an older --step
+        assert main(["eval", "--workdir", str(w)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"checkpoint {ckpt_root(w) / '8'} is corrupt: {rel}" in err[0]
+        assert "older checkpoints (4) can be chosen with --step" in err[0], err
+        assert main(["eval", "--workdir", str(w), "--step", "4"]) == 0
+        assert capsys.readouterr().out.startswith("step 4: eval loss")
     proc = run_train(w)
     assert proc.returncode == 0, output(proc)
     lines = [ln for ln in proc.stdout.splitlines() if "is corrupt" in ln]
