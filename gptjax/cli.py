@@ -26,6 +26,8 @@ COMMANDS = {
     "plot": ("train.plot", "draw the loss curves of a workdir to loss.png"),
     "data": ("train.data", "tokenizers, exporting shards, input-pipeline benchmark"),
     "bench": ("measure.bench", "time the real train step on synthetic data (no TensorFlow)"),
+    "bench-checkpoint": ("measure.bench_checkpoint",
+                         "save time of a checkpoint with and without its integrity manifest"),
     "bench-decode": ("measure.bench_decode",
                      "KV-cache decode tokens/s of a config (random weights)"),
     "plan": ("measure.plan", "per-device memory of a config on a mesh and device"),
@@ -39,6 +41,8 @@ COMMANDS = {
     "trim": ("use.trim", "drop layers or unused vocabulary: a smaller model"),
     "distill": ("train.distill", "train a student on a teacher's soft targets"),
     "compress": ("use.compress", "size / quality / speed report of compression methods"),
+    "checkpoints": ("use.checkpoints",
+                    "a run's checkpoints: step, time, size, verified / corrupt / incomplete"),
 }
 
 

@@ -5,6 +5,8 @@
     WORKDIR/<tokenizer files>  the run's tokenizer, beside config.json (`save_tokenizer`)
     WORKDIR/quantized.npz      instead of checkpoints/, in a `gptjax quantize` output
     WORKDIR/metrics.jsonl      training metrics (gptjax/metrics/writer.py), loss.png
+    WORKDIR/gptjax_manifest.json  size + CRC32C of config.json, the tokenizer, quantized.npz
+                               (gptjax/storage/integrity.py), checked when they are read
 
 This module is how every command opens one: `open_run` for sampling, evaluation, compression
 and conversion (config, params, tokenizer, step), `prepare_workdir` and `write_config` for a run
@@ -26,11 +28,12 @@ from gptjax import data
 from gptjax.config.defaults import base_config
 from gptjax.config.loader import from_dict
 from gptjax.data.store import cache_root
+from gptjax.data.tokenizer import save_checked
 from gptjax.errors import UserError
 from gptjax.model.gpt import GPTConfig
 from gptjax.parallel import sharding
 from gptjax.parallel.params import abstract_params, param_shardings, with_shardings
-from gptjax.storage import checkpoint, paths, quantized
+from gptjax.storage import checkpoint, integrity, paths, quantized
 from gptjax.storage.checkpoint import Checkpointer
 
 CONFIG_FILE = "config.json"
@@ -54,6 +57,7 @@ def write_config(workdir: str, config) -> dict:
     config_dict = config.to_dict()
     if jax.process_index() == 0:
         paths.write_text(paths.join(workdir, CONFIG_FILE), json.dumps(config_dict, indent=2))
+        integrity.update_manifest(workdir, [CONFIG_FILE])
     return config_dict
 
 
@@ -70,7 +74,14 @@ def read_config(workdir: str):
     if not paths.isfile(path):
         raise UserError(f"{path} not found: is {workdir} a gptjax workdir? "
                         f"(train first with `gptjax train --config ... --workdir {workdir}`)")
-    return from_dict(_with_defaults(json.loads(paths.read_text(path)), base_config().to_dict()))
+    integrity.verify(workdir, f"workdir {workdir}", names=[CONFIG_FILE])  # when listed
+    try:
+        saved = json.loads(paths.read_text(path))
+        if not isinstance(saved, dict):
+            raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise integrity.IntegrityError(f"{path} is not a readable config ({e})") from None
+    return from_dict(_with_defaults(saved, base_config().to_dict()))
 
 
 def _with_defaults(saved: dict, defaults: dict) -> dict:
@@ -86,7 +97,7 @@ def save_tokenizer(workdir: str, tokenizer) -> None:
     """Saves a tokenizer that has files (character, SentencePiece, HF, ...) beside config.json;
     `data.make_tokenizer(config, workdir)` reloads it from there."""
     if hasattr(tokenizer, "save"):
-        tokenizer.save(workdir)
+        save_checked(tokenizer, workdir)
 
 
 def load_params(workdir: str, config, mesh=None, step: int | None = None):
@@ -101,6 +112,8 @@ def load_params(workdir: str, config, mesh=None, step: int | None = None):
     if step not in ckpt.all_steps():
         raise UserError(f"no checkpoint for step {step} in {ckpt.directory}; "
                         f"have {ckpt.all_steps()}")
+    if config.train.get("verify_restore", True):
+        _verify(ckpt, step)
     if mesh is None:
         mesh = sharding.single_device_mesh()
     c = GPTConfig.from_config(config.model)
@@ -113,10 +126,23 @@ def load_params(workdir: str, config, mesh=None, step: int | None = None):
     checkpoint.check_compatible(saved_params, target, f"{ckpt.directory}/{step}")
     # Restore only the params subtree: a partial restore of the saved state.
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-    out = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item={"params": target}, restore_args={"params": restore_args}, partial_restore=True)))
+    with ckpt.reading(step):
+        out = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item={"params": target}, restore_args={"params": restore_args},
+            partial_restore=True)))
     ckpt.close()
     return out["state"]["params"], step
+
+
+def _verify(ckpt, step: int) -> None:
+    try:
+        ckpt.verify(step)
+    except integrity.IntegrityError as e:
+        older = [s for s in ckpt.all_steps() if s < step]
+        hint = (f"; older checkpoints ({', '.join(map(str, older))}) can be chosen with --step "
+                f"(sample, eval, evaluate-tasks, quantize)" if older else "")
+        raise integrity.IntegrityError(f"{e}{hint} (`gptjax checkpoints --workdir "
+                                       f"{ckpt.workdir} --verify` lists them)") from None
 
 
 def open_run(workdir: str, mesh=None, step: int | None = None, config=None) -> Run:
@@ -124,6 +150,7 @@ def open_run(workdir: str, mesh=None, step: int | None = None, config=None) -> R
 
     `config`: the workdir's config with the caller's overrides applied (default: as saved)."""
     config = read_config(workdir) if config is None else config
+    integrity.verify(workdir, f"workdir {workdir}")  # config, tokenizer, quantized.npz
     tokenizer = data.make_tokenizer(config, workdir)
     if tokenizer.vocab_size != config.model.vocab_size:
         raise UserError(f"tokenizer in {workdir} has {tokenizer.vocab_size} tokens but the "

@@ -47,6 +47,7 @@ def subprocess_env(fault: str | None = None, marker: Path | None = None,
     env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
     env.pop("GPTJAX_FAULT", None)
     env.pop("GPTJAX_FAULT_MARKER", None)
+    env.pop("GPTJAX_FAULT_PROCESS", None)
     if fault:
         env["GPTJAX_FAULT"] = fault
     if marker:

@@ -22,7 +22,9 @@ does that without touching the training code: `python tests/faults.py ARGS...` i
     kill_at_batch:N     SIGKILL ourselves when this process draws its N-th training batch
     nan_at_batch:N      the gradients of the step that trains on the N-th batch are NaN
 
-S may be `*` (every step). The hooks wrap `os.rename` (Orbax's local-filesystem commit) and
+S may be `*` (every step). With $GPTJAX_FAULT_PROCESS=I only JAX process I (of a multi-process
+run, $JAX_PROCESS_ID) installs the faults: one host of two crashes.
+The hooks wrap `os.rename` (Orbax's local-filesystem commit) and
 `CommitFileTemporaryPath.finalize` (its gs:// commit),
 `orbax.checkpoint.CheckpointManager.save`, `gptjax.data.make_train_iter` and
 `gptjax.training.steps.make_loss_and_grads`. In-process tests call `install(spec)` (and undo it with
@@ -229,6 +231,9 @@ def _install_batch_hook(faults, setattr_) -> None:
 def install(spec: str | None = None, setattr_=setattr) -> list:
     """Installs the faults of `spec` (default: $GPTJAX_FAULT) into this process."""
     spec = os.environ.get(ENV, "") if spec is None else spec
+    only = os.environ.get("GPTJAX_FAULT_PROCESS")
+    if only is not None and os.environ.get("JAX_PROCESS_ID", "0") != only:
+        spec = ""
     faults = parse(spec)
     _install_commit_hook(faults)
     _install_save_hook(faults)

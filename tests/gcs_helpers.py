@@ -4,6 +4,7 @@ the clients under test."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -72,6 +73,20 @@ class Emulator:
     def read(self, name: str) -> bytes:
         return self._get(f"/download/storage/v1/b/{BUCKET}/o/{urllib.parse.quote(name, '')}",
                          alt="media")
+
+    def write(self, name: str, data: bytes) -> None:
+        """Replaces (or creates) object `name` in the bucket `runs`: a simple media upload."""
+        url = (f"{self.url}/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name="
+               f"{urllib.parse.quote(name, '')}")
+        req = urllib.request.Request(url, data=data, method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            r.read()
+
+    def crc32c(self, name: str) -> str:
+        """The object's crc32c metadata (base64 of the big-endian CRC32C) as gptjax writes it."""
+        meta = json.loads(self._get(f"/storage/v1/b/{BUCKET}/o/{urllib.parse.quote(name, '')}"))
+        return f"crc32c:{int.from_bytes(base64.b64decode(meta['crc32c']), 'big'):08x}"
 
     def stop(self) -> None:
         self.proc.kill()

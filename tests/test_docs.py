@@ -32,6 +32,7 @@ SWEEP = ["--config.sweep.flops=(3e9,6e9)", "--config.sweep.tokens=2048",
          "--config.sweep.min_steps=2", "--config.sweep.evals_per_run=1",
          "--config.sweep.n_boot=20", "--config.train.eval_batches=1"]
 SCALE_DOWN = {"train": TINY, "finetune": TINY, "bench": TINY, "bench-decode": TINY,
+              "bench-checkpoint": TINY,
               "data": ["--config.data.max_documents=200"], "sweep": SWEEP}
 
 

@@ -104,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
     tr.keep_checkpoints = 3         # keep the newest N (0 = all) ...
     tr.keep_every = 0               # ... plus every K-th step for good (0 = none)
     tr.async_checkpoint = True      # write checkpoints in the background while training goes on
+    tr.on_corrupt = "fallback"      # fallback | stop: a corrupt checkpoint at resume is moved to
+                                    # checkpoints_corrupt/ and the newest intact one used (or stop)
+    tr.verify_restore = True        # check every file against the checkpoint's manifest first
     tr.nonfinite = "skip"           # skip | stop: what to do when loss or grads are NaN/Inf
     tr.plot = True                  # write loss.png in the workdir at the end
 

@@ -38,7 +38,7 @@ from gptjax.data.spm import SentencePieceTokenizer, train_sentencepiece
 from gptjax.data.store import cache_root
 from gptjax.data.synthetic import SyntheticTokenizer
 from gptjax.errors import UserError
-from gptjax.storage import paths
+from gptjax.storage import integrity, paths
 
 KINDS = ("char", "bpe", "unigram", "path", "hf", "gpt2")
 CHAR_FILE = "tokenizer.chars.json"  # not HF's tokenizer.json
@@ -138,8 +138,22 @@ def load_tokenizer(directory: str, kind: str | None = None):
     for name in files:
         path = paths.join(directory, name)
         if paths.isfile(path):
-            return _LOAD[name](path)
+            integrity.verify(directory, f"workdir {directory}", names=[name])  # if listed
+            try:
+                return _LOAD[name](path)
+            except UserError:
+                raise
+            except (ValueError, RuntimeError, KeyError, TypeError, OSError) as e:
+                raise UserError(f"{path} is not a readable tokenizer ({type(e).__name__}: "
+                                f"{paths.first_line(e)})") from None
     return None
+
+
+def save_checked(tok, directory: str) -> None:
+    """Saves `tok` in `directory` and lists its file in the directory's manifest."""
+    saved = tok.save(directory)
+    if saved:  # (the synthetic stand-in has no file)
+        integrity.update_manifest(directory, [paths.name(saved)])
 
 
 def tokenizer_cache_key(config) -> str:
@@ -185,7 +199,7 @@ def make_tokenizer(config, workdir: str | None = None):
         from_file = t.kind in ("path", "hf") or (t.kind == "gpt2" and t.path)
         tok = _from_file(t) if from_file else _trained(config, source, workdir)
     if workdir:
-        tok.save(workdir)
+        save_checked(tok, workdir)
     return _remember(tok, workdir)
 
 

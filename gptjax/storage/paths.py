@@ -21,6 +21,7 @@ GCS emulator (tests/test_gcs.py).
 
 from __future__ import annotations
 
+import base64
 import builtins
 import hashlib
 import os
@@ -90,6 +91,25 @@ def listdir(path) -> list[str]:
 
 def getsize(path) -> int:
     return _p(path).stat().length if is_url(path) else os.path.getsize(path)
+
+
+def walk_files(path) -> list[str]:
+    """Every file under the directory `path`, as sorted '/'-separated names relative to it."""
+    path = os.fspath(path)
+    if not isdir(path):
+        return []
+    out = []
+    if is_url(path):
+        scheme, base = path.split("://", 1)
+        for root, _, files in _p(path).walk():
+            root = os.fspath(root).split("://", 1)[-1].rstrip("/")
+            rel = root[len(base):].strip("/")
+            out += [f"{rel}/{f}" if rel else f for f in files]
+        return sorted(out)
+    for root, _, files in os.walk(path):
+        rel = os.path.relpath(root, path)
+        out += [f if rel == "." else "/".join([*rel.split(os.sep), f]) for f in files]
+    return sorted(out)
 
 
 # ----------------------------------------------------------------------------- reads, writes
@@ -162,6 +182,37 @@ def remove(path) -> None:
         _p(path).unlink(missing_ok=True)
     elif os.path.exists(path):
         os.remove(path)
+
+
+def store_checksums(url) -> dict[str, dict]:
+    """{name relative to `url`: {"size", "crc32c"}} of the objects under a bucket URL whose
+    store keeps a CRC32C (GCS: every object's `crc32c` metadata), from one listing and without
+    reading them; {} where the store keeps none."""
+    import fsspec  # comes with gcsfs (the gcs extra), the client of every gs:// path
+
+    fs, root = fsspec.core.url_to_fs(os.fspath(url))
+    out = {}
+    for key, info in fs.find(root, detail=True).items():
+        crc = info.get("crc32c")
+        if crc and info.get("type", "file") == "file":
+            rel = key[len(root):].strip("/")
+            digest = int.from_bytes(base64.b64decode(crc), "big")
+            out[rel] = {"size": int(info["size"]), "crc32c": f"crc32c:{digest:08x}"}
+    return out
+
+
+def move_tree(src, dst) -> None:
+    """Moves the directory `src` to `dst` (a rename locally; on a URL each object is copied,
+    then the originals are removed: the content is kept, never only deleted)."""
+    if not is_url(src):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.rename(src, dst)
+        return
+    names = walk_files(src)
+    for n in names:
+        copy(join(src, *n.split("/")), join(dst, *n.split("/")))
+    for n in names:
+        remove(join(src, *n.split("/")))
 
 
 def upload(local: str, url: str) -> None:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import qwix
 
-from gptjax.storage import paths
+from gptjax.storage import integrity, paths
 
 FILE = "quantized.npz"  # a quantized workdir's weights (no checkpoints/ needed)
 
@@ -58,6 +58,7 @@ def save(directory: str, params, info: dict) -> str:
     buf = io.BytesIO()   # one object on a bucket, an atomic rename locally
     np.savez(buf, __meta__=np.frombuffer(meta.encode(), np.uint8), **arrays)
     paths.write_bytes(path, buf.getvalue())
+    integrity.update_manifest(directory, [FILE])
     return path
 
 

@@ -29,6 +29,7 @@ from gptjax.model.gpt import GPT
 from gptjax.parallel import distributed, sharding
 from gptjax.parallel.params import with_shardings
 from gptjax.storage import checkpoint
+from gptjax.storage.integrity import IntegrityError
 from gptjax.training import loop, steps
 from gptjax.training.hooks import Evaluation, MetricsLog, Saving
 from gptjax.training.optim import make_optimizer
@@ -41,6 +42,8 @@ def validate(config) -> None:
     tr = config.train
     if tr.nonfinite not in ("skip", "stop"):
         raise UserError(f"config.train.nonfinite={tr.nonfinite!r}: choose skip or stop")
+    if tr.on_corrupt not in ("fallback", "stop"):
+        raise UserError(f"config.train.on_corrupt={tr.on_corrupt!r}: choose fallback or stop")
     for key in ("steps", "log_every", "batch_size"):
         if int(tr[key]) <= 0:
             raise UserError(f"config.train.{key}={tr[key]} must be positive")
@@ -55,20 +58,37 @@ def _start(run: RunData, workdir: str, mesh, model, tx):
     abstract, shardings = abstract_train_state(config, mesh, model, tx)
     ckpt = checkpoint.Checkpointer.from_config(workdir, config)
     try:
-        latest = ckpt.latest_step()
-        if latest is None:
-            return ckpt, run.init_state(config, mesh, model, tx, shardings), shardings, None
-        saved_vocab = ckpt.restore_config(latest)["model"]["vocab_size"]
-        if saved_vocab != config.model.vocab_size:
-            raise UserError(f"checkpoint {ckpt.directory}/{latest} was trained with a vocabulary "
-                            f"of {saved_vocab} tokens but this run has "
-                            f"{config.model.vocab_size}; use a new --workdir")
-        state, data_state = ckpt.restore(latest, with_shardings(abstract, shardings))
-        run.batches.set_state(data_state)
-        return ckpt, state, shardings, latest
+        for step in reversed(ckpt.all_steps()):  # the newest intact one
+            try:
+                if config.train.verify_restore:
+                    ckpt.verify(step)
+            except IntegrityError as e:  # a file does not match the manifest: proven corrupt
+                if config.train.on_corrupt == "stop":
+                    raise IntegrityError(f"{e}; not resuming (train.on_corrupt=stop)") from None
+                moved = ckpt.move_aside(step)
+                if jax.process_index() == 0:
+                    print(f"gptjax: {e}; moved it to {moved} and resuming from the newest intact "
+                          f"checkpoint (train.on_corrupt=fallback)", flush=True)
+                continue
+            state = _restore(ckpt, step, run, with_shardings(abstract, shardings))
+            return ckpt, state, shardings, step
+        return ckpt, run.init_state(config, mesh, model, tx, shardings), shardings, None
     except BaseException:
         ckpt.close()  # its background clean-up must not outlive the process mid-flight
         raise
+
+
+def _restore(ckpt, step: int, run: RunData, target):
+    """The train state of checkpoint `step`, and the input position set from it."""
+    config = run.config
+    saved_vocab = ckpt.restore_config(step)["model"]["vocab_size"]
+    if saved_vocab != config.model.vocab_size:
+        raise UserError(f"checkpoint {ckpt.directory}/{step} was trained with a vocabulary "
+                        f"of {saved_vocab} tokens but this run has "
+                        f"{config.model.vocab_size}; use a new --workdir")
+    state, data_state = ckpt.restore(step, target)
+    run.batches.set_state(data_state)
+    return state
 
 
 def train(config, workdir: str, recipe=None) -> dict:
