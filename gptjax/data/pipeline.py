@@ -75,14 +75,43 @@ def token_store(config, tok, workdir: str | None = None) -> TokenStore:
                              tok, key)
 
 
-def split_tokens(config, tok, split: str, workdir: str | None = None) -> np.ndarray:
-    """Tokens of one split (read-only memmap), tokenizing the split first if not cached."""
+def split_tokens(config, tok, split: str, workdir: str | None = None):
+    """Tokens of one split, read in place (`storage.ranged.FlatArray`, or a single-file
+    store's memmap), tokenizing the split first if it is not in the store."""
     store = token_store(config, tok, workdir)
     source = registry.of(config)
-    if not store.has(split) and source.documents is not None:
-        store.write_split(split, tok, source.read(config, split),
-                          add_eos=bool(config.data.tokenizer.add_eos), what=source.what(config))
-    return store.tokens(split)   # a missing split of a ready store: names the splits it has
+    if not store.has(split) and source.documents is not None \
+            and store.finish_split(split, source.what(config)) is None:
+        prepare_part(config, tok, split, workdir, 0, 1)
+        store.finish_split(split, source.what(config), num_workers=1)
+    # a missing split of a ready store: names the splits it has
+    return store.tokens(split, verify=bool(config.data.verify_shards))
+
+
+def prepare_part(config, tok, split: str, workdir: str | None = None, worker: int = 0,
+                 num_workers: int = 1, store: TokenStore | None = None) -> dict | None:
+    """Tokenizes part `worker` of `num_workers` of a split into the store (nothing when the
+    split is there already or its source has no text) -> the part, or None."""
+    source = registry.of(config)
+    if source.documents is None:
+        return None
+    store = store or token_store(config, tok, workdir)
+    if store.has(split):
+        return None
+    docs = source.read_part(config, split, worker, num_workers)
+    return store.write_part(split, tok, docs, bool(config.data.tokenizer.add_eos),
+                            source.what(config), worker, num_workers,
+                            int(config.data.shard_tokens))
+
+
+def prepare_splits(config, tok, workdir: str | None, worker: int, num_workers: int) -> None:
+    """Part `worker` of `num_workers` of the train and eval splits: what each process of a
+    training job tokenizes before the others' parts are there (gptjax/training/recipes.py)."""
+    splits = [config.data.train_split]
+    if config.data.eval_split and config.train.eval_every >= 0:
+        splits.append(config.data.eval_split)
+    for split in dict.fromkeys(splits):
+        prepare_part(config, tok, split, workdir, worker, num_workers)
 
 
 # ----------------------------------------------------------------------------- windows
@@ -161,9 +190,11 @@ def batch_rows(config, process_index: int, process_count: int, rows=None) -> np.
     return _block(process_index, process_count, config.train.batch_size)
 
 
-def _gather(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> dict:
-    idx = starts[:, None] + np.arange(seq_len + 1, dtype=np.int64)
-    w = np.asarray(tokens[idx], dtype=np.int32)
+def _gather(tokens, starts: np.ndarray, seq_len: int) -> dict:
+    if hasattr(tokens, "windows"):   # shards read in place: one range per window
+        w = tokens.windows(starts, seq_len + 1).astype(np.int32)
+    else:
+        w = np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
     return {"inputs": np.ascontiguousarray(w[:, :-1]), "targets": np.ascontiguousarray(w[:, 1:])}
 
 
@@ -305,15 +336,17 @@ class TrainIterator:
         ds = tf.data.Dataset.range(1 << 62)
         ds = ds.map(lambda j: tf.ensure_shape(
             tf.numpy_function(starts, [j], tf.int64, stateful=False), [bh]))
-        if self.tokens.size <= 1 << 28:   # in memory: gather in TF's own threads
+        if isinstance(self.tokens, np.ndarray) and self.tokens.size <= 1 << 28:
+            # a single-file split: gather in TF's own threads from memory
             table = tf.constant(np.asarray(self.tokens))
             offsets = tf.range(L + 1, dtype=tf.int64)
 
             def gather(s):
                 return tf.cast(tf.gather(table, s[:, None] + offsets[None, :]), tf.int32)
-        else:                             # a large memmap: read it with numpy
+        else:                             # shards read in place, a large memmap: numpy
             def gather_np(s):
-                return np.asarray(self.tokens[s[:, None] + np.arange(L + 1)], np.int32)
+                w = _gather(self.tokens, s, L)
+                return np.concatenate([w["inputs"], w["targets"][:, -1:]], axis=1)
 
             def gather(s):
                 return tf.ensure_shape(tf.numpy_function(gather_np, [s], tf.int32), [bh, L + 1])

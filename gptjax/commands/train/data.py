@@ -39,6 +39,10 @@ def add_args(parser) -> None:
     p.add_argument("--out", required=True, help="directory to write (created)")
     p.add_argument("--workdir", default="", help="take (or save) the tokenizer here")
     p.add_argument("--splits", default="", help="comma-separated (default: train and eval split)")
+    p.add_argument("--worker", type=int, default=0,
+                   help="this job's part of each split's documents (0..N-1)")
+    p.add_argument("--num-workers", type=int, default=1,
+                   help="jobs tokenizing the splits together, each with its --worker")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("bench", help="tokens/s delivered from pre-tokenized data")
@@ -104,11 +108,17 @@ def _tokenizer(args) -> int:
 
 def _export(args) -> int:
     out, written, vocab = export_shards(args.config, args.out, args.workdir or None,
-                                        _splits(args.config, args.splits))
-    result = {"out": out, "splits": written, "vocab_size": vocab}
-    _print(args, result, [f"wrote {out}: " + ", ".join(f"{k}={v} tokens" for k, v in
-                                                       written.items()),
-                          f"train with --config.data.source=shards --config.data.shards_dir={out}"])
+                                        _splits(args.config, args.splits), args.worker,
+                                        args.num_workers)
+    result = {"out": out, "splits": written, "vocab_size": vocab, "worker": args.worker,
+              "num_workers": args.num_workers}
+    if all(v is not None for v in written.values()):
+        lines = [f"wrote {out}: " + ", ".join(f"{k}={v} tokens" for k, v in written.items()),
+                 f"train with --config.data.source=shards --config.data.shards_dir={out}"]
+    else:
+        lines = [f"wrote part {args.worker + 1}/{args.num_workers} of {out}; the worker that "
+                 "finishes last writes each split's index (running any worker again does too)"]
+    _print(args, result, lines)
     return 0
 
 
