@@ -6,6 +6,7 @@ stores still read."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -220,9 +221,8 @@ def test_each_process_reads_only_its_rows_and_resumes_across_counts(corpus, tmp_
             assert np.array_equal(whole, expect[k])
 
 
-def test_cli_workers_in_parallel_then_train(tmp_path, repo_dir):
-    """Two `gptjax data export --worker I --num-workers 2` jobs at once (a config file that
-    registers a source, as a user's would), then a few training steps from the result."""
+def _config_file(tmp_path, repo_dir):
+    """A config file that registers the corpus as a source, as a user's would."""
     cfg = tmp_path / "corpus_config.py"
     cfg.write_text(f"""
 from gptjax.data import Source, register_source
@@ -239,6 +239,13 @@ def get_config():
     c.data.eval_split = "train"
     return c
 """)
+    return cfg
+
+
+def test_cli_workers_in_parallel_then_train(tmp_path, repo_dir):
+    """Two `gptjax data export --worker I --num-workers 2` jobs at once, then a few training
+    steps from the result."""
+    cfg = _config_file(tmp_path, repo_dir)
     env = dict(os.environ, PYTHONPATH=str(repo_dir), JAX_PLATFORMS="cpu")
     out = tmp_path / "shards"
     tok_dir = tmp_path / "w"
@@ -281,3 +288,32 @@ def test_split_tokens_indexes_parts_prepared_elsewhere(corpus, tmp_path):
     assert corpus == served                    # indexed, not tokenized again
     assert store.meta("train")["num_workers"] == 3
     assert np.array_equal(np.asarray(tokens), _reference(tok))
+
+
+@pytest.mark.slow
+def test_every_process_of_a_training_job_tokenizes_its_part(tmp_path, repo_dir):
+    """2 JAX processes (launch/multiprocess.py): process 0 trains the tokenizer, each process
+    tokenizes its half of the documents, process 0 indexes the split after both are done; the
+    store is a one-process preparation token for token, and training runs on it."""
+    cfg = _config_file(tmp_path, repo_dir)
+    workdir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(repo_dir), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "XLA_FLAGS"):
+        env.pop(k, None)
+    res = subprocess.run([sys.executable, "launch/multiprocess.py", "-n", "2", "--devices", "1",
+                          "--timeout", "120", "--", "gptjax", "train", "--config", str(cfg),
+                          "--config.train.steps=2", "--config.train.eval_every=-1",
+                          "--config.train.plot=false", "--config.train.async_checkpoint=false",
+                          "--workdir", str(workdir)], cwd=repo_dir, env=env,
+                         capture_output=True, text=True, timeout=300)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-3000:]
+    for i in (0, 1):
+        assert len(re.findall(rf"\[p{i}\] gptjax: tokenized .* split 'train' part {i + 1}/2",
+                              log)) == 1, log
+    assert "[p1] gptjax: trained" not in log
+    (store_dir,) = (workdir / "data" / "tokens").iterdir()
+    store = TokenStore(str(store_dir))
+    assert store.meta("train")["num_workers"] == 2
+    tok = data.load_tokenizer(str(workdir))
+    assert np.array_equal(np.asarray(store.tokens("train")), _reference(tok))
