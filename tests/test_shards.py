@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -317,3 +318,55 @@ def test_every_process_of_a_training_job_tokenizes_its_part(tmp_path, repo_dir):
     assert store.meta("train")["num_workers"] == 2
     tok = data.load_tokenizer(str(workdir))
     assert np.array_equal(np.asarray(store.tokens("train")), _reference(tok))
+
+
+MANY = [f"doc {i}: the cat" for i in range(6000)]
+
+
+def test_export_killed_with_sigkill_resumes_shard_by_shard(tmp_path, repo_dir):
+    """`gptjax data export` killed -9 mid-way (its source slows down once the first 4096
+    documents are tokenized and sharded), run again: the finished shards keep their files,
+    the rest is written, the store is exact."""
+    cfg = _config_file(tmp_path, repo_dir)
+    text = cfg.read_text().replace("documents=lambda c, s: iter(DOCS)", "documents=slow")
+    cfg.write_text(text.replace("register_source(", f'''import os, time
+
+
+def slow(config, split):
+    for i, doc in enumerate({MANY!r}):
+        if i > 4200 and not os.environ.get("FAST"):
+            time.sleep(0.05)
+        yield doc
+
+
+register_source(''', 1))
+    env = dict(os.environ, PYTHONPATH=str(repo_dir), JAX_PLATFORMS="cpu")
+    out = tmp_path / "shards"
+    export = [sys.executable, "-m", "gptjax", "data", "export", "--config", str(cfg), "--out",
+              str(out), "--workdir", str(tmp_path / "w"), "--splits", "train",
+              "--config.data.shard_tokens=5000"]
+    subprocess.run([sys.executable, "-m", "gptjax", "data", "tokenizer", "--config", str(cfg),
+                    "--workdir", str(tmp_path / "w"), "--text", "the cat"],
+                   env=dict(env, FAST="1"), check=True, capture_output=True)   # trained first
+    job = subprocess.Popen(export, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    d = out / "train"
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(d.glob("*-shard-*.json"))) < 3:
+            assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        job.kill()
+        job.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in d.glob("*-shard-*")}
+    assert not (d / "index.json").exists()
+    res = subprocess.run(export, env=dict(env, FAST="1"), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    after = {p.name: p.stat().st_mtime_ns for p in d.glob("*-shard-*")}
+    assert before and all(after[name] == t for name, t in before.items())
+    assert len(after) > len(before)
+    tok = data.load_tokenizer(str(out))
+    assert np.array_equal(np.asarray(TokenStore(str(out)).tokens("train")),
+                          _reference(tok, MANY))

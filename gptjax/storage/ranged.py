@@ -65,6 +65,7 @@ class FlatArray(np.lib.mixins.NDArrayOperatorsMixin):
         self.size = int(self.bounds[-1])
         self.shape = (self.size,)
         self.ranges_read = self.bytes_read = 0
+        self._local = np.array([not paths.is_url(p) for p in self.paths] + [True])
         self._maps: dict[int, np.memmap] = {}
         self._fs = None
         self._lock = threading.Lock()
@@ -83,7 +84,13 @@ class FlatArray(np.lib.mixins.NDArrayOperatorsMixin):
         first = np.searchsorted(self.bounds, starts, side="right") - 1
         inside = starts + length <= self.bounds[first + 1]
         pieces = []   # (row, column, file, first item, end item) in file coordinates
-        for r in np.flatnonzero(inside):
+        local = self._local[first] & inside
+        for f in np.unique(first[local]):   # local, inside one file: one gather per file
+            rows = np.flatnonzero(local & (first == f))
+            a = starts[rows] - self.bounds[f]
+            out[rows] = self._map(int(f))[a[:, None] + np.arange(length)]
+            self._count(rows.size, rows.size * length)
+        for r in np.flatnonzero(inside & ~local):
             f = int(first[r])
             a = int(starts[r] - self.bounds[f])
             pieces.append((int(r), 0, f, a, a + length))
@@ -133,9 +140,7 @@ class FlatArray(np.lib.mixins.NDArrayOperatorsMixin):
     def _read(self, pieces) -> list[np.ndarray]:
         """The items [a, b) of file f for each (row, column, f, a, b), counted."""
         item = self.dtype.itemsize
-        with self._lock:
-            self.ranges_read += len(pieces)
-            self.bytes_read += sum((b - a) * item for *_, a, b in pieces)
+        self._count(len(pieces), sum(b - a for *_, a, b in pieces))
         local = [p for p in pieces if not paths.is_url(self.paths[p[2]])]
         remote = [p for p in pieces if paths.is_url(self.paths[p[2]])]
         got = {}
@@ -150,6 +155,11 @@ class FlatArray(np.lib.mixins.NDArrayOperatorsMixin):
                     raise blob
                 got[id(p)] = np.frombuffer(blob, self.dtype)
         return [got[id(p)] for p in pieces]
+
+    def _count(self, ranges: int, items: int) -> None:
+        with self._lock:
+            self.ranges_read += ranges
+            self.bytes_read += items * self.dtype.itemsize
 
     def _map(self, f: int) -> np.memmap:
         m = self._maps.get(f)
