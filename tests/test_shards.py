@@ -243,9 +243,8 @@ def get_config():
     return cfg
 
 
-def test_cli_workers_in_parallel_then_train(tmp_path, repo_dir):
-    """Two `gptjax data export --worker I --num-workers 2` jobs at once, then a few training
-    steps from the result."""
+def test_cli_workers_in_parallel(tmp_path, repo_dir):
+    """Two `gptjax data export --worker I --num-workers 2` jobs at once write one store."""
     cfg = _config_file(tmp_path, repo_dir)
     env = dict(os.environ, PYTHONPATH=str(repo_dir), JAX_PLATFORMS="cpu")
     out = tmp_path / "shards"
@@ -268,12 +267,6 @@ def test_cli_workers_in_parallel_then_train(tmp_path, repo_dir):
     assert store.meta("train")["num_documents"] == len(DOCS)
     tok = data.load_tokenizer(str(out))
     assert np.array_equal(np.asarray(store.tokens("train")), _reference(tok))
-    res = subprocess.run([sys.executable, "-m", "gptjax", "train", "--config", str(cfg),
-                          "--config.data.source=shards", f"--config.data.shards_dir={out}",
-                          "--config.train.steps=3", "--config.train.eval_every=-1",
-                          "--config.train.plot=false", "--workdir", str(tmp_path / "run")],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
 
 
 def test_split_tokens_indexes_parts_prepared_elsewhere(corpus, tmp_path):
