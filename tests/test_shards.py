@@ -363,3 +363,18 @@ register_source(''', 1))
     tok = data.load_tokenizer(str(out))
     assert np.array_equal(np.asarray(TokenStore(str(out)).tokens("train")),
                           _reference(tok, MANY))
+
+
+def test_bench_reports_what_one_process_reads(corpus, tmp_path):
+    from gptjax.performance import data_bench
+
+    config = _config(tmp_path, prefetch=0)
+    export_shards(config, str(tmp_path / "s"), str(tmp_path / "w"))
+    shards = _config(tmp_path, source="shards", shards_dir=str(tmp_path / "s"), prefetch=0)
+    r = data_bench.bench(shards, "numpy", 20, processes=2)
+    L = shards.data.seq_len
+    assert r["processes"] == 2 and r["numpy"]["tokens_per_s"] > 0
+    assert r["numpy"]["bytes_per_batch"] == 4 * (L + 1) * 2      # 4 of the 8 rows
+    assert 4 <= r["numpy"]["ranges_per_batch"] <= 8
+    p = data_bench.prepare(config, str(tmp_path / "w"), num_workers=3)
+    assert p["documents"] == len(DOCS) // 3 and p["tokens_per_s"] > 0

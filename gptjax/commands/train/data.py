@@ -50,6 +50,12 @@ def add_args(parser) -> None:
     p.add_argument("--workdir", default="")
     p.add_argument("--loader", default="both", choices=("both", "numpy", "tf"))
     p.add_argument("--batches", type=int, default=300, help="batches timed per loader")
+    p.add_argument("--processes", type=int, default=1,
+                   help="read the rows of one process of this many (what each host reads)")
+    p.add_argument("--prepare", action="store_true",
+                   help="also time one preparation worker tokenizing its part of the train split")
+    p.add_argument("--num-workers", type=int, default=1,
+                   help="--prepare: the worker's part is 1/N of the split")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("info", help="source, tokenizer, split sizes, steps per epoch")
@@ -123,14 +129,24 @@ def _export(args) -> int:
 
 
 def _bench(args) -> int:
-    result = data_bench.bench(args.config, args.loader, args.batches, args.workdir or None)
+    result = data_bench.bench(args.config, args.loader, args.batches, args.workdir or None,
+                              args.processes)
     lines = [f"{result['machine']}; batch {result['batch_size']} x {result['seq_len']}, "
-             f"{result['split_tokens']} tokens in the training split"]
+             f"{result['split_tokens']} tokens in the training split; the rows of process 0 "
+             f"of {args.processes}"]
     for loader in ("numpy", "tf"):
         if loader in result:
             r = result[loader]
+            read = (f"; {r['ranges_per_batch']:.1f} ranges, {r['bytes_per_batch']} bytes read "
+                    "per batch" if "ranges_per_batch" in r else "")
             lines.append(f"{loader:6s}: {r['tokens_per_s'] / 1e6:8.2f} M tokens/s "
-                         f"({r['batches_per_s']:.0f} batches/s)")
+                         f"({r['batches_per_s']:.0f} batches/s{read})")
+    if args.prepare:
+        p = result["prepare"] = data_bench.prepare(args.config, args.workdir or None,
+                                                   args.num_workers)
+        lines.append(f"prepare: {p['tokens_per_s'] / 1e6:.2f} M tokens/s per worker "
+                     f"({p['tokenizer']}; part 1/{p['num_workers']}: {p['documents']} "
+                     f"documents, {p['tokens']} tokens in {p['seconds']}s)")
     _print(args, result, lines)
     sys.stdout.flush()
     return 0
