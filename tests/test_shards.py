@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from gptjax import data
+from gptjax.cli import main
 from gptjax.config.loader import load_module
 from gptjax.data import pipeline
 from gptjax.data.export import export_shards
@@ -92,7 +93,7 @@ def test_shards_and_index_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("workers", [2, 3, 4])
-def test_workers_prepare_what_one_process_prepares(corpus, tmp_path, workers):
+def test_workers_prepare_what_one_process_prepares(corpus, tmp_path, workers, capsys):
     config = _config(tmp_path)
     one, _, _ = export_shards(config, str(tmp_path / "one"), str(tmp_path / "w"))
     out = str(tmp_path / f"n{workers}")
@@ -113,6 +114,12 @@ def test_workers_prepare_what_one_process_prepares(corpus, tmp_path, workers):
         it = data.make_train_iter(c, data.make_tokenizer(c))
         batches.append([next(it)["inputs"] for _ in range(12)])
     assert np.array_equal(np.stack(batches[0]), np.stack(batches[1]))
+    capsys.readouterr()
+    assert main(["data", "info", "--config", "configs/smoke.py:tiny", "--json",
+                 "--config.data.source=shards", f"--config.data.shards_dir={out}"]) == 0
+    info = json.loads(capsys.readouterr().out)["splits"]["train"]
+    assert info["shards"] == len(b.meta("train")["shards"]) > workers
+    assert info["tokens"] == b.meta("train")["num_tokens"]
 
 
 def test_killed_preparation_resumes_after_its_last_shard(corpus, tmp_path, monkeypatch):

@@ -169,12 +169,13 @@ def _info(args) -> int:
             w = pipeline.Windows(tokens.size, d.seq_len, d.seed, d.shuffle,
                                  f"split {split!r}").num_windows
             steps = w / config.train.batch_size
+            shards = len(meta.get("shards", [meta]))   # a single-file split: one
             result["splits"][split] = {"tokens": int(tokens.size),
                                        "documents": meta["num_documents"], "windows": w,
-                                       "steps_per_epoch": round(steps, 2)}
-            lines.append(f"{split}: {tokens.size} tokens, {meta['num_documents']} documents, "
-                         f"{w} windows of {d.seq_len + 1}, {steps:.1f} steps of batch "
-                         f"{config.train.batch_size} per epoch")
+                                       "steps_per_epoch": round(steps, 2), "shards": shards}
+            lines.append(f"{split}: {tokens.size} tokens, {meta['num_documents']} documents "
+                         f"in {shards} shards, {w} windows of {d.seq_len + 1}, {steps:.1f} "
+                         f"steps of batch {config.train.batch_size} per epoch")
         result["store"] = store.directory
         lines.append(f"token store: {store.directory}")
     _print(args, result, lines)
