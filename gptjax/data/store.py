@@ -189,7 +189,7 @@ class TokenStore:
                     shard_tokens: int = 1 << 27) -> dict:
         """Tokenizes `docs` (an iterable of str) as the split's only part, and indexes it."""
         self.write_part(split, tok, docs, add_eos, what, 0, 1, shard_tokens)
-        return self.finish_split(split, what)
+        return self.finish_split(split, what, num_workers=1)
 
     def write_part(self, split: str, tok, docs, add_eos: bool, what: str, worker: int = 0,
                    num_workers: int = 1, shard_tokens: int = 1 << 27) -> dict:
