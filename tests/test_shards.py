@@ -385,3 +385,25 @@ def test_bench_reports_what_one_process_reads(corpus, tmp_path):
     assert 4 <= r["numpy"]["ranges_per_batch"] <= 8
     p = data_bench.prepare(config, str(tmp_path / "w"), num_workers=3)
     assert p["documents"] == len(DOCS) // 3 and p["tokens_per_s"] > 0
+
+
+def test_windows_of_a_huge_split_are_a_computed_permutation(monkeypatch):
+    """Above PERMUTATION_MAX windows an epoch's order is a keyed bijection (no stored
+    permutation): every window once per epoch, seeded, epochs differ, exact at any position."""
+    monkeypatch.setattr(pipeline, "PERMUTATION_MAX", 1000)
+    n_tokens, L = 3000 * 16 + 16, 16
+    w = pipeline.Windows(n_tokens, L, seed=3, shuffle=True, what="test")
+    n = w.num_windows
+    assert n > 1000
+    perm, _ = w.epoch(0)
+    assert isinstance(perm, tuple)              # keys, not n stored entries
+    e0, e1 = w.starts(0, n), w.starts(n, n)
+    for e in (e0, e1):
+        assert np.array_equal(np.sort(e - e[0] % L), np.arange(n) * L + 0)  # each window once
+    assert not np.array_equal(e0 - e0[0] % L, e1 - e1[0] % L)
+    assert not np.array_equal(e0[:50], np.sort(e0[:50]))                   # shuffled
+    other = pipeline.Windows(n_tokens, L, seed=4, shuffle=True, what="test")
+    assert not np.array_equal(other.starts(0, 50), e0[:50])
+    again = pipeline.Windows(n_tokens, L, seed=3, shuffle=True, what="test")
+    pos = np.array([5, n - 1, n + 7, 3 * n + 2])
+    assert np.array_equal(again.at(pos), w.starts(0, 4 * n)[pos])           # any position

@@ -26,9 +26,7 @@ A source that makes its own batches (`Source.batches`, e.g. synthetic) skips all
 from __future__ import annotations
 
 import atexit
-import hashlib
 import importlib.util
-import json
 import queue
 import sys
 import threading
@@ -37,11 +35,18 @@ import weakref
 import numpy as np
 
 from gptjax.data import registry
-from gptjax.data.store import TokenStore, cache_root
+from gptjax.data.store import (  # noqa: F401 - re-exported: the pipeline's token arrays
+    prepare_part,
+    prepare_splits,
+    split_tokens,
+    token_store,
+)
 from gptjax.errors import UserError
-from gptjax.storage import paths
 
 LOADERS = ("auto", *registry.LOADERS)
+# Up to this many windows an epoch's order is a stored permutation (8 bytes a window); above,
+# a keyed bijection computed per position (`feistel`): memory independent of the corpus.
+PERMUTATION_MAX = 1 << 24
 EVAL_SEED_OFFSET = 1_000_003   # a `batches` source's eval stream: seed + this
 _PREFETCHING: weakref.WeakSet = weakref.WeakSet()   # iterators whose prefetch thread runs
 
@@ -53,65 +58,6 @@ def _stop_prefetching() -> None:
     exception") after the program has already finished."""
     for it in list(_PREFETCHING):
         it.close()
-
-
-# ----------------------------------------------------------------------------- token arrays
-
-def token_store(config, tok, workdir: str | None = None) -> TokenStore:
-    """The store holding this source's tokens for this tokenizer (created empty if new)."""
-    d = config.data
-    source = registry.of(config)
-    if source.store_dir is not None:
-        store = TokenStore(source.store_dir(config))
-        if store.index.get("tokenizer") != tok.fingerprint:
-            raise UserError(f"{source.what(config)} was tokenized with another tokenizer than "
-                            "this run's; use a new workdir or re-export")
-        return store
-    key = source.key(config)      # raises for a source without text
-    spec = {"source": key, "tokenizer": tok.fingerprint, "add_eos": bool(d.tokenizer.add_eos)}
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    root = cache_root(config, workdir or getattr(tok, "workdir", None))
-    return TokenStore.create(paths.join(root, "tokens", f"{source.cache_name(config)}-{digest}"),
-                             tok, key)
-
-
-def split_tokens(config, tok, split: str, workdir: str | None = None):
-    """Tokens of one split, read in place (`storage.ranged.FlatArray`, or a single-file
-    store's memmap), tokenizing the split first if it is not in the store."""
-    store = token_store(config, tok, workdir)
-    source = registry.of(config)
-    if not store.has(split) and source.documents is not None \
-            and store.finish_split(split, source.what(config)) is None:
-        prepare_part(config, tok, split, workdir, 0, 1)
-        store.finish_split(split, source.what(config), num_workers=1)
-    # a missing split of a ready store: names the splits it has
-    return store.tokens(split, verify=bool(config.data.verify_shards))
-
-
-def prepare_part(config, tok, split: str, workdir: str | None = None, worker: int = 0,
-                 num_workers: int = 1, store: TokenStore | None = None) -> dict | None:
-    """Tokenizes part `worker` of `num_workers` of a split into the store (nothing when the
-    split is there already or its source has no text) -> the part, or None."""
-    source = registry.of(config)
-    if source.documents is None:
-        return None
-    store = store or token_store(config, tok, workdir)
-    if store.has(split):
-        return None
-    docs = source.read_part(config, split, worker, num_workers)
-    return store.write_part(split, tok, docs, bool(config.data.tokenizer.add_eos),
-                            source.what(config), worker, num_workers,
-                            int(config.data.shard_tokens))
-
-
-def prepare_splits(config, tok, workdir: str | None, worker: int, num_workers: int) -> None:
-    """Part `worker` of `num_workers` of the train and eval splits: what each process of a
-    training job tokenizes before the others' parts are there (gptjax/training/recipes.py)."""
-    splits = [config.data.train_split]
-    if config.data.eval_split and config.train.eval_every >= 0:
-        splits.append(config.data.eval_split)
-    for split in dict.fromkeys(splits):
-        prepare_part(config, tok, split, workdir, worker, num_workers)
 
 
 # ----------------------------------------------------------------------------- windows
@@ -143,9 +89,12 @@ class Windows:
                     hit = (None, 0)
                 else:
                     rng = np.random.default_rng([self.seed, e, 0x6A09E667])
-                    perm = rng.permutation(self.num_windows)
+                    if self.num_windows <= PERMUTATION_MAX:
+                        order = rng.permutation(self.num_windows)
+                    else:           # too many windows to store their order: computed keys
+                        order = tuple(int(k) for k in rng.integers(1 << 62, size=4))
                     shift = int(rng.integers(self.seq_len)) if self.shifted else 0
-                    hit = (perm, shift)
+                    hit = (order, shift)
                 self._cache[e] = hit
                 while len(self._cache) > 3:   # keep the epochs next to e (prefetch, rewinds)
                     del self._cache[max(self._cache, key=lambda k: abs(k - e))]
@@ -162,9 +111,41 @@ class Windows:
         for e in np.unique(epochs):
             perm, shift = self.epoch(int(e))
             sel = epochs == e
-            w = idx[sel] if perm is None else perm[idx[sel]]
+            if perm is None:
+                w = idx[sel]
+            elif isinstance(perm, tuple):
+                w = feistel(idx[sel], self.num_windows, perm)
+            else:
+                w = perm[idx[sel]]
             out[sel] = shift + w * self.seq_len
         return out
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer on uint64 (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def feistel(idx: np.ndarray, n: int, keys: tuple) -> np.ndarray:
+    """A keyed bijection of [0, n), applied to `idx`: a 4-round Feistel network on the smallest
+    even number of bits that holds n, cycle-walked back into [0, n) (each value is permuted
+    again until it lands there). An epoch's window order for splits of more than
+    PERMUTATION_MAX windows: O(1) memory, any position computed on its own."""
+    bits = max(2, int(n - 1).bit_length())
+    half = np.uint64((bits + 1) // 2)
+    mask = np.uint64((1 << int(half)) - 1)
+    out = np.asarray(idx, np.uint64).copy()
+    todo = np.ones(out.shape, bool)
+    while todo.any():
+        y = out[todo]
+        for k in keys:
+            left, right = y >> half, y & mask
+            y = (right << half) | (left ^ (_mix(right ^ np.uint64(k)) & mask))
+        out[todo] = y
+        todo = out >= np.uint64(n)
+    return out.astype(np.int64)
 
 
 def host_batch(config, process_index: int, process_count: int) -> int:

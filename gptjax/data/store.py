@@ -26,6 +26,10 @@ Reading (`tokens`) checks every shard of the index (present, its size, its CRC32
 the object's own, locally by reading it when data.verify_shards) and returns a
 `storage.ranged.FlatArray`: windows read in place, by memory map or by ranged reads.
 
+For a config: `token_store` (the source's store: its cache directory, or a `shards` export),
+`split_tokens` (a split, tokenized first if missing), `prepare_part` / `prepare_splits` (one
+worker's part).
+
 A store written before shards (`<split>.bin` + `<split>.meta.json`) is still read as one file.
 The directory may be any `gptjax.storage.paths` path, `gs://` included.
 """
@@ -41,6 +45,7 @@ import time
 
 import numpy as np
 
+from gptjax.data import registry
 from gptjax.errors import UserError
 from gptjax.storage import integrity, paths, ranged
 
@@ -257,6 +262,65 @@ class TokenStore:
             raise UserError(f"{what or self.directory}: split {split!r} has no text to tokenize")
         _write_json(paths.join(d, INDEX), index)
         return index
+
+
+# ----------------------------------------------------------------------------- a config's stores
+
+def token_store(config, tok, workdir: str | None = None) -> TokenStore:
+    """The store holding this source's tokens for this tokenizer (created empty if new)."""
+    d = config.data
+    source = registry.of(config)
+    if source.store_dir is not None:
+        store = TokenStore(source.store_dir(config))
+        if store.index.get("tokenizer") != tok.fingerprint:
+            raise UserError(f"{source.what(config)} was tokenized with another tokenizer than "
+                            "this run's; use a new workdir or re-export")
+        return store
+    key = source.key(config)      # raises for a source without text
+    spec = {"source": key, "tokenizer": tok.fingerprint, "add_eos": bool(d.tokenizer.add_eos)}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    root = cache_root(config, workdir or getattr(tok, "workdir", None))
+    return TokenStore.create(paths.join(root, "tokens", f"{source.cache_name(config)}-{digest}"),
+                             tok, key)
+
+
+def split_tokens(config, tok, split: str, workdir: str | None = None):
+    """Tokens of one split, read in place (`storage.ranged.FlatArray`, or a single-file
+    store's memmap), tokenizing the split first if it is not in the store."""
+    store = token_store(config, tok, workdir)
+    source = registry.of(config)
+    if not store.has(split) and source.documents is not None \
+            and store.finish_split(split, source.what(config)) is None:
+        prepare_part(config, tok, split, workdir, 0, 1)
+        store.finish_split(split, source.what(config), num_workers=1)
+    # a missing split of a ready store: names the splits it has
+    return store.tokens(split, verify=bool(config.data.verify_shards))
+
+
+def prepare_part(config, tok, split: str, workdir: str | None = None, worker: int = 0,
+                 num_workers: int = 1, store: TokenStore | None = None) -> dict | None:
+    """Tokenizes part `worker` of `num_workers` of a split into the store (nothing when the
+    split is there already or its source has no text) -> the part, or None."""
+    source = registry.of(config)
+    if source.documents is None:
+        return None
+    store = store or token_store(config, tok, workdir)
+    if store.has(split):
+        return None
+    docs = source.read_part(config, split, worker, num_workers)
+    return store.write_part(split, tok, docs, bool(config.data.tokenizer.add_eos),
+                            source.what(config), worker, num_workers,
+                            int(config.data.shard_tokens))
+
+
+def prepare_splits(config, tok, workdir: str | None, worker: int, num_workers: int) -> None:
+    """Part `worker` of `num_workers` of the train and eval splits: what each process of a
+    training job tokenizes before the others' parts are there (gptjax/training/recipes.py)."""
+    splits = [config.data.train_split]
+    if config.data.eval_split and config.train.eval_every >= 0:
+        splits.append(config.data.eval_split)
+    for split in dict.fromkeys(splits):
+        prepare_part(config, tok, split, workdir, worker, num_workers)
 
 
 def _encode(tok, batch: list[str], eos, dtype) -> list[np.ndarray]:
