@@ -407,3 +407,26 @@ def test_windows_of_a_huge_split_are_a_computed_permutation(monkeypatch):
     again = pipeline.Windows(n_tokens, L, seed=3, shuffle=True, what="test")
     pos = np.array([5, n - 1, n + 7, 3 * n + 2])
     assert np.array_equal(again.at(pos), w.starts(0, 4 * n)[pos])           # any position
+
+
+def test_tfds_parts_are_slices_of_the_split(tmp_path):
+    """The `files` source (a TFDS builder): worker i of 3 reads the TFDS slice train[a:b] of
+    its block, and the parts in order are the split, also under data.max_documents."""
+    from gptjax.data import registry
+
+    docs = [f"document {i}: " + "words " * (i % 7) for i in range(50)]
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(json.dumps({"text": d}) for d in docs) + "\n")
+    config = get_config("tiny")
+    with config.unlocked():
+        config.data.source, config.data.files = "files", str(path)
+        config.data.data_dir, config.data.holdout_fraction = str(tmp_path / "tfds"), 0.0
+    source = registry.of(config)
+    whole = list(source.read(config, "train"))
+    assert whole == docs
+    parts = [list(source.read_part(config, "train", i, 3)) for i in range(3)]
+    assert [len(p) for p in parts] == [16, 17, 17] and sum(parts, []) == whole
+    with config.unlocked():
+        config.data.max_documents = 20
+    parts = [list(source.read_part(config, "train", i, 3)) for i in range(3)]
+    assert sum(parts, []) == docs[:20] == list(source.read(config, "train"))
