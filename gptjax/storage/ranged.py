@@ -24,7 +24,18 @@ import threading
 import fsspec
 import numpy as np
 
+from gptjax.errors import UserError
 from gptjax.storage import paths
+
+
+def _url_fs(url: str):
+    """(fsspec filesystem, path) of a bucket URL; a missing client package is one line."""
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        scheme = url.split("://", 1)[0]
+        hint = "pip install 'gptjax[gcs]'" if scheme == "gs" else "install that package"
+        raise UserError(f"{url}: {scheme}:// paths need an extra package ({e}); {hint}") from None
 
 
 def listing(directory: str) -> dict[str, dict]:
@@ -35,7 +46,7 @@ def listing(directory: str) -> dict[str, dict]:
             return {}
         return {e.name: {"size": e.stat().st_size, "crc32c": None}
                 for e in os.scandir(directory) if e.is_file()}
-    fs, root = fsspec.core.url_to_fs(directory)
+    fs, root = _url_fs(directory)
     try:
         entries = fs.ls(root, detail=True, refresh=True)
     except FileNotFoundError:
@@ -171,5 +182,5 @@ class FlatArray(np.lib.mixins.NDArrayOperatorsMixin):
 
     def _filesystem(self):
         if self._fs is None:
-            self._fs = fsspec.core.url_to_fs(next(p for p in self.paths if paths.is_url(p)))[0]
+            self._fs = _url_fs(next(p for p in self.paths if paths.is_url(p)))[0]
         return self._fs
