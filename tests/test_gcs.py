@@ -222,8 +222,9 @@ def _corpus(path) -> None:
 
 def test_two_processes_share_a_gcs_workdir_and_stop_on_sigterm(gcs, tmp_path):
     """2 processes x 4 CPU devices, one gs:// workdir, text files: process 0 alone trains the
-    tokenizer and tokenizes (into the bucket); SIGTERM to process 1 only stops both after the
-    same step with a committed checkpoint. Prints the time from SIGTERM to the commit."""
+    tokenizer, each process tokenizes its part of the documents (into the bucket); SIGTERM to
+    process 1 only stops both after the same step with a committed checkpoint. Prints the time
+    from SIGTERM to the commit."""
     corpus = tmp_path / "corpus.txt"
     _corpus(corpus)
     prefix = f"mp-{uuid.uuid4().hex[:8]}"
@@ -259,45 +260,65 @@ def test_two_processes_share_a_gcs_workdir_and_stop_on_sigterm(gcs, tmp_path):
     for i in (0, 1):
         assert f"{prefix}/checkpoints/{step}/data/process_{i}.json" in names
     assert f"{prefix}/tokenizer.chars.json" in names
-    assert any(n.startswith(f"{prefix}/data/tokens/") and n.endswith("/train.bin")
-               for n in names), names
+    # (one text file is one document: part 0 of 2 is empty, part 1 holds the shards)
+    for part in ("part-00000-of-00002.json", "part-00001-of-00002-shard-00000.bin",
+                 "part-00001-of-00002.json", "index.json"):
+        assert any(n.startswith(f"{prefix}/data/tokens/") and n.endswith(f"/train/{part}")
+                   for n in names), names
     assert len(re.findall(r"\[p\d\] gptjax: trained a char tokenizer", text)) == 1, text
     assert "[p0] gptjax: trained a char tokenizer" in text
-    assert not re.search(r"\[p1\] gptjax: tokenized", text), text
+    for i in (0, 1):        # each process its half of the documents, once
+        assert len(re.findall(rf"\[p{i}\] gptjax: tokenized .* split 'train' part {i + 1}/2",
+                              text)) == 1, text
     print(f"preemption: SIGTERM to process 1 -> both stopped after step {step}, its checkpoint "
           f"committed in the bucket {t1 - t0:.1f}s after the signal ({t1 - t0 - save_s:.1f}s "
           f"to agree on the step, {save_s:.1f}s to save and commit)")
 
 
-def test_token_store_in_a_bucket_trains_from_a_local_copy(gcs, tmp_path, monkeypatch):
-    """A tokenized split written to gs:// (as the token cache of a gs:// workdir is, or an
-    export copied there): objects in the bucket, memory-mapped from a one-time local copy."""
+def test_token_store_in_a_bucket_is_read_in_place(gcs, tmp_path, monkeypatch):
+    """A sharded split in gs:// (as the token cache of a gs:// workdir is, or an export there):
+    each process reads the windows of its rows by ranged reads, nothing is downloaded whole or
+    kept on local disk, and the batches are those of the same store on local disk. A shard
+    whose object differs from the index is one line, from the bucket's own checksum."""
     from gptjax import data
     from gptjax.config.loader import get_config
     from gptjax.data.store import TokenStore
     from gptjax.data.tokenizer import CharTokenizer
+    from gptjax.errors import UserError
     from gptjax.storage import paths
 
     monkeypatch.setattr(paths, "REMOTE_CACHE", str(tmp_path / "remote"))
-    text = "to be or not to be, that is the question\n" * 40
-    tok = CharTokenizer(sorted(set(text)), eos=False)
+    docs = [f"to be or not to be, that is question {i}\n" * (1 + i % 5) for i in range(60)]
+    tok = CharTokenizer(sorted(set("".join(docs))), eos=True)
     prefix = f"shards-{uuid.uuid4().hex[:8]}"
-    url = f"gs://{BUCKET}/{prefix}"
-    store = TokenStore.create(url, tok, {"source": "test"})
-    store.write_split("train", tok, [text], add_eos=False, what="test")
-    tok.save(url)
-    assert {f"{prefix}/index.json", f"{prefix}/train.bin", f"{prefix}/train.meta.json",
-            f"{prefix}/tokenizer.chars.json"} <= set(gcs.objects(f"{prefix}/"))
-    assert TokenStore(url).splits() == ["train"]
-    config = get_config("configs/smoke.py:tiny", ["--config.data.source=shards",
-                                                  f"--config.data.shards_dir={url}"])
-    batch = next(data.make_train_iter(config, data.make_tokenizer(config)))
-    assert len(local_files(tmp_path / "remote")) == 1          # the split's local copy
-    tokens = np.frombuffer(gcs.read(f"{prefix}/train.bin"), np.uint16)
-    assert np.array_equal(tokens, tok.encode_array(text))
-    windows = np.lib.stride_tricks.sliding_window_view(tokens, config.data.seq_len)
-    for row in batch["inputs"]:        # every row is a window of the split in the bucket
-        assert np.all(windows == row, axis=1).any()
+    batches = {}
+    for where in (f"gs://{BUCKET}/{prefix}", str(tmp_path / "local")):
+        store = TokenStore.create(where, tok, {"source": "test"})
+        store.write_split("train", tok, docs, add_eos=True, what="test", shard_tokens=300)
+        tok.save(where)
+        config = get_config("configs/smoke.py:tiny", [
+            "--config.data.source=shards", f"--config.data.shards_dir={where}",
+            "--config.data.prefetch=0", "--config.train.batch_size=8"])
+        tok2 = data.make_tokenizer(config)
+        got, ranges = [], []
+        for host in (0, 1):
+            it = data.make_train_iter(config, tok2, host, 2)
+            got.append(np.concatenate([next(it)["inputs"] for _ in range(5)]))
+            ranges.append((it.tokens.ranges_read, it.tokens.bytes_read))
+        batches[where.startswith("gs://")] = got
+        L = config.data.seq_len
+        for n_ranges, n_bytes in ranges:      # 5 batches x 4 rows of windows of L + 1 tokens
+            assert 20 <= n_ranges <= 40 and n_bytes == 20 * (L + 1) * 2
+    assert all(np.array_equal(a, b) for a, b in zip(batches[True], batches[False], strict=True))
+    names = set(gcs.objects(f"{prefix}/"))
+    assert f"{prefix}/train/index.json" in names and len(names) > 10
+    assert local_files(tmp_path / "remote") == []      # nothing downloaded
+    index = json.loads(gcs.read(f"{prefix}/train/index.json"))
+    shard = f"gs://{BUCKET}/{prefix}/train/{index['shards'][2]['file']}"
+    raw = paths.read_bytes(shard)
+    paths.write_bytes(shard, raw[::-1])               # same size, other bytes
+    with pytest.raises(UserError, match="has checksum"):
+        TokenStore(f"gs://{BUCKET}/{prefix}").tokens("train")
 
 
 def test_export_import_and_quantize_write_to_the_bucket(gcs, trained, tmp_path, monkeypatch,
@@ -318,8 +339,9 @@ def test_export_import_and_quantize_write_to_the_bucket(gcs, trained, tmp_path, 
     assert main(["data", "export", "--config", "configs/smoke.py:tiny", "--out", shards,
                  "--config.data.source=files", f"--config.data.files={corpus}"]) == 0
     names = set(gcs.objects(f"{p}/shards/"))
-    assert {f"{p}/shards/{n}" for n in ("index.json", "train.bin", "validation.bin",
-                                        "tokenizer.chars.json")} <= names, names
+    assert {f"{p}/shards/{n}" for n in ("index.json", "train/index.json",
+                                        "validation/index.json", "train/part-00000-of-00001"
+                                        "-shard-00000.bin", "tokenizer.chars.json")} <= names, names
     assert TokenStore(shards).splits() == ["train", "validation"]
 
     quantized = f"gs://{BUCKET}/{p}/int8"

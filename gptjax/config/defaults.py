@@ -66,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
     d.prefetch = 2                  # batches prepared ahead of the training step
     d.loader = "auto"               # auto | tf | numpy (auto: as the source says; numpy if no TF)
     d.cache_dir = ""                # tokenized shards cache ('' = WORKDIR/data or ~/.cache/gptjax)
+    d.shard_tokens = 1 << 27        # tokens per token-store shard (256 MiB of uint16)
+    d.verify_shards = True          # check local shards' CRC32C when a split is opened (a
+                                    # bucket's are checked from its metadata, without reading)
     t = d.tokenizer = ml_collections.ConfigDict()
     t.kind = "bpe"                  # char | bpe | unigram | path | hf
     t.path = ""                     # kind=path: a sentencepiece .model; kind=hf: tokenizer.json

@@ -20,7 +20,7 @@ TensorFlow: only reading a TFDS / files source (to tokenize it once) or data.loa
 from __future__ import annotations
 
 from gptjax.data import registry, sources  # sources: registers the built-in sources
-from gptjax.data.pipeline import make_eval_batches, make_train_iter, split_tokens
+from gptjax.data.pipeline import make_eval_batches, make_train_iter, prepare_splits, split_tokens
 from gptjax.data.registry import Source
 from gptjax.data.registry import get as get_source
 from gptjax.data.registry import names as source_names
@@ -29,5 +29,6 @@ from gptjax.data.registry import unregister as unregister_source
 from gptjax.data.tokenizer import Tokenizer, load_tokenizer, make_tokenizer
 
 __all__ = ["Source", "Tokenizer", "get_source", "load_tokenizer", "make_eval_batches",
-           "make_tokenizer", "make_train_iter", "register_source", "registry", "source_names",
+           "make_tokenizer", "make_train_iter", "prepare_splits", "register_source", "registry",
+           "source_names",
            "sources", "split_tokens", "unregister_source"]

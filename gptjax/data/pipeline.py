@@ -26,9 +26,7 @@ A source that makes its own batches (`Source.batches`, e.g. synthetic) skips all
 from __future__ import annotations
 
 import atexit
-import hashlib
 import importlib.util
-import json
 import queue
 import sys
 import threading
@@ -37,11 +35,18 @@ import weakref
 import numpy as np
 
 from gptjax.data import registry
-from gptjax.data.store import TokenStore, cache_root
+from gptjax.data.store import (  # noqa: F401 - re-exported: the pipeline's token arrays
+    prepare_part,
+    prepare_splits,
+    split_tokens,
+    token_store,
+)
 from gptjax.errors import UserError
-from gptjax.storage import paths
 
 LOADERS = ("auto", *registry.LOADERS)
+# Up to this many windows an epoch's order is a stored permutation (8 bytes a window); above,
+# a keyed bijection computed per position (`feistel`): memory independent of the corpus.
+PERMUTATION_MAX = 1 << 24
 EVAL_SEED_OFFSET = 1_000_003   # a `batches` source's eval stream: seed + this
 _PREFETCHING: weakref.WeakSet = weakref.WeakSet()   # iterators whose prefetch thread runs
 
@@ -53,36 +58,6 @@ def _stop_prefetching() -> None:
     exception") after the program has already finished."""
     for it in list(_PREFETCHING):
         it.close()
-
-
-# ----------------------------------------------------------------------------- token arrays
-
-def token_store(config, tok, workdir: str | None = None) -> TokenStore:
-    """The store holding this source's tokens for this tokenizer (created empty if new)."""
-    d = config.data
-    source = registry.of(config)
-    if source.store_dir is not None:
-        store = TokenStore(source.store_dir(config))
-        if store.index.get("tokenizer") != tok.fingerprint:
-            raise UserError(f"{source.what(config)} was tokenized with another tokenizer than "
-                            "this run's; use a new workdir or re-export")
-        return store
-    key = source.key(config)      # raises for a source without text
-    spec = {"source": key, "tokenizer": tok.fingerprint, "add_eos": bool(d.tokenizer.add_eos)}
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    root = cache_root(config, workdir or getattr(tok, "workdir", None))
-    return TokenStore.create(paths.join(root, "tokens", f"{source.cache_name(config)}-{digest}"),
-                             tok, key)
-
-
-def split_tokens(config, tok, split: str, workdir: str | None = None) -> np.ndarray:
-    """Tokens of one split (read-only memmap), tokenizing the split first if not cached."""
-    store = token_store(config, tok, workdir)
-    source = registry.of(config)
-    if not store.has(split) and source.documents is not None:
-        store.write_split(split, tok, source.read(config, split),
-                          add_eos=bool(config.data.tokenizer.add_eos), what=source.what(config))
-    return store.tokens(split)   # a missing split of a ready store: names the splits it has
 
 
 # ----------------------------------------------------------------------------- windows
@@ -114,9 +89,12 @@ class Windows:
                     hit = (None, 0)
                 else:
                     rng = np.random.default_rng([self.seed, e, 0x6A09E667])
-                    perm = rng.permutation(self.num_windows)
+                    if self.num_windows <= PERMUTATION_MAX:
+                        order = rng.permutation(self.num_windows)
+                    else:           # too many windows to store their order: computed keys
+                        order = tuple(int(k) for k in rng.integers(1 << 62, size=4))
                     shift = int(rng.integers(self.seq_len)) if self.shifted else 0
-                    hit = (perm, shift)
+                    hit = (order, shift)
                 self._cache[e] = hit
                 while len(self._cache) > 3:   # keep the epochs next to e (prefetch, rewinds)
                     del self._cache[max(self._cache, key=lambda k: abs(k - e))]
@@ -133,9 +111,41 @@ class Windows:
         for e in np.unique(epochs):
             perm, shift = self.epoch(int(e))
             sel = epochs == e
-            w = idx[sel] if perm is None else perm[idx[sel]]
+            if perm is None:
+                w = idx[sel]
+            elif isinstance(perm, tuple):
+                w = feistel(idx[sel], self.num_windows, perm)
+            else:
+                w = perm[idx[sel]]
             out[sel] = shift + w * self.seq_len
         return out
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer on uint64 (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def feistel(idx: np.ndarray, n: int, keys: tuple) -> np.ndarray:
+    """A keyed bijection of [0, n), applied to `idx`: a 4-round Feistel network on the smallest
+    even number of bits that holds n, cycle-walked back into [0, n) (each value is permuted
+    again until it lands there). An epoch's window order for splits of more than
+    PERMUTATION_MAX windows: O(1) memory, any position computed on its own."""
+    bits = max(2, int(n - 1).bit_length())
+    half = np.uint64((bits + 1) // 2)
+    mask = np.uint64((1 << int(half)) - 1)
+    out = np.asarray(idx, np.uint64).copy()
+    todo = np.ones(out.shape, bool)
+    while todo.any():
+        y = out[todo]
+        for k in keys:
+            left, right = y >> half, y & mask
+            y = (right << half) | (left ^ (_mix(right ^ np.uint64(k)) & mask))
+        out[todo] = y
+        todo = out >= np.uint64(n)
+    return out.astype(np.int64)
 
 
 def host_batch(config, process_index: int, process_count: int) -> int:
@@ -161,9 +171,11 @@ def batch_rows(config, process_index: int, process_count: int, rows=None) -> np.
     return _block(process_index, process_count, config.train.batch_size)
 
 
-def _gather(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> dict:
-    idx = starts[:, None] + np.arange(seq_len + 1, dtype=np.int64)
-    w = np.asarray(tokens[idx], dtype=np.int32)
+def _gather(tokens, starts: np.ndarray, seq_len: int) -> dict:
+    if hasattr(tokens, "windows"):   # shards read in place: one range per window
+        w = tokens.windows(starts, seq_len + 1).astype(np.int32)
+    else:
+        w = np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
     return {"inputs": np.ascontiguousarray(w[:, :-1]), "targets": np.ascontiguousarray(w[:, 1:])}
 
 
@@ -305,15 +317,17 @@ class TrainIterator:
         ds = tf.data.Dataset.range(1 << 62)
         ds = ds.map(lambda j: tf.ensure_shape(
             tf.numpy_function(starts, [j], tf.int64, stateful=False), [bh]))
-        if self.tokens.size <= 1 << 28:   # in memory: gather in TF's own threads
+        if isinstance(self.tokens, np.ndarray) and self.tokens.size <= 1 << 28:
+            # a single-file split: gather in TF's own threads from memory
             table = tf.constant(np.asarray(self.tokens))
             offsets = tf.range(L + 1, dtype=tf.int64)
 
             def gather(s):
                 return tf.cast(tf.gather(table, s[:, None] + offsets[None, :]), tf.int32)
-        else:                             # a large memmap: read it with numpy
+        else:                             # shards read in place, a large memmap: numpy
             def gather_np(s):
-                return np.asarray(self.tokens[s[:, None] + np.arange(L + 1)], np.int32)
+                w = _gather(self.tokens, s, L)
+                return np.concatenate([w["inputs"], w["targets"][:, -1:]], axis=1)
 
             def gather(s):
                 return tf.ensure_shape(tf.numpy_function(gather_np, [s], tf.int32), [bh, L + 1])

@@ -43,6 +43,7 @@ class Source:
     cache_key: Callable | None = None           # (config) -> JSON-able identity of its text
     label: Callable | None = None               # (config) -> name for cache directories, logs
     loader: str = "numpy"                       # what data.loader=auto uses: 'tf' or 'numpy'
+    part: Callable | None = None                # (config, split, worker, workers) -> read_part
 
     @property
     def provides(self) -> str:
@@ -102,6 +103,25 @@ class Source:
         docs = self.documents(config, split)
         limit = int(config.data.max_documents)
         return itertools.islice(docs, limit) if limit else iter(docs)
+
+
+    def read_part(self, config, split: str, worker: int, num_workers: int):
+        """Part `worker` of `num_workers` of `read(config, split)`: a contiguous block of its
+        documents (`block`), so the parts in order are the split's documents in order. A source
+        with a `part` reads only its block; any other is read to count, then to take the
+        block."""
+        if num_workers == 1:
+            return self.read(config, split)
+        if self.part is not None:
+            return self.part(config, split, worker, num_workers)
+        total = sum(1 for _ in self.read(config, split))
+        start, stop = block(total, worker, num_workers)
+        return itertools.islice(self.read(config, split), start, stop)
+
+
+def block(total: int, worker: int, num_workers: int) -> tuple[int, int]:
+    """Worker `worker` of `num_workers`: items [start, stop) of `total`, in order."""
+    return total * worker // num_workers, total * (worker + 1) // num_workers
 
 
 _SOURCES: dict[str, Source] = {}

@@ -53,7 +53,7 @@ registry.register(Source(
     name="tfds", help="any TFDS text dataset (lm1b, c4/en, tiny_shakespeare, ...)",
     keys=("tfds_name", "text_key", "data_dir", "manual_dir", "max_documents"),
     required={"tfds_name": "NAME (e.g. tiny_shakespeare)"},
-    documents=tfds_text.tfds_documents, cache_key=_tfds_key,
+    documents=tfds_text.tfds_documents, part=tfds_text.tfds_part, cache_key=_tfds_key,
     label=lambda config: config.data.tfds_name, loader="tf"))
 
 registry.register(Source(
@@ -61,7 +61,8 @@ registry.register(Source(
     keys=("files", "jsonl_key", "holdout_fraction", "encoding_errors", "data_dir",
           "max_documents"),
     required={"files": "GLOB[,GLOB...] (.txt, .md or .jsonl)"},
-    documents=tfds_text.files_documents, cache_key=_files_key, loader="tf"))
+    documents=tfds_text.files_documents, part=tfds_text.files_part, cache_key=_files_key,
+    loader="tf"))
 
 registry.register(Source(
     name="shards", help="a token store written by `gptjax data export` (no TensorFlow needed)",

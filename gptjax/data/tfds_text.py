@@ -16,6 +16,7 @@ import difflib
 import glob
 import importlib.resources
 import importlib.resources.abc  # noqa: F401 - a complete importlib_resources stand-in
+import itertools
 import os
 import socket
 import sys
@@ -24,6 +25,7 @@ import urllib.parse
 
 import absl.logging
 
+from gptjax.data.registry import block
 from gptjax.errors import UserError
 
 try:
@@ -231,6 +233,35 @@ def tfds_documents(config, split: str):
 def files_documents(config, split: str):
     """The `files` source: the documents of one split of data.files."""
     return _read(files_builder(config), split, "text", f"data.files={config.data.files!r}")
+
+
+def tfds_part(config, split: str, worker: int, num_workers: int):
+    """Part `worker` of `num_workers` of the `tfds` source's split (Source.read_part)."""
+    d = config.data
+    return _read_part(tfds_builder(config), split, d.text_key, f"data.tfds_name={d.tfds_name!r}",
+                      d.max_documents, worker, num_workers)
+
+
+def files_part(config, split: str, worker: int, num_workers: int):
+    """Part `worker` of `num_workers` of the `files` source's split (Source.read_part)."""
+    return _read_part(files_builder(config), split, "text", f"data.files={config.data.files!r}",
+                      config.data.max_documents, worker, num_workers)
+
+
+def _read_part(builder, split, key, what, limit, worker, num_workers):
+    """A contiguous block of the split's documents: TFDS reads only that slice of a plain split
+    (`train[a:b]`, what tfds.split_for_jax_process does per process); a split given with its own
+    slicing is read and the block taken."""
+    _split_name(builder, split, what)
+    total = builder.info.splits[split].num_examples
+    if limit:
+        total = min(total, int(limit))
+    start, stop = block(total, worker, num_workers)
+    if start == stop:
+        return iter(())
+    if "[" not in split and "+" not in split:
+        return _read(builder, f"{split}[{start}:{stop}]", key, what)
+    return itertools.islice(_read(builder, split, key, what), start, stop)
 
 
 def _read(builder, split: str, key: str, what: str):

@@ -244,3 +244,36 @@ def once(what: str, fn, timeout: int):
                         f"{status[len('error: '):]}")
     return fn()
 
+
+def each(what: str, fn, timeout: int):
+    """fn() on every process, then a wait (at most `timeout` seconds) until every process has
+    finished its own: each process tokenizes its part of the data, and none reads the data
+    before all parts are written. -> fn()'s result. A failure on any process stops every
+    process with its error instead of a wait. The wait is on the coordination service, as in
+    `once`."""
+    import jax
+    if jax.process_count() == 1:
+        return fn()
+    from jax._src import distributed as jax_distributed  # the coordination client, no public API
+    client = jax_distributed.global_state.client
+    me, key = jax.process_index(), f"gptjax/each/{what}"
+    try:
+        result = fn()
+    except BaseException as e:
+        lines = str(e).strip().splitlines()
+        client.key_value_set(f"{key}/{me}", f"error: {lines[-1] if lines else type(e).__name__}")
+        raise
+    client.key_value_set(f"{key}/{me}", "ok")
+    for other in range(jax.process_count()):
+        if other == me:
+            continue
+        try:
+            status = client.blocking_key_value_get(f"{key}/{other}", int(timeout) * 1000)
+        except Exception as e:  # noqa: BLE001 - DEADLINE_EXCEEDED (or the service went away)
+            raise UserError(f"process {me}: process {other} did not {what} within {timeout}s "
+                            f"(config.distributed.prepare_timeout): "
+                            f"{str(e).strip().splitlines()[0]}") from None
+        if status != "ok":
+            raise UserError(f"process {me}: process {other} failed to {what}: "
+                            f"{status[len('error: '):]}")
+    return result

@@ -47,18 +47,23 @@ class Pretraining:
     def prepare(self, config, workdir: str, mesh) -> RunData:
         rows = sharding.host_rows(mesh, config.train.batch_size)  # mesh-aware per-host data
 
-        def load():  # trains the tokenizer and tokenizes the splits where nothing is cached
-            tokenizer = data.make_tokenizer(config, workdir)
-            check_vocab(config, tokenizer)
+        timeout = config.distributed.prepare_timeout
+        # Process 0 trains the tokenizer (where one is trained); the others then load it.
+        tokenizer = distributed.once("prepare the tokenizer",
+                                     lambda: data.make_tokenizer(config, workdir), timeout)
+        check_vocab(config, tokenizer)
+        # Every process tokenizes its part of each split not yet in the token store ...
+        distributed.each("tokenize its part of the data", lambda: data.prepare_splits(
+            config, tokenizer, workdir, jax.process_index(), jax.process_count()), timeout)
+
+        def load():  # ... process 0 indexes the splits, the others then read the same index
             batches = data.make_train_iter(config, tokenizer, jax.process_index(),
                                            jax.process_count(), rows=rows)
             evals = (prepare_eval_batches(config, tokenizer, mesh)
                      if config.train.eval_every >= 0 else [])
-            return tokenizer, batches, evals
+            return batches, evals
 
-        # Process 0 prepares the data, the others then read the same files.
-        tokenizer, batches, evals = distributed.once(
-            "prepare the data", load, config.distributed.prepare_timeout)
+        batches, evals = distributed.once("prepare the data", load, timeout)
         return RunData(config, tokenizer, batches, lambda: evals,
                        lambda cfg, mesh, model, tx, sh: create_train_state(cfg, mesh, model, tx,
                                                                             sh))

@@ -39,6 +39,10 @@ def add_args(parser) -> None:
     p.add_argument("--out", required=True, help="directory to write (created)")
     p.add_argument("--workdir", default="", help="take (or save) the tokenizer here")
     p.add_argument("--splits", default="", help="comma-separated (default: train and eval split)")
+    p.add_argument("--worker", type=int, default=0,
+                   help="this job's part of each split's documents (0..N-1)")
+    p.add_argument("--num-workers", type=int, default=1,
+                   help="jobs tokenizing the splits together, each with its --worker")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("bench", help="tokens/s delivered from pre-tokenized data")
@@ -46,6 +50,12 @@ def add_args(parser) -> None:
     p.add_argument("--workdir", default="")
     p.add_argument("--loader", default="both", choices=("both", "numpy", "tf"))
     p.add_argument("--batches", type=int, default=300, help="batches timed per loader")
+    p.add_argument("--processes", type=int, default=1,
+                   help="read the rows of one process of this many (what each host reads)")
+    p.add_argument("--prepare", action="store_true",
+                   help="also time one preparation worker tokenizing its part of the train split")
+    p.add_argument("--num-workers", type=int, default=1,
+                   help="--prepare: the worker's part is 1/N of the split")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("info", help="source, tokenizer, split sizes, steps per epoch")
@@ -104,23 +114,39 @@ def _tokenizer(args) -> int:
 
 def _export(args) -> int:
     out, written, vocab = export_shards(args.config, args.out, args.workdir or None,
-                                        _splits(args.config, args.splits))
-    result = {"out": out, "splits": written, "vocab_size": vocab}
-    _print(args, result, [f"wrote {out}: " + ", ".join(f"{k}={v} tokens" for k, v in
-                                                       written.items()),
-                          f"train with --config.data.source=shards --config.data.shards_dir={out}"])
+                                        _splits(args.config, args.splits), args.worker,
+                                        args.num_workers)
+    result = {"out": out, "splits": written, "vocab_size": vocab, "worker": args.worker,
+              "num_workers": args.num_workers}
+    if all(v is not None for v in written.values()):
+        lines = [f"wrote {out}: " + ", ".join(f"{k}={v} tokens" for k, v in written.items()),
+                 f"train with --config.data.source=shards --config.data.shards_dir={out}"]
+    else:
+        lines = [f"wrote part {args.worker + 1}/{args.num_workers} of {out}; the worker that "
+                 "finishes last writes each split's index (running any worker again does too)"]
+    _print(args, result, lines)
     return 0
 
 
 def _bench(args) -> int:
-    result = data_bench.bench(args.config, args.loader, args.batches, args.workdir or None)
+    result = data_bench.bench(args.config, args.loader, args.batches, args.workdir or None,
+                              args.processes)
     lines = [f"{result['machine']}; batch {result['batch_size']} x {result['seq_len']}, "
-             f"{result['split_tokens']} tokens in the training split"]
+             f"{result['split_tokens']} tokens in the training split; the rows of process 0 "
+             f"of {args.processes}"]
     for loader in ("numpy", "tf"):
         if loader in result:
             r = result[loader]
+            read = (f"; {r['ranges_per_batch']:.1f} ranges, {r['bytes_per_batch']} bytes read "
+                    "per batch" if "ranges_per_batch" in r else "")
             lines.append(f"{loader:6s}: {r['tokens_per_s'] / 1e6:8.2f} M tokens/s "
-                         f"({r['batches_per_s']:.0f} batches/s)")
+                         f"({r['batches_per_s']:.0f} batches/s{read})")
+    if args.prepare:
+        p = result["prepare"] = data_bench.prepare(args.config, args.workdir or None,
+                                                   args.num_workers)
+        lines.append(f"prepare: {p['tokens_per_s'] / 1e6:.2f} M tokens/s per worker "
+                     f"({p['tokenizer']}; part 1/{p['num_workers']}: {p['documents']} "
+                     f"documents, {p['tokens']} tokens in {p['seconds']}s)")
     _print(args, result, lines)
     sys.stdout.flush()
     return 0
@@ -143,12 +169,13 @@ def _info(args) -> int:
             w = pipeline.Windows(tokens.size, d.seq_len, d.seed, d.shuffle,
                                  f"split {split!r}").num_windows
             steps = w / config.train.batch_size
+            shards = len(meta.get("shards", [meta]))   # a single-file split: one
             result["splits"][split] = {"tokens": int(tokens.size),
                                        "documents": meta["num_documents"], "windows": w,
-                                       "steps_per_epoch": round(steps, 2)}
-            lines.append(f"{split}: {tokens.size} tokens, {meta['num_documents']} documents, "
-                         f"{w} windows of {d.seq_len + 1}, {steps:.1f} steps of batch "
-                         f"{config.train.batch_size} per epoch")
+                                       "steps_per_epoch": round(steps, 2), "shards": shards}
+            lines.append(f"{split}: {tokens.size} tokens, {meta['num_documents']} documents "
+                         f"in {shards} shards, {w} windows of {d.seq_len + 1}, {steps:.1f} "
+                         f"steps of batch {config.train.batch_size} per epoch")
         result["store"] = store.directory
         lines.append(f"token store: {store.directory}")
     _print(args, result, lines)
