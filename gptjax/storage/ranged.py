@@ -44,8 +44,14 @@ def listing(directory: str) -> dict[str, dict]:
     if not paths.is_url(directory):
         if not os.path.isdir(directory):
             return {}
-        return {e.name: {"size": e.stat().st_size, "crc32c": None}
-                for e in os.scandir(directory) if e.is_file()}
+        out = {}
+        for e in os.scandir(directory):
+            try:        # another worker may rename its temporary file away meanwhile
+                if e.is_file():
+                    out[e.name] = {"size": e.stat().st_size, "crc32c": None}
+            except FileNotFoundError:
+                continue
+        return out
     fs, root = _url_fs(directory)
     try:
         entries = fs.ls(root, detail=True, refresh=True)
