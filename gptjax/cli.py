@@ -39,6 +39,7 @@ COMMANDS = {
     "trim": ("use.trim", "drop layers or unused vocabulary: a smaller model"),
     "distill": ("train.distill", "train a student on a teacher's soft targets"),
     "compress": ("use.compress", "size / quality / speed report of compression methods"),
+    "serve": ("use.serve", "an OpenAI-compatible HTTP server over a trained workdir"),
 }
 
 

@@ -1,0 +1,170 @@
+"""The compiled programs of continuous batching: one KV-cache row per slot, sampling per row.
+
+    cache    k and v [layers, S, C, heads, head_dim]: S slots, each a row of C positions,
+             allocated once (C = the served context, at most max_seq_len for learned positions)
+    prefill  one request's prompt, right-padded to a bucket length P, runs at positions
+             0..P-1 of slot i's row (the row is cut out, filled and written back) -> first token
+    decode   one token for every slot at its own position -> every slot's next token
+
+A slot's row keeps stale keys/values of its previous request: they sit at positions after the
+new request's, which attention masks until the new request overwrites them (the right-padding
+argument of gptjax/inference/generate.py). Free slots decode too (at position 0, results
+dropped): the program's shape never changes, so requests join and leave between decode steps
+without a recompile.
+
+Sampling settings are arrays over the rows (`Rows`): temperature (0 = greedy), top_k (0 = off),
+top_p (1 = off), and a seed and token counter whose `fold_in` is the row's key, so one request's
+samples do not depend on which others share the batch. One decode program serves every mix of
+settings; prefill compiles once per bucket (powers of two from 16 up to C).
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gptjax.inference import generate
+from gptjax.inference import quantization as quant
+from gptjax.model.gpt import GPT
+
+TOP_LOGPROBS = 5  # alternatives returned per token (OpenAI's completions allow up to 5)
+MIN_BUCKET = 16
+
+
+class Rows(typing.NamedTuple):
+    """Per-row sampling settings, each an array [B]."""
+    temperature: jax.Array  # float32, 0 = greedy
+    top_k: jax.Array        # int32, 0 = off
+    top_p: jax.Array        # float32, 1 = off
+    seed: jax.Array         # uint32
+    count: jax.Array        # int32: tokens this request has drawn so far (the key's fold_in)
+
+
+class Drawn(typing.NamedTuple):
+    """What a program returns per row: the token, its log-probability and the most likely
+    alternatives (under the model's distribution: temperature 1, no filtering)."""
+    token: jax.Array      # [B] int32
+    logprob: jax.Array    # [B] float32
+    top_ids: jax.Array    # [B, TOP_LOGPROBS] int32
+    top_logprobs: jax.Array  # [B, TOP_LOGPROBS] float32
+
+
+def filtered_logits(logits, vocab_size: int, rows: Rows):
+    """logits [B, V] -> temperature-scaled logits with top-k / top-p filtered entries at -inf
+    (the settings of `gptjax sample`, gptjax/inference/generate.py, one per row)."""
+    logits = logits.astype(jnp.float32)
+    width = logits.shape[-1]
+    logits = jnp.where(jnp.arange(width) < vocab_size, logits, -jnp.inf)
+    t = jnp.where(rows.temperature > 0, rows.temperature, 1.0)[:, None]
+    scaled = logits / t
+    ordered = -jnp.sort(-scaled, axis=-1)  # descending
+    k = jnp.where((rows.top_k > 0) & (rows.top_k < vocab_size), rows.top_k, vocab_size)
+    kth = jnp.take_along_axis(ordered, (k - 1)[:, None], axis=-1)
+    scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
+    ordered = jnp.where(jnp.arange(width) < k[:, None], ordered, -jnp.inf)
+    # top-p: the smallest set of most likely tokens whose probability reaches top_p.
+    probs = jax.nn.softmax(ordered, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    threshold = jnp.min(jnp.where(mass_before < rows.top_p[:, None], ordered, jnp.inf), axis=-1,
+                        keepdims=True)
+    threshold = jnp.where(rows.top_p[:, None] < 1.0, threshold, -jnp.inf)
+    return jnp.where(scaled < threshold, -jnp.inf, scaled)
+
+
+def row_keys(rows: Rows):
+    return jax.vmap(lambda s, n: jax.random.fold_in(jax.random.key(s), n))(rows.seed, rows.count)
+
+
+def draw(logits, vocab_size: int, rows: Rows) -> Drawn:
+    """logits [B, V] -> one token per row (argmax where temperature is 0) and log-probs."""
+    masked = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size,
+                       logits.astype(jnp.float32), -jnp.inf)
+    logp = jax.nn.log_softmax(masked, axis=-1)
+    sampled = jax.vmap(jax.random.categorical)(row_keys(rows),
+                                              filtered_logits(logits, vocab_size, rows))
+    token = jnp.where(rows.temperature > 0, sampled, jnp.argmax(masked, axis=-1))
+    token = token.astype(jnp.int32)
+    top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
+    return Drawn(token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0],
+                 top_ids.astype(jnp.int32), top_lp)
+
+
+def _batch_axis(leaf) -> int:
+    return leaf.ndim - 4  # [..., B, C, heads, head_dim]
+
+
+def prefill_slot(model: GPT, params, cache, slot, tokens, length, rows: Rows):
+    """tokens [P] right-padded, length: real tokens -> (Drawn [1], cache with slot's row)."""
+    row = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, slot, 1, _batch_axis(x)),
+                       cache)
+    logits, row = generate.prefill(model, params, row, tokens[None], length[None])
+    cache = jax.tree.map(
+        lambda x, r: jax.lax.dynamic_update_slice_in_dim(x, r, slot, _batch_axis(x)), cache, row)
+    return draw(logits, model.config.vocab_size, rows), cache
+
+
+def decode_slots(model: GPT, params, cache, tokens, positions, rows: Rows):
+    """tokens [S] at positions [S] -> (Drawn [S], cache): one step of every slot."""
+    logits, cache = generate.decode_step(model, params, cache, tokens, positions)
+    return draw(logits, model.config.vocab_size, rows), cache
+
+
+def forward_slots(model: GPT, params, cache, tokens, positions):
+    """tokens [S, T] at positions [S, T] -> (float32 logits [S, T, V], cache): T tokens of every
+    slot in one forward (speculative decoding's verification)."""
+    weights = quant.dequantize(params, model.config.dtype)
+    logits, mutated = model.apply({"params": weights, "cache": cache}, tokens, positions,
+                                  decode=True, mutable=["cache"])
+    return logits, mutated["cache"]
+
+
+class Programs:
+    """The jit-compiled prefill and decode of one model over S slots of C positions."""
+
+    def __init__(self, model: GPT, params, slots: int, context: int):
+        self.model, self.params, self.slots, self.context = model, params, slots, context
+        self.cache = generate.init_cache(model, params, slots, context)
+        self._prefill = jax.jit(functools.partial(prefill_slot, model), donate_argnums=(1,))
+        self._decode = jax.jit(functools.partial(decode_slots, model), donate_argnums=(1,))
+        self.buckets = buckets(context)
+
+    def bucket(self, length: int) -> int:
+        return next(b for b in self.buckets if b >= length)
+
+    def prefill(self, slot: int, prompt: list[int], rows: Rows) -> Drawn:
+        width = self.bucket(len(prompt))
+        tokens = np.zeros(width, np.int32)
+        tokens[:len(prompt)] = prompt
+        drawn, self.cache = self._prefill(self.params, self.cache, np.int32(slot), tokens,
+                                          np.int32(len(prompt)), rows)
+        return jax.device_get(drawn)
+
+    def decode(self, tokens, positions, rows: Rows) -> Drawn:
+        drawn, self.cache = self._decode(self.params, self.cache, tokens, positions, rows)
+        return jax.device_get(drawn)
+
+    def warm_up(self) -> None:
+        """Compiles decode and every prefill bucket now (not on the first requests)."""
+        rows = host_rows(self.slots)
+        for width in self.buckets:
+            self.prefill(0, [0] * min(width, self.context - 1), host_rows(1))
+        self.decode(np.zeros(self.slots, np.int32), np.zeros(self.slots, np.int32), rows)
+
+
+def buckets(context: int) -> list[int]:
+    """Prompt lengths prefill compiles for: 16, 32, ... up to the context (which ends it)."""
+    out, b = [], MIN_BUCKET
+    while b < context:
+        out.append(b)
+        b *= 2
+    return out + [context]
+
+
+def host_rows(n: int) -> Rows:
+    """Greedy settings for n rows, as numpy arrays the engine edits in place."""
+    return Rows(np.zeros(n, np.float32), np.zeros(n, np.int32), np.ones(n, np.float32),
+                np.zeros(n, np.uint32), np.zeros(n, np.int32))

@@ -1,0 +1,77 @@
+"""`serve(workdir, ...)`: load a run, start the engine thread, answer HTTP with uvicorn.
+
+The served context C (every slot's KV-cache row) defaults to the model's max_seq_len; a
+learned-position model cannot go past it. KV-cache memory: 2 x layers x slots x C x heads x
+head_dim x the compute dtype's bytes, allocated once at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import uvicorn
+
+from gptjax.errors import UserError
+from gptjax.inference import generate
+from gptjax.inference import quantization as quant
+from gptjax.model.gpt import GPT, GPTConfig
+from gptjax.serving import app as api
+from gptjax.serving import batching, chat
+from gptjax.serving.engine import Engine
+from gptjax.workdir import open_run
+
+
+@dataclasses.dataclass
+class Loaded:
+    engine: Engine
+    tokenizer: object
+    config: object
+    name: str
+
+
+def load(workdir: str, slots: int = 8, context: int | None = None, quantize: str = "none",
+         step: int | None = None, warm_up: bool = True) -> Loaded:
+    """-> the engine (started) of a trained, fine-tuned, imported or quantized workdir."""
+    if slots < 1:
+        raise UserError(f"--slots {slots} must be >= 1")
+    config, params, tokenizer, _ = open_run(workdir, step=step)
+    c = GPTConfig.from_config(config.model)
+    model, params = quant.prepare(GPT(c), generate.cast_params(params, c.dtype), quantize)
+    context = context or c.max_seq_len
+    if context < 2:
+        raise UserError(f"--context {context} must be >= 2")
+    if c.position == "learned" and context > c.max_seq_len:
+        raise UserError(f"--context {context} exceeds the model's max_seq_len={c.max_seq_len} "
+                        f"(learned positions)")
+    programs = batching.Programs(model, params, slots, context)
+    if warm_up:
+        programs.warm_up()
+    eos = tokenizer.eos_id if config.sample.get("stop_at_eos", True) else None
+    engine = Engine(programs, tokenizer, eos).start()
+    name = os.path.basename(os.path.normpath(workdir))
+    return Loaded(engine, tokenizer, config, name)
+
+
+def service(loaded: Loaded, api_key: str | None = None, template: str = "auto",
+            max_tokens: int = 1024, max_body: int = 1 << 20, name: str | None = None):
+    return api.Service(loaded.engine, loaded.tokenizer, name or loaded.name,
+                       chat.choose(template, loaded.config), api_key=api_key,
+                       max_tokens=max_tokens, max_body=max_body)
+
+
+def serve(workdir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          slots: int = 8, context: int | None = None, quantize: str = "none",
+          template: str = "auto", max_tokens: int = 1024, max_body: int = 1 << 20,
+          name: str | None = None) -> None:
+    """Serves until interrupted."""
+    loaded = load(workdir, slots, context, quantize)
+    svc = service(loaded, api_key, template, max_tokens, max_body, name)
+    print(f"gptjax serve: model {svc.name!r} at http://{host}:{port}/v1 ({slots} slots of "
+          f"{loaded.engine.context} tokens, chat template {svc.template}"
+          f"{', API key required' if api_key else ''})", file=sys.stderr, flush=True)
+    try:
+        uvicorn.run(api.build(svc), host=host, port=port, log_level="warning")
+    finally:
+        loaded.engine.stop()
