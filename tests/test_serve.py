@@ -22,6 +22,7 @@ import pytest
 from gptjax.config.loader import get_config
 from gptjax.data.tokenizer import CharTokenizer
 from gptjax.inference import generate
+from gptjax.inference.rows import Rows, filtered_logits
 from gptjax.inference.sample import sample
 from gptjax.model.gpt import GPT, GPTConfig
 from gptjax.workdir import write_params
@@ -29,7 +30,7 @@ from gptjax.workdir import write_params
 httpx = pytest.importorskip("httpx", reason="the serve extra: pip install -e '.[serve]'")
 openai = pytest.importorskip("openai", reason="the serve-test extra: pip install -e "
                                               "'.[serve-test]'")
-from gptjax.serving import batching, engine  # noqa: E402  (needs the serve extra)
+from gptjax.serving import engine  # noqa: E402  (needs the serve extra)
 from gptjax.serving import server as serving  # noqa: E402
 
 KEY = "test-key"
@@ -224,10 +225,10 @@ def test_serve_without_the_extra_is_one_line(workdir):
 def test_per_row_settings_filter_as_gptjax_sample():
     logits = jax.random.normal(jax.random.key(1), (4, 40)) * 3
     settings = [(1.0, 0, 1.0), (0.7, 5, 1.0), (1.3, 0, 0.6), (0.5, 8, 0.8)]
-    rows = batching.Rows(np.float32([s[0] for s in settings]), np.int32([s[1] for s in settings]),
+    rows = Rows(np.float32([s[0] for s in settings]), np.int32([s[1] for s in settings]),
                          np.float32([s[2] for s in settings]), np.zeros(4, np.uint32),
                          np.zeros(4, np.int32))
-    kept = np.isfinite(np.asarray(batching.filtered_logits(logits, 37, rows)))
+    kept = np.isfinite(np.asarray(filtered_logits(logits, 37, rows)))
     for i, (t, k, p) in enumerate(settings):
         s = generate.Sampling(temperature=t, top_k=k, top_p=p)
         draws = {int(generate.sample_logits(jax.random.key(n), logits[i:i + 1], 37, s)[0])

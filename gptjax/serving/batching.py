@@ -12,9 +12,8 @@ argument of gptjax/inference/generate.py). Free slots decode too (at position 0,
 dropped): the program's shape never changes, so requests join and leave between decode steps
 without a recompile.
 
-Sampling settings are arrays over the rows (`Rows`): temperature (0 = greedy), top_k (0 = off),
-top_p (1 = off), and a seed and token counter whose `fold_in` is the row's key, so one request's
-samples do not depend on which others share the batch. One decode program serves every mix of
+Sampling settings are arrays over the rows (gptjax/inference/rows.py: temperature, top_k, top_p,
+and a seed and token count that make the row's key), so one decode program serves every mix of
 settings; prefill compiles once per bucket (powers of two from 16 up to C).
 """
 
@@ -29,19 +28,12 @@ import numpy as np
 
 from gptjax.inference import generate
 from gptjax.inference import quantization as quant
+from gptjax.inference import rows as rows_
+from gptjax.inference.rows import Rows, host_rows
 from gptjax.model.gpt import GPT
 
 TOP_LOGPROBS = 5  # alternatives returned per token (OpenAI's completions allow up to 5)
 MIN_BUCKET = 16
-
-
-class Rows(typing.NamedTuple):
-    """Per-row sampling settings, each an array [B]."""
-    temperature: jax.Array  # float32, 0 = greedy
-    top_k: jax.Array        # int32, 0 = off
-    top_p: jax.Array        # float32, 1 = off
-    seed: jax.Array         # uint32
-    count: jax.Array        # int32: tokens this request has drawn so far (the key's fold_in)
 
 
 class Drawn(typing.NamedTuple):
@@ -53,41 +45,12 @@ class Drawn(typing.NamedTuple):
     top_logprobs: jax.Array  # [B, TOP_LOGPROBS] float32
 
 
-def filtered_logits(logits, vocab_size: int, rows: Rows):
-    """logits [B, V] -> temperature-scaled logits with top-k / top-p filtered entries at -inf
-    (the settings of `gptjax sample`, gptjax/inference/generate.py, one per row)."""
-    logits = logits.astype(jnp.float32)
-    width = logits.shape[-1]
-    logits = jnp.where(jnp.arange(width) < vocab_size, logits, -jnp.inf)
-    t = jnp.where(rows.temperature > 0, rows.temperature, 1.0)[:, None]
-    scaled = logits / t
-    ordered = -jnp.sort(-scaled, axis=-1)  # descending
-    k = jnp.where((rows.top_k > 0) & (rows.top_k < vocab_size), rows.top_k, vocab_size)
-    kth = jnp.take_along_axis(ordered, (k - 1)[:, None], axis=-1)
-    scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
-    ordered = jnp.where(jnp.arange(width) < k[:, None], ordered, -jnp.inf)
-    # top-p: the smallest set of most likely tokens whose probability reaches top_p.
-    probs = jax.nn.softmax(ordered, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    threshold = jnp.min(jnp.where(mass_before < rows.top_p[:, None], ordered, jnp.inf), axis=-1,
-                        keepdims=True)
-    threshold = jnp.where(rows.top_p[:, None] < 1.0, threshold, -jnp.inf)
-    return jnp.where(scaled < threshold, -jnp.inf, scaled)
-
-
-def row_keys(rows: Rows):
-    return jax.vmap(lambda s, n: jax.random.fold_in(jax.random.key(s), n))(rows.seed, rows.count)
-
-
 def draw(logits, vocab_size: int, rows: Rows) -> Drawn:
     """logits [B, V] -> one token per row (argmax where temperature is 0) and log-probs."""
     masked = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size,
                        logits.astype(jnp.float32), -jnp.inf)
     logp = jax.nn.log_softmax(masked, axis=-1)
-    sampled = jax.vmap(jax.random.categorical)(row_keys(rows),
-                                              filtered_logits(logits, vocab_size, rows))
-    token = jnp.where(rows.temperature > 0, sampled, jnp.argmax(masked, axis=-1))
-    token = token.astype(jnp.int32)
+    token = rows_.sample(logits, vocab_size, rows)
     top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
     return Drawn(token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0],
                  top_ids.astype(jnp.int32), top_lp)
@@ -162,9 +125,3 @@ def buckets(context: int) -> list[int]:
         out.append(b)
         b *= 2
     return out + [context]
-
-
-def host_rows(n: int) -> Rows:
-    """Greedy settings for n rows, as numpy arrays the engine edits in place."""
-    return Rows(np.zeros(n, np.float32), np.zeros(n, np.int32), np.ones(n, np.float32),
-                np.zeros(n, np.uint32), np.zeros(n, np.int32))

@@ -24,6 +24,7 @@ import traceback
 import numpy as np
 
 from gptjax.errors import UserError
+from gptjax.inference import rows as rows_
 from gptjax.serving import batching
 
 
@@ -80,7 +81,7 @@ class Engine:
         n = programs.slots
         self.slots: list[Request | None] = [None] * n
         self.tokens, self.positions = np.zeros(n, np.int32), np.zeros(n, np.int32)
-        self.rows = batching.host_rows(n)
+        self.rows = rows_.host_rows(n)
         self.waiting: collections.deque[Request] = collections.deque()
         self.inbox: queue.Queue[Request | None] = queue.Queue()
         self.steps = 0
@@ -151,7 +152,7 @@ class Engine:
                 continue
             slot = self.slots.index(None)
             s = r.settings
-            one = batching.Rows(np.float32([s.temperature]), np.int32([s.top_k]),
+            one = rows_.Rows(np.float32([s.temperature]), np.int32([s.top_k]),
                                 np.float32([s.top_p]), np.uint32([s.seed % 2**32]),
                                 np.int32([0]))
             drawn = self.programs.prefill(slot, r.prompt, one)
