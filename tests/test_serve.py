@@ -247,29 +247,53 @@ def test_stop_strings_are_held_back_until_decided():
     assert engine._safe_length("ab\ufffd", ()) == 2
 
 
+def _complete(loaded, jobs):
+    """[(prompt text, Settings)] through the engine -> [[Event]] per job, once all finished."""
+    done, lock, finished = {}, threading.Lock(), threading.Event()
+
+    def emit(i):
+        def on(ev):
+            with lock:
+                done.setdefault(i, []).append(ev)
+                if sum(1 for evs in done.values() if evs[-1].finish) == len(jobs):
+                    finished.set()
+        return on
+    for i, (prompt, s) in enumerate(jobs):
+        loaded.engine.submit(engine.Request(loaded.tokenizer.encode(prompt), s, emit(i)))
+    assert finished.wait(120)
+    return [done[i] for i in range(len(jobs))]
+
+
 def test_slots_join_and_leave_without_recompiling(workdir):
     loaded = serving.load(str(workdir), slots=3, warm_up=False)
     try:
-        done, lock = {}, threading.Lock()
-        events = threading.Event()
-
-        def emit(i):
-            def on(ev):
-                with lock:
-                    done.setdefault(i, []).append(ev)
-                    if sum(1 for evs in done.values() if evs[-1].finish) == 8:
-                        events.set()
-            return on
-        tok = loaded.tokenizer
-        for i in range(8):  # more requests than slots, with different settings and lengths
-            s = engine.Settings(max_tokens=3 + i, temperature=0.1 * i, top_k=i, top_p=1 - i / 20,
-                                seed=i)
-            loaded.engine.submit(engine.Request(tok.encode("ROMEO:" * (1 + i % 3)), s, emit(i)))
-        assert events.wait(120)
-        for i, evs in done.items():
+        # more requests than slots, with different settings and lengths
+        jobs = [("ROMEO:" * (1 + i % 3), engine.Settings(
+            max_tokens=3 + i, temperature=0.1 * i, top_k=i, top_p=1 - i / 20, seed=i))
+            for i in range(8)]
+        for i, evs in enumerate(_complete(loaded, jobs)):
             assert evs[-1].finish == "length" and evs[-1].completion_tokens == 3 + i
             assert len("".join(ev.text for ev in evs)) == 3 + i
         assert loaded.engine.programs._decode._cache_size() == 1
         assert loaded.engine.active() == 0
     finally:
         loaded.engine.stop()
+
+
+def test_a_draft_serves_the_targets_greedy_text(workdir, tmp_path, shakespeare_manual_dir):
+    draft = tiny_workdir(tmp_path / "draft", shakespeare_manual_dir, seed=1,
+                         extra=["--config.model.num_layers=1"])
+    jobs = [(p, engine.Settings(max_tokens=n, temperature=0.0))
+            for p, n in (("ROMEO:", 20), ("To be, or not", 9), ("O", 30))]
+    texts = {}
+    for name, kw in (("plain", {}), ("draft", dict(draft=str(draft), draft_tokens=3)),
+                     ("self", dict(draft=str(workdir), draft_tokens=3))):
+        loaded = serving.load(str(workdir), slots=2, warm_up=False, context=40, **kw)
+        try:
+            texts[name] = ["".join(ev.text for ev in evs) for evs in _complete(loaded, jobs)]
+            if name == "self":  # the model as its own draft: every proposal accepted
+                assert loaded.engine.made / loaded.engine.rounds > 3
+        finally:
+            loaded.engine.stop()
+    assert texts["draft"] == texts["plain"] == texts["self"]
+    assert [len(t) for t in texts["plain"]] == [20, 9, 30]

@@ -18,8 +18,6 @@ after the row's position: masked, then overwritten (as in gptjax/inference/gener
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,7 +43,8 @@ def _probs(logits, vocab: int, rows: R.Rows):
 def speculate(target: GPT, draft: GPT, k: int, tparams, dparams, tcache, dcache, last, pos,
               rows: R.Rows):
     """One round. last [B]: each row's newest token, fed at pos [B] -> (tokens [B, k + 1],
-    n [B]: how many of them are new (1..k+1), tcache, dcache). Traceable."""
+    n [B]: how many of them are new (1..k+1), tcache, dcache, the target's log-probabilities
+    [B, k + 1, V] that token i was drawn under, before filtering). Traceable."""
     vocab = target.config.vocab_size
 
     def step(carry, i):
@@ -77,7 +76,9 @@ def speculate(target: GPT, draft: GPT, k: int, tparams, dparams, tcache, dcache,
     idx = jnp.arange(k + 1)[None]
     tokens = jnp.where(idx < accepted[:, None], padded,
                        jnp.where(idx == accepted[:, None], correction[:, None], 0))
-    return tokens.astype(jnp.int32), accepted + 1, tcache, dcache
+    logp = jax.nn.log_softmax(jnp.where(jnp.arange(logits.shape[-1]) < vocab,
+                                        logits.astype(jnp.float32), -jnp.inf), axis=-1)
+    return tokens.astype(jnp.int32), accepted + 1, tcache, dcache, logp
 
 
 def check_pair(target: GPT, draft: GPT) -> None:
@@ -96,7 +97,7 @@ class Speculator:
         check_pair(target, draft)
         self.target, self.draft, self.k = target, draft, k
         self.tparams, self.dparams = tparams, dparams
-        self.round = jax.jit(functools.partial(speculate, target, draft, k),
+        self.round = jax.jit(lambda *a: speculate(target, draft, k, *a)[:4],
                              donate_argnums=(2, 3))
 
         def prefill(tparams, dparams, tcache, dcache, tokens, lengths, rows):

@@ -26,8 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gptjax.inference import generate
-from gptjax.inference import quantization as quant
+from gptjax.inference import generate, speculative
 from gptjax.inference import rows as rows_
 from gptjax.inference.rows import Rows, host_rows
 from gptjax.model.gpt import GPT
@@ -76,24 +75,41 @@ def decode_slots(model: GPT, params, cache, tokens, positions, rows: Rows):
     return draw(logits, model.config.vocab_size, rows), cache
 
 
-def forward_slots(model: GPT, params, cache, tokens, positions):
-    """tokens [S, T] at positions [S, T] -> (float32 logits [S, T, V], cache): T tokens of every
-    slot in one forward (speculative decoding's verification)."""
-    weights = quant.dequantize(params, model.config.dtype)
-    logits, mutated = model.apply({"params": weights, "cache": cache}, tokens, positions,
-                                  decode=True, mutable=["cache"])
-    return logits, mutated["cache"]
+def speculate_slots(target: GPT, draft: GPT, k: int, tparams, dparams, tcache, dcache, tokens,
+                    positions, rows: Rows):
+    """One speculative round of every slot (gptjax/inference/speculative.py) -> (Drawn
+    [S, k + 1], n [S]: how many of the k + 1 tokens are new, tcache, dcache)."""
+    new, n, tcache, dcache, logp = speculative.speculate(target, draft, k, tparams, dparams,
+                                                         tcache, dcache, tokens, positions, rows)
+    top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
+    chosen = jnp.take_along_axis(logp, new[..., None], axis=-1)[..., 0]
+    return Drawn(new, chosen, top_ids.astype(jnp.int32), top_lp), n, tcache, dcache
 
 
 class Programs:
-    """The jit-compiled prefill and decode of one model over S slots of C positions."""
+    """The jit-compiled prefill and decode of one model over S slots of C positions; with a
+    draft model, decode is a speculative round of k proposals (rows of C + k positions)."""
 
-    def __init__(self, model: GPT, params, slots: int, context: int):
+    def __init__(self, model: GPT, params, slots: int, context: int, draft: GPT | None = None,
+                 dparams=None, k: int = 4):
         self.model, self.params, self.slots, self.context = model, params, slots, context
-        self.cache = generate.init_cache(model, params, slots, context)
+        self.draft, self.dparams, self.k = draft, dparams, k if draft is not None else 0
+        self.cache = generate.init_cache(model, params, slots, context + self.k)
         self._prefill = jax.jit(functools.partial(prefill_slot, model), donate_argnums=(1,))
         self._decode = jax.jit(functools.partial(decode_slots, model), donate_argnums=(1,))
         self.buckets = buckets(context)
+        if draft is not None:
+            speculative.check_pair(model, draft)
+            self.dcache = generate.init_cache(draft, dparams, slots, context + k)
+            self._dprefill = jax.jit(functools.partial(prefill_slot, draft),
+                                     donate_argnums=(1,))
+            self._round = jax.jit(functools.partial(speculate_slots, model, draft, k),
+                                  donate_argnums=(2, 3))
+
+    def speculate(self, tokens, positions, rows: Rows):
+        drawn, n, self.cache, self.dcache = self._round(self.params, self.dparams, self.cache,
+                                                        self.dcache, tokens, positions, rows)
+        return jax.device_get(drawn), np.asarray(n)
 
     def bucket(self, length: int) -> int:
         return next(b for b in self.buckets if b >= length)
@@ -104,6 +120,9 @@ class Programs:
         tokens[:len(prompt)] = prompt
         drawn, self.cache = self._prefill(self.params, self.cache, np.int32(slot), tokens,
                                           np.int32(len(prompt)), rows)
+        if self.draft is not None:
+            _, self.dcache = self._dprefill(self.dparams, self.dcache, np.int32(slot), tokens,
+                                            np.int32(len(prompt)), rows)
         return jax.device_get(drawn)
 
     def decode(self, tokens, positions, rows: Rows) -> Drawn:
@@ -115,7 +134,11 @@ class Programs:
         rows = host_rows(self.slots)
         for width in self.buckets:
             self.prefill(0, [0] * min(width, self.context - 1), host_rows(1))
-        self.decode(np.zeros(self.slots, np.int32), np.zeros(self.slots, np.int32), rows)
+        zeros = np.zeros(self.slots, np.int32)
+        if self.draft is not None:
+            self.speculate(zeros, zeros, rows)
+        else:
+            self.decode(zeros, zeros, rows)
 
 
 def buckets(context: int) -> list[int]:

@@ -84,7 +84,7 @@ class Engine:
         self.rows = rows_.host_rows(n)
         self.waiting: collections.deque[Request] = collections.deque()
         self.inbox: queue.Queue[Request | None] = queue.Queue()
-        self.steps = 0
+        self.steps = self.rounds = self.made = 0  # decode steps; speculative rows, tokens
         self._thread = threading.Thread(target=self._loop, name="gptjax-engine", daemon=True)
         self._stopping = False
 
@@ -169,13 +169,23 @@ class Engine:
                 self.slots[i] = None
         if not self.active():
             return
-        drawn = self.programs.decode(self.tokens, self.positions, self.rows)
         self.steps += 1
         busy = np.asarray([r is not None for r in self.slots])
-        self.positions = np.where(busy, self.positions + 1, 0).astype(np.int32)
-        for i, r in enumerate(self.slots):
-            if r is not None:
+        if self.programs.draft is None:
+            drawn = self.programs.decode(self.tokens, self.positions, self.rows)
+            self.positions = np.where(busy, self.positions + 1, 0).astype(np.int32)
+            for i in np.flatnonzero(busy):
                 self._deliver(i, jax_row(drawn, i))
+            return
+        drawn, n = self.programs.speculate(self.tokens, self.positions, self.rows)
+        self.positions = np.where(busy, self.positions, 0).astype(np.int32)
+        for i in np.flatnonzero(busy):
+            self.rounds, self.made = self.rounds + 1, self.made + int(n[i])
+            for j in range(int(n[i])):  # the round's new tokens, until the request ends
+                self.positions[i] += 1
+                self._deliver(i, jax_row(drawn, i, j))
+                if self.slots[i] is None:
+                    break
 
     def _deliver(self, slot: int, drawn) -> None:
         """A slot's new token: to its request; ends the request when it is done."""
@@ -211,9 +221,10 @@ class Engine:
             r.emit(event)
 
 
-def jax_row(drawn: batching.Drawn, i: int):
-    return (int(drawn.token[i]), float(drawn.logprob[i]), drawn.top_ids[i].tolist(),
-            drawn.top_logprobs[i].tolist())
+def jax_row(drawn: batching.Drawn, i: int, j: int | None = None):
+    at = (i,) if j is None else (i, j)
+    return (int(drawn.token[at]), float(drawn.logprob[at]), drawn.top_ids[at].tolist(),
+            drawn.top_logprobs[at].tolist())
 
 
 def _first_stop(text: str, stops, start: int) -> int | None:

@@ -31,21 +31,36 @@ class Loaded:
     name: str
 
 
-def load(workdir: str, slots: int = 8, context: int | None = None, quantize: str = "none",
-         step: int | None = None, warm_up: bool = True) -> Loaded:
-    """-> the engine (started) of a trained, fine-tuned, imported or quantized workdir."""
-    if slots < 1:
-        raise UserError(f"--slots {slots} must be >= 1")
+def _model(workdir: str, quantize: str, step: int | None = None):
     config, params, tokenizer, _ = open_run(workdir, step=step)
     c = GPTConfig.from_config(config.model)
     model, params = quant.prepare(GPT(c), generate.cast_params(params, c.dtype), quantize)
-    context = context or c.max_seq_len
+    return config, model, params, tokenizer
+
+
+def load(workdir: str, slots: int = 8, context: int | None = None, quantize: str = "none",
+         step: int | None = None, warm_up: bool = True, draft: str | None = None,
+         draft_tokens: int = 4) -> Loaded:
+    """-> the engine (started) of a trained, fine-tuned, imported or quantized workdir; `draft`:
+    a workdir (same tokenizer) for speculative decoding with `draft_tokens` proposals."""
+    if slots < 1:
+        raise UserError(f"--slots {slots} must be >= 1")
+    if draft and draft_tokens < 1:
+        raise UserError(f"--draft-tokens {draft_tokens} must be >= 1")
+    config, model, params, tokenizer = _model(workdir, quantize, step)
+    dmodel = dparams = None
+    if draft:
+        _, dmodel, dparams, _ = _model(draft, quantize)
+    extra = draft_tokens if draft else 0  # a round writes k positions past the last token
+    learned = [m.config.max_seq_len for m in (model, dmodel)
+               if m is not None and m.config.position == "learned"]
+    context = context or min(learned or [model.config.max_seq_len]) - extra
     if context < 2:
         raise UserError(f"--context {context} must be >= 2")
-    if c.position == "learned" and context > c.max_seq_len:
-        raise UserError(f"--context {context} exceeds the model's max_seq_len={c.max_seq_len} "
-                        f"(learned positions)")
-    programs = batching.Programs(model, params, slots, context)
+    if learned and context + extra > min(learned):
+        raise UserError(f"--context {context} (+ {extra} draft tokens) exceeds max_seq_len="
+                        f"{min(learned)} (learned positions)")
+    programs = batching.Programs(model, params, slots, context, dmodel, dparams, draft_tokens)
     if warm_up:
         programs.warm_up()
     eos = tokenizer.eos_id if config.sample.get("stop_at_eos", True) else None
@@ -64,9 +79,9 @@ def service(loaded: Loaded, api_key: str | None = None, template: str = "auto",
 def serve(workdir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           slots: int = 8, context: int | None = None, quantize: str = "none",
           template: str = "auto", max_tokens: int = 1024, max_body: int = 1 << 20,
-          name: str | None = None) -> None:
+          name: str | None = None, draft: str | None = None, draft_tokens: int = 4) -> None:
     """Serves until interrupted."""
-    loaded = load(workdir, slots, context, quantize)
+    loaded = load(workdir, slots, context, quantize, draft=draft, draft_tokens=draft_tokens)
     svc = service(loaded, api_key, template, max_tokens, max_body, name)
     print(f"gptjax serve: model {svc.name!r} at http://{host}:{port}/v1 ({slots} slots of "
           f"{loaded.engine.context} tokens, chat template {svc.template}"

@@ -37,6 +37,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="the largest max_tokens a request may ask for")
     parser.add_argument("--max-body", type=int, default=1 << 20,
                         help="the largest request body in bytes (413 beyond)")
+    parser.add_argument("--draft", help="speculative decoding: a smaller workdir with the same "
+                                        "tokenizer proposes tokens the model verifies")
+    parser.add_argument("--draft-tokens", type=int, default=4,
+                        help="tokens the draft proposes per round (with --draft)")
     parser.add_argument("--model-name", default=None,
                         help="the model id clients name (default: the workdir's basename)")
 
@@ -49,5 +53,6 @@ def run(args) -> int:
                  api_key=args.api_key or os.environ.get("GPTJAX_API_KEY") or None,
                  slots=args.slots, context=args.context, quantize=args.quantize,
                  template=args.chat_template, max_tokens=args.max_tokens,
-                 max_body=args.max_body, name=args.model_name)
+                 max_body=args.max_body, name=args.model_name, draft=args.draft,
+                 draft_tokens=args.draft_tokens)
     return 0
