@@ -40,6 +40,8 @@ COMMANDS = {
     "distill": ("train.distill", "train a student on a teacher's soft targets"),
     "compress": ("use.compress", "size / quality / speed report of compression methods"),
     "serve": ("use.serve", "an OpenAI-compatible HTTP server over a trained workdir"),
+    "bench-serve": ("use.bench_serve",
+                    "load test of `gptjax serve`: tokens/s and latency at N clients"),
 }
 
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from doc_commands import commands
 
 from gptjax.config.loader import get_config
 from gptjax.data.tokenizer import CharTokenizer
@@ -81,9 +82,20 @@ def start_server(argv, env=None, timeout=180):
     raise AssertionError("server did not start")
 
 
+def readme_serve_command() -> list[str]:
+    """README's `gptjax serve` line (after `gptjax serve`), as a new user would run it."""
+    found = [c for c in commands() if c.doc == "README.md" and c.argv[:2] == ["gptjax", "serve"]]
+    assert len(found) == 1, found
+    return found[0].argv[2:]
+
+
 @pytest.fixture(scope="module")
 def server(workdir):
-    proc, url = start_server(["--workdir", workdir, "--slots", "4", "--max-body", "20000"],
+    """README's serve command on the tiny workdir (+ smaller limits, and a key from the
+    environment variable)."""
+    argv = [str(workdir) if a == "runs/quickstart" else a for a in readme_serve_command()]
+    assert str(workdir) in argv
+    proc, url = start_server([*argv, "--slots", "4", "--max-body", "20000"],
                              env={"GPTJAX_API_KEY": KEY})
     yield url
     proc.terminate()
@@ -280,6 +292,7 @@ def test_slots_join_and_leave_without_recompiling(workdir):
         loaded.engine.stop()
 
 
+@pytest.mark.slow
 def test_a_draft_serves_the_targets_greedy_text(workdir, tmp_path, shakespeare_manual_dir):
     draft = tiny_workdir(tmp_path / "draft", shakespeare_manual_dir, seed=1,
                          extra=["--config.model.num_layers=1"])

@@ -30,7 +30,7 @@ def tiny(seed, **kw):
 PROMPTS = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12]]
 
 
-@pytest.mark.parametrize("draft_seed,k", [(0, 3), (1, 2)])
+@pytest.mark.parametrize("draft_seed,k", [pytest.param(0, 3, marks=pytest.mark.slow), (1, 2)])
 def test_greedy_is_the_targets_greedy(draft_seed, k):
     target, tparams = tiny(0)
     # seed 0: the draft is the target (every proposal accepted); seed 1: a smaller stranger
@@ -58,7 +58,8 @@ def _joint(model, params, prompt, rows, vocab):
     return p[0, 0, 0][:, None, None] * p[:, 0, 1][:, :, None] * p[:, :, 2]
 
 
-@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.8, 3)])
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0),
+                                               pytest.param(0.8, 3, marks=pytest.mark.slow)])
 def test_sampled_frequencies_are_the_targets(temperature, top_k):
     vocab, n = 6, 4000
     target, tparams = tiny(0, vocab_size=vocab, init_std=0.4)

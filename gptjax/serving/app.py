@@ -193,7 +193,8 @@ async def _respond(service: Service, request: Request, body, jobs, prefix: str, 
     choice, wrap = shape
     rid = protocol.new_id(prefix)
     if body.stream:
-        return StreamingResponse(_stream(service, request, jobs, rid, choice, wrap),
+        usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(_stream(service, request, jobs, rid, choice, wrap, usage),
                                  media_type="text/event-stream")
     texts, tokens = [""] * len(jobs), [[] for _ in jobs]
     finishes, prompt_tokens, completion_tokens = [None] * len(jobs), 0, 0
@@ -209,10 +210,13 @@ async def _respond(service: Service, request: Request, body, jobs, prefix: str, 
     return wrap(rid, service.name, choices, protocol.usage(prompt_tokens, completion_tokens))
 
 
-async def _stream(service, request, jobs, rid, choice, wrap):
+async def _stream(service, request, jobs, rid, choice, wrap, include_usage: bool):
     first = [True] * len(jobs)
     chat_stream = {"stream": True} if wrap is protocol.chat else {}
+    counts = [0, 0]
     async for i, ev in run_requests(service, request, jobs):
+        counts[0] += ev.prompt_tokens
+        counts[1] += ev.completion_tokens
         if ev.finish == "error":
             yield _sse({"error": {"message": ev.error, "type": "server_error", "param": None,
                                   "code": None}})
@@ -220,6 +224,8 @@ async def _stream(service, request, jobs, rid, choice, wrap):
         yield _sse(wrap(rid, service.name, [choice(i, ev.text, ev.tokens, ev.finish, first[i],
                                                    **chat_stream)], None, chunk=True))
         first[i] = False
+    if include_usage:
+        yield _sse(wrap(rid, service.name, [], protocol.usage(*counts), chunk=True))
     yield "data: [DONE]\n\n"
 
 

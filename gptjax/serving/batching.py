@@ -132,7 +132,9 @@ class Programs:
     def warm_up(self) -> None:
         """Compiles decode and every prefill bucket now (not on the first requests)."""
         rows = host_rows(self.slots)
-        for width in self.buckets:
+        # The first bucket twice: the freshly made cache is not laid out as the programs'
+        # outputs are, and the first call's compile would not serve the next ones.
+        for width in [self.buckets[0], *self.buckets]:
             self.prefill(0, [0] * min(width, self.context - 1), host_rows(1))
         zeros = np.zeros(self.slots, np.int32)
         if self.draft is not None:

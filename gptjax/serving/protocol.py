@@ -59,6 +59,7 @@ class _Request(BaseModel):
     top_k: int = Field(0, ge=0)
     n: int = Field(1, ge=1, le=MAX_N)
     stream: bool = False
+    stream_options: dict | None = None  # {"include_usage": true}: a last chunk with usage
     seed: int | None = None
     stop: str | list[str] | None = None
 
