@@ -4,13 +4,14 @@
              allocated once (C = the served context, at most max_seq_len for learned positions)
     prefill  one request's prompt, right-padded to a bucket length P, runs at positions
              0..P-1 of slot i's row (the row is cut out, filled and written back) -> first token
-    decode   one token for every slot at its own position -> every slot's next token
+    decode   one token for every slot at its own position -> every slot's next token; only
+             the first 1, 2, 4, ... slots when no later one is busy (one program per width)
 
 A slot's row keeps stale keys/values of its previous request: they sit at positions after the
 new request's, which attention masks until the new request overwrites them (the right-padding
-argument of gptjax/inference/generate.py). Free slots decode too (at position 0, results
-dropped): the program's shape never changes, so requests join and leave between decode steps
-without a recompile.
+argument of gptjax/inference/generate.py). Free slots within the decoded width decode too (at
+position 0, results dropped): requests join and leave between decode steps without a recompile
+(the programs, one per width, are compiled at start-up).
 
 Sampling settings are arrays over the rows (gptjax/inference/rows.py: temperature, top_k, top_p,
 and a seed and token count that make the row's key), so one decode program serves every mix of
@@ -69,9 +70,14 @@ def prefill_slot(model: GPT, params, cache, slot, tokens, length, rows: Rows):
     return draw(logits, model.config.vocab_size, rows), cache
 
 
-def decode_slots(model: GPT, params, cache, tokens, positions, rows: Rows):
-    """tokens [S] at positions [S] -> (Drawn [S], cache): one step of every slot."""
-    logits, cache = generate.decode_step(model, params, cache, tokens, positions)
+def decode_slots(model: GPT, width: int, params, cache, tokens, positions, rows: Rows):
+    """tokens [S] at positions [S] -> (Drawn [width], cache): one step of the first `width`
+    slots (the engine fills the lowest free slot first, so few requests decode few rows)."""
+    part = jax.tree.map(lambda x: jax.lax.slice_in_dim(x, 0, width, axis=_batch_axis(x)), cache)
+    logits, part = generate.decode_step(model, params, part, tokens[:width], positions[:width])
+    cache = jax.tree.map(
+        lambda x, r: jax.lax.dynamic_update_slice_in_dim(x, r, 0, _batch_axis(x)), cache, part)
+    rows = Rows(*(f[:width] for f in rows))
     return draw(logits, model.config.vocab_size, rows), cache
 
 
@@ -96,8 +102,10 @@ class Programs:
         self.draft, self.dparams, self.k = draft, dparams, k if draft is not None else 0
         self.cache = generate.init_cache(model, params, slots, context + self.k)
         self._prefill = jax.jit(functools.partial(prefill_slot, model), donate_argnums=(1,))
-        self._decode = jax.jit(functools.partial(decode_slots, model), donate_argnums=(1,))
+        self._decode = jax.jit(functools.partial(decode_slots, model), static_argnums=(0,),
+                               donate_argnums=(2,))
         self.buckets = buckets(context)
+        self.widths = [w for w in (1, 2, 4, 8, 16, 32, 64, 128, 256) if w < slots] + [slots]
         if draft is not None:
             speculative.check_pair(model, draft)
             self.dcache = generate.init_cache(draft, dparams, slots, context + k)
@@ -125,8 +133,10 @@ class Programs:
                                             np.int32(len(prompt)), rows)
         return jax.device_get(drawn)
 
-    def decode(self, tokens, positions, rows: Rows) -> Drawn:
-        drawn, self.cache = self._decode(self.params, self.cache, tokens, positions, rows)
+    def decode(self, tokens, positions, rows: Rows, busy: int | None = None) -> Drawn:
+        """One step of the first `busy` slots (default all), rounded up to a compiled width."""
+        width = next(w for w in self.widths if w >= (busy or self.slots))
+        drawn, self.cache = self._decode(width, self.params, self.cache, tokens, positions, rows)
         return jax.device_get(drawn)
 
     def warm_up(self) -> None:
@@ -140,7 +150,8 @@ class Programs:
         if self.draft is not None:
             self.speculate(zeros, zeros, rows)
         else:
-            self.decode(zeros, zeros, rows)
+            for width in self.widths:
+                self.decode(zeros, zeros, rows, width)
 
 
 def buckets(context: int) -> list[int]:

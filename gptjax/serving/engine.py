@@ -172,7 +172,8 @@ class Engine:
         self.steps += 1
         busy = np.asarray([r is not None for r in self.slots])
         if self.programs.draft is None:
-            drawn = self.programs.decode(self.tokens, self.positions, self.rows)
+            drawn = self.programs.decode(self.tokens, self.positions, self.rows,
+                                         int(np.flatnonzero(busy)[-1]) + 1)
             self.positions = np.where(busy, self.positions + 1, 0).astype(np.int32)
             for i in np.flatnonzero(busy):
                 self._deliver(i, jax_row(drawn, i))
