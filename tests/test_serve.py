@@ -190,12 +190,20 @@ def test_errors_in_openai_shape_and_the_server_keeps_serving(server, client):
         "huge max_tokens": (json.dumps({**ok, "max_tokens": 10**12}).encode(), 400),
         "bad temperature": (json.dumps({**ok, "temperature": -1}).encode(), 400),
         "unknown character": (json.dumps({**ok, "prompt": "\u4e2d"}).encode(), 400),
+        "lone surrogate": (b'{"model": "tiny", "prompt": "\\ud800", "max_tokens": 2}', 400),
+        "chat, lone surrogate": (b'{"model": "tiny", "messages": [{"role": "user", '
+                                 b'"content": "\\ud800"}]}', 400, "chat/completions"),
+        "chat, no messages": (json.dumps({"model": "tiny", "messages": []}).encode(), 400,
+                              "chat/completions"),
+        "chat, bad role": (json.dumps({"model": "tiny", "messages": [
+            {"role": "robot", "content": "hi"}]}).encode(), 400, "chat/completions"),
         "bad token id": (json.dumps({**ok, "prompt": [10**6]}).encode(), 400),
         "body too large": (json.dumps({**ok, "prompt": "a" * 30000}).encode(), 413),
         "unknown model": (json.dumps({**ok, "model": "x"}).encode(), 404),
     }
-    for name, (body, status) in cases.items():
-        r = httpx.post(url, content=body, headers=auth, timeout=30)
+    for name, (body, status, *path) in cases.items():
+        r = httpx.post(f"{server}/v1/{path[0]}" if path else url, content=body, headers=auth,
+                       timeout=30)
         assert r.status_code == status, (name, r.text)
         error = r.json()["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["message"], name

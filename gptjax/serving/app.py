@@ -16,6 +16,7 @@ import hmac
 import json
 import secrets
 import time
+import traceback
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -47,7 +48,7 @@ class Service:
             return list(prompt)
         try:
             return list(self.tokenizer.encode(prompt))
-        except UserError as e:
+        except (UserError, UnicodeError) as e:  # e.g. a lone surrogate escaped in the JSON
             raise ApiError(400, f"prompt: {e}", param="prompt") from None
 
     def settings(self, body, max_tokens: int | None, prompt: list[int], index: int,
@@ -243,6 +244,11 @@ def _errors(app: FastAPI) -> None:
     async def invalid(request, exc: RequestValidationError):
         message, param = protocol.validation_message(exc.errors())
         return error_response(400, message, param=param)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request, exc: Exception):  # a bug: still OpenAI's shape, and logged
+        traceback.print_exception(exc)
+        return error_response(500, f"internal error: {type(exc).__name__}", "server_error")
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
