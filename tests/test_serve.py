@@ -26,7 +26,7 @@ from gptjax.inference import generate
 from gptjax.inference.rows import Rows, filtered_logits
 from gptjax.inference.sample import sample
 from gptjax.model.gpt import GPT, GPTConfig
-from gptjax.workdir import write_params
+from gptjax.workdir import open_run, write_params
 
 httpx = pytest.importorskip("httpx", reason="the serve extra: pip install -e '.[serve]'")
 openai = pytest.importorskip("openai", reason="the serve-test extra: pip install -e "
@@ -140,6 +140,27 @@ def test_openai_client_models_completions_chat(client):
         {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who art thou?"}])
     assert chat.choices[0].message.role == "assistant"
     assert chat.usage.prompt_tokens == len("System: Be brief.\nUser: Who art thou?\nAssistant:")
+
+
+def test_echo_logprobs_are_the_prompts_log_likelihood(client, workdir):
+    """What lm-evaluation-harness's OpenAI-compatible model asks for (echo, logprobs): the
+    prompt's log-probabilities, equal to a full forward of the model."""
+    prompt = "To be, or not to be"
+    r = client.completions.create(model="tiny", prompt=prompt, max_tokens=0, echo=True,
+                                  logprobs=1, temperature=0)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text == prompt and "".join(lp.tokens) == prompt
+    assert lp.token_logprobs[0] is None and lp.text_offset[:3] == [0, 1, 2]
+    config, params, tok, _ = open_run(str(workdir))
+    model = GPT(GPTConfig.from_config(config.model))
+    ids = tok.encode(prompt)
+    logits = model.apply({"params": params}, jnp.asarray([ids]))[0, :, :tok.vocab_size]
+    want = jax.nn.log_softmax(logits, axis=-1)[np.arange(len(ids) - 1), ids[1:]]
+    np.testing.assert_allclose(lp.token_logprobs[1:], np.asarray(want), atol=1e-4)
+    more = client.completions.create(model="tiny", prompt=prompt, max_tokens=3, echo=True,
+                                     logprobs=1, temperature=0)
+    assert len(more.choices[0].logprobs.tokens) == len(ids) + 3
+    assert more.choices[0].text.startswith(prompt) and len(more.choices[0].text) == len(ids) + 3
 
 
 def test_streaming_equals_non_streaming(client):

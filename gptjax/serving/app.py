@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 
 from gptjax.errors import UserError
 from gptjax.serving import chat, protocol
-from gptjax.serving.engine import Engine, Event, Settings
+from gptjax.serving.engine import Engine, Event, Settings, Token
 from gptjax.serving.engine import Request as EngineRequest
 from gptjax.serving.protocol import ApiError, error_response
 
@@ -68,22 +68,30 @@ class Service:
                         top_k=body.top_k, seed=seed, stop=body.stops() + tuple(stops),
                         logprobs=logprobs)
 
+    def prompt_tokens(self, prompt: list[int]) -> list[Token]:
+        """The prompt's tokens with their log-probabilities (the first has none)."""
+        decode = self.tokenizer.decode
+        return [Token(t, decode([t]), lp, [(a, decode([a]), alp) for a, alp in top])
+                for t, (lp, top) in zip(prompt, self.engine.programs.score(prompt), strict=True)]
+
     def check_model(self, model: str) -> None:
         if model != self.name:
             raise ApiError(404, f"The model {model!r} does not exist (this server serves "
                            f"{self.name!r})", param="model", code="model_not_found")
 
 
-async def run_requests(service: Service, http: Request, jobs: list[tuple[list[int], Settings]]):
+async def run_requests(service: Service, http: Request, jobs: list[tuple[list[int], Settings]],
+                       watch: bool = False):
     """Submits the jobs; yields (job index, Event) as the engine produces them; cancels every
-    unfinished job if the consumer stops early (a client that went away)."""
+    unfinished job if the consumer stops early or the client went away (checked when no event
+    came for a second, and with `watch` (a non-streaming response) once a second anyway)."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
     requests = []
     for i, (prompt, settings) in enumerate(jobs):
         requests.append(service.engine.submit(EngineRequest(prompt, settings, _emitter(
             loop, events, i))))
-    open_jobs = len(jobs)
+    open_jobs, checked = len(jobs), time.monotonic()
     try:
         while open_jobs:
             try:
@@ -92,6 +100,10 @@ async def run_requests(service: Service, http: Request, jobs: list[tuple[list[in
                 if await http.is_disconnected():
                     return
                 continue
+            if watch and time.monotonic() - checked > 1.0:
+                checked = time.monotonic()
+                if await http.is_disconnected():
+                    return
             open_jobs -= ev.finish is not None
             yield i, ev
     finally:
@@ -138,15 +150,25 @@ def build(service: Service) -> FastAPI:
             prompts = [prompts]
         if not prompts:
             raise ApiError(400, "prompt: empty", param="prompt")
-        jobs = []
+        if body.max_tokens == 0 and not body.echo:
+            raise ApiError(400, "max_tokens: 0 only with echo (a prompt's log-probabilities)",
+                           param="max_tokens")
+        jobs, scored = [], []
         for p in prompts:
             ids = service.encode(p)
+            if body.echo and body.logprobs is not None:
+                scored += [await asyncio.to_thread(service.prompt_tokens, ids)] * body.n
             for _ in range(body.n):
                 jobs.append((ids, service.settings(body, body.max_tokens, ids, len(jobs),
                                                    logprobs=body.logprobs is not None)))
         echo = [p if isinstance(p, str) else service.tokenizer.decode(p) for p in prompts]
-        return await _respond(service, request, body, jobs, "cmpl", _completion_choice(
-            body, [echo[i // body.n] if body.echo else "" for i in range(len(jobs))]))
+        shape = _completion_choice(body, [echo[i // body.n] if body.echo else ""
+                                          for i in range(len(jobs))], scored)
+        if body.max_tokens == 0:
+            choices = [shape[0](i, "", [], "length", True) for i in range(len(jobs))]
+            return protocol.completion(protocol.new_id("cmpl"), service.name, choices,
+                                       protocol.usage(sum(len(j[0]) for j in jobs), 0))
+        return await _respond(service, request, body, jobs, "cmpl", shape)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat_completions(body: protocol.ChatRequest, request: Request):
@@ -162,13 +184,14 @@ def build(service: Service) -> FastAPI:
     return app
 
 
-def _completion_choice(body, echoes):
+def _completion_choice(body, echoes, scored):
     top = body.logprobs or 0
-    offsets = [len(e) for e in echoes]
+    offsets = [0 if scored else len(e) for e in echoes]
 
     def choice(i: int, text: str, tokens, finish, first: bool):
         logprobs = None
         if body.logprobs is not None:
+            tokens = (scored[i] + tokens) if first and scored else tokens
             logprobs = protocol.completion_logprobs(tokens, top, offsets[i])
             offsets[i] += sum(len(t.text) for t in tokens)
         return {"index": i, "text": (echoes[i] if first else "") + text, "logprobs": logprobs,
@@ -199,7 +222,7 @@ async def _respond(service: Service, request: Request, body, jobs, prefix: str, 
                                  media_type="text/event-stream")
     texts, tokens = [""] * len(jobs), [[] for _ in jobs]
     finishes, prompt_tokens, completion_tokens = [None] * len(jobs), 0, 0
-    async for i, ev in run_requests(service, request, jobs):
+    async for i, ev in run_requests(service, request, jobs, watch=True):
         _check(ev)
         texts[i] += ev.text
         tokens[i] += ev.tokens

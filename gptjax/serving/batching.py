@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax.inference import generate, speculative
+from gptjax.inference import quantization as quant
 from gptjax.inference import rows as rows_
 from gptjax.inference.rows import Rows, host_rows
 from gptjax.model.gpt import GPT
@@ -81,6 +82,19 @@ def decode_slots(model: GPT, width: int, params, cache, tokens, positions, rows:
     return draw(logits, model.config.vocab_size, rows), cache
 
 
+def score_tokens(model: GPT, params, tokens):
+    """tokens [1, P] -> (log-probability of each token after the first given the ones before
+    [P - 1], top alternatives ids / log-probs [P - 1, TOP_LOGPROBS]): a prompt's log-likelihood
+    (`echo` with `logprobs`), one forward without the cache."""
+    weights = quant.dequantize(params, model.config.dtype)
+    logits = model.apply({"params": weights}, tokens)[0, :-1].astype(jnp.float32)
+    logits = jnp.where(jnp.arange(logits.shape[-1]) < model.config.vocab_size, logits, -jnp.inf)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    chosen = jnp.take_along_axis(logp, tokens[0, 1:, None], axis=-1)[:, 0]
+    top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
+    return chosen, top_ids, top_lp
+
+
 def speculate_slots(target: GPT, draft: GPT, k: int, tparams, dparams, tcache, dcache, tokens,
                     positions, rows: Rows):
     """One speculative round of every slot (gptjax/inference/speculative.py) -> (Drawn
@@ -105,6 +119,7 @@ class Programs:
         self._decode = jax.jit(functools.partial(decode_slots, model), static_argnums=(0,),
                                donate_argnums=(2,))
         self.buckets = buckets(context)
+        self._score = jax.jit(functools.partial(score_tokens, model))
         self.widths = [w for w in (1, 2, 4, 8, 16, 32, 64, 128, 256) if w < slots] + [slots]
         if draft is not None:
             speculative.check_pair(model, draft)
@@ -132,6 +147,16 @@ class Programs:
             _, self.dcache = self._dprefill(self.dparams, self.dcache, np.int32(slot), tokens,
                                             np.int32(len(prompt)), rows)
         return jax.device_get(drawn)
+
+    def score(self, prompt: list[int]):
+        """-> [(log-prob or None for the first token, [(id, log-prob)] alternatives)] per token;
+        thread-safe (it touches no cache), so the HTTP side may call it beside the engine."""
+        tokens = np.zeros((1, self.bucket(len(prompt))), np.int32)
+        tokens[0, :len(prompt)] = prompt
+        chosen, ids, lps = jax.device_get(self._score(self.params, tokens))
+        return [(None, [])] + [(float(chosen[t]), list(zip(ids[t].tolist(), lps[t].tolist(),
+                                                           strict=True)))
+                               for t in range(len(prompt) - 1)]
 
     def decode(self, tokens, positions, rows: Rows, busy: int | None = None) -> Drawn:
         """One step of the first `busy` slots (default all), rounded up to a compiled width."""

@@ -44,7 +44,7 @@ class Settings:
 class Token:
     id: int
     text: str
-    logprob: float
+    logprob: float | None  # None: a prompt's first token
     top: list[tuple[int, str, float]]  # (id, text, logprob), most likely first
 
 

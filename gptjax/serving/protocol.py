@@ -72,7 +72,7 @@ class _Request(BaseModel):
 
 class CompletionRequest(_Request):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=0)  # 0: only with echo (a prompt's log-probs)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
 
@@ -120,7 +120,8 @@ def completion_logprobs(tokens, top: int, offset: int) -> dict:
     for t in tokens:
         out["tokens"].append(t.text)
         out["token_logprobs"].append(t.logprob)
-        out["top_logprobs"].append({text: lp for _, text, lp in t.top[:top]})
+        out["top_logprobs"].append(None if t.logprob is None else
+                                   {text: lp for _, text, lp in t.top[:top]})
         out["text_offset"].append(offset)
         offset += len(t.text)
     return out
