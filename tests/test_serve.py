@@ -31,6 +31,9 @@ from gptjax.workdir import open_run, write_params
 httpx = pytest.importorskip("httpx", reason="the serve extra: pip install -e '.[serve]'")
 openai = pytest.importorskip("openai", reason="the serve-test extra: pip install -e "
                                               "'.[serve-test]'")
+from fastapi.testclient import TestClient  # noqa: E402  (the serve extra)
+
+from gptjax.serving import app as api  # noqa: E402
 from gptjax.serving import engine  # noqa: E402  (needs the serve extra)
 from gptjax.serving import server as serving  # noqa: E402
 
@@ -319,6 +322,22 @@ def test_slots_join_and_leave_without_recompiling(workdir):
         assert programs.widths == [1, 2, 3]
         assert programs._decode._cache_size() <= len(programs.widths)  # no recompile per setting
         assert loaded.engine.active() == 0
+    finally:
+        loaded.engine.stop()
+
+
+def test_a_full_queue_is_a_429_in_openai_shape(workdir):
+    loaded = serving.load(str(workdir), slots=1, warm_up=False)
+    try:
+        svc = serving.service(loaded, max_tokens=64)
+        svc.max_waiting = 0
+        with TestClient(api.build(svc)) as http:
+            r = http.post("/v1/completions", json={"model": "tiny", "prompt": "hi"})
+            assert r.status_code == 429 and r.json()["error"]["code"] == "server_busy"
+            svc.max_waiting = 4
+            r = http.post("/v1/completions", json={"model": "tiny", "prompt": "hi",
+                                                   "max_tokens": 2, "stream": True})
+            assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
     finally:
         loaded.engine.stop()
 

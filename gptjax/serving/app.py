@@ -35,9 +35,10 @@ class Service:
 
     def __init__(self, engine: Engine, tokenizer, name: str, template: str = "base",
                  api_key: str | None = None, max_tokens: int = 1024,
-                 max_body: int = 1 << 20):
+                 max_body: int = 1 << 20, max_waiting: int = 1024):
         self.engine, self.tokenizer, self.name, self.template = engine, tokenizer, name, template
         self.api_key, self.max_tokens, self.max_body = api_key, max_tokens, max_body
+        self.max_waiting = max_waiting  # queued requests beyond the slots (429 beyond)
         self.created = int(time.time())
 
     def encode(self, prompt) -> list[int]:
@@ -215,6 +216,9 @@ def _chat_choice(body):
 
 async def _respond(service: Service, request: Request, body, jobs, prefix: str, shape):
     choice, wrap = shape
+    if service.engine.pending() + len(jobs) > service.max_waiting:
+        raise ApiError(429, f"the server has {service.engine.pending()} requests waiting; "
+                       f"retry later", type_="rate_limit_error", code="server_busy")
     rid = protocol.new_id(prefix)
     if body.stream:
         usage = bool((body.stream_options or {}).get("include_usage"))

@@ -115,6 +115,10 @@ class Engine:
         self.inbox.put(request)
         return request
 
+    def pending(self) -> int:
+        """Requests submitted and not yet in a slot (read from any thread)."""
+        return len(self.waiting) + self.inbox.qsize()
+
     def active(self) -> int:
         return sum(r is not None for r in self.slots)
 
