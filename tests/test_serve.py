@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from doc_commands import commands
 
+from gptjax import cli
 from gptjax.config.loader import get_config
 from gptjax.data.tokenizer import CharTokenizer
 from gptjax.inference import generate
@@ -252,6 +253,17 @@ def test_client_vanishing_mid_stream_frees_its_slot(server, client):
         time.sleep(0.2)
     assert httpx.get(f"{server}/health").json()["active"] == 0
     assert client.completions.create(model="tiny", prompt="hi", max_tokens=3).choices[0].text
+
+
+def test_a_port_in_use_is_one_line(workdir, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--workdir", str(workdir), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["serve", "--workdir", str(workdir), "--port", "99999"]) == 2
 
 
 def test_serve_without_the_extra_is_one_line(workdir):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import sys
 
 import uvicorn
@@ -76,11 +77,27 @@ def service(loaded: Loaded, api_key: str | None = None, template: str = "auto",
                        max_tokens=max_tokens, max_body=max_body)
 
 
+def _check_address(host: str, port: int) -> None:
+    """A UserError unless (host, port) can be listened on now (a port in use, a bad host)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except (OSError, OverflowError) as e:
+        raise UserError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}"
+                        ) from None
+
+
 def serve(workdir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           slots: int = 8, context: int | None = None, quantize: str = "none",
           template: str = "auto", max_tokens: int = 1024, max_body: int = 1 << 20,
           name: str | None = None, draft: str | None = None, draft_tokens: int = 4) -> None:
     """Serves until interrupted."""
+    _check_address(host, port)  # before minutes of loading and compiling
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"gptjax serve: warning: listening on {host} without --api-key: anyone who can "
+              f"reach this machine can use the model", file=sys.stderr)
     loaded = load(workdir, slots, context, quantize, draft=draft, draft_tokens=draft_tokens)
     svc = service(loaded, api_key, template, max_tokens, max_body, name)
     print(f"gptjax serve: model {svc.name!r} at http://{host}:{port}/v1 ({slots} slots of "
