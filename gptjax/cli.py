@@ -43,6 +43,9 @@ COMMANDS = {
     "compress": ("use.compress", "size / quality / speed report of compression methods"),
     "checkpoints": ("use.checkpoints",
                     "a run's checkpoints: step, time, size, verified / corrupt / incomplete"),
+    "serve": ("use.serve", "an OpenAI-compatible HTTP server over a trained workdir"),
+    "bench-serve": ("use.bench_serve",
+                    "load test of `gptjax serve`: tokens/s and latency at N clients"),
 }
 
 

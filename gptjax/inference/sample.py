@@ -18,7 +18,7 @@ import jax
 from gptjax.config.defaults import base_config
 from gptjax.config.loader import apply_overrides
 from gptjax.errors import UserError
-from gptjax.inference import generate
+from gptjax.inference import generate, speculative
 from gptjax.inference import quantization as quant
 from gptjax.model.gpt import GPT, GPTConfig
 from gptjax.parallel import sharding
@@ -52,12 +52,15 @@ def load(workdir: str, mesh=None, step: int | None = None):
 
 
 def sample(workdir: str, prompts=(), overrides=(), step: int | None = None, shard: bool = False,
-           stream: bool = False, **settings) -> list[str]:
+           stream: bool = False, draft: str | None = None, draft_tokens: int = 4,
+           **settings) -> list[str]:
     """Samples from a workdir -> prompt + generated text, each prompt `num_samples` times.
 
     `settings`: any of SETTINGS (None or absent: the run's config.sample value); `overrides`:
     `--config.KEY=VALUE` strings; shard: params over config.mesh instead of one device; stream:
-    print the first sample's tokens to stdout as they are generated."""
+    print the first sample's tokens to stdout as they are generated; draft: a workdir whose
+    model (same tokenizer) proposes `draft_tokens` tokens per target forward
+    (gptjax/inference/speculative.py)."""
     config = read_config(workdir)
     mesh = sharding.make_mesh(config.mesh) if shard else None
     config, params, tokenizer = load(workdir, mesh, step)
@@ -72,14 +75,23 @@ def sample(workdir: str, prompts=(), overrides=(), step: int | None = None, shar
                                  temperature=float(s["temperature"]), top_k=int(s["top_k"]),
                                  top_p=float(s["top_p"]), eos_id=int(eos))
     rows = [tokenizer.encode(p) for p in s["prompts"] for _ in range(s["num_samples"])]
+    if draft and (stream or mesh is not None):
+        raise UserError("--draft decodes on one device and does not --stream")
+    spec = _speculator(draft, s["quantize"], model, params, draft_tokens) if draft else None
     streamer = _Streamer(tokenizer, eos, s["prompts"][0]) if stream else None
-    t0 = time.perf_counter()
+    t0, stats = time.perf_counter(), {}
     with contextlib.ExitStack() as stack:
         if mesh is not None:
             stack.enter_context(jax.set_mesh(mesh))
             stack.enter_context(nn.logical_axis_rules(sharding.logical_rules(config)))
-        out = generate.generate_ids(model, params, rows, settings, int(s["seed"]), streamer)
+        if spec is not None:
+            out = speculative.generate_ids(spec, rows, settings, int(s["seed"]), stats)
+        else:
+            out = generate.generate_ids(model, params, rows, settings, int(s["seed"]), streamer)
     seconds = time.perf_counter() - t0
+    if stats:
+        print(f"[draft: {stats['tokens'] / max(stats['rounds'], 1):.2f} tokens per target "
+              f"forward and row, {draft_tokens} proposed]", file=sys.stderr)
     if streamer is not None:
         streamer.finish()
     texts = [tokenizer.decode(ids) for ids in out]
@@ -87,6 +99,13 @@ def sample(workdir: str, prompts=(), overrides=(), step: int | None = None, shar
           f"compile), {weights} weights]", file=sys.stderr)
     prompts = [p for p in s["prompts"] for _ in range(s["num_samples"])]
     return [prompt + text for prompt, text in zip(prompts, texts, strict=True)]
+
+
+def _speculator(draft: str, quantize: str, model, params, k: int) -> speculative.Speculator:
+    dconfig, dparams, _ = load(draft)
+    dc = GPTConfig.from_config(dconfig.model)
+    dmodel, dparams = quant.prepare(GPT(dc), generate.cast_params(dparams, dc.dtype), quantize)
+    return speculative.Speculator(model, params, dmodel, dparams, k)
 
 
 class _Streamer:

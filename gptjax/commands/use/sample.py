@@ -30,6 +30,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                              "(gptjax/inference/quantization.py)")
     parser.add_argument("--stream", action="store_true",
                         help="print the first sample's tokens as they are generated")
+    parser.add_argument("--draft", help="speculative decoding: a smaller workdir with the same "
+                                        "tokenizer proposes tokens the model verifies")
+    parser.add_argument("--draft-tokens", type=int, default=4,
+                        help="tokens the draft proposes per round (with --draft)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: newest)")
     parser.add_argument("--shard", action="store_true",
                         help="shard the params over config.mesh (for models that do not fit "
@@ -48,7 +52,8 @@ def _prompts(args) -> list[str]:
 
 def run(args) -> int:
     texts = sample(args.workdir, _prompts(args), args.overrides, step=args.step,
-                   shard=args.shard, stream=args.stream,
+                   shard=args.shard, stream=args.stream, draft=args.draft,
+                   draft_tokens=args.draft_tokens,
                    **{key: getattr(args, key) for key in SETTINGS})
     start = 1 if args.stream else 0
     for i, text in enumerate(texts[start:], start + 1):
