@@ -29,18 +29,23 @@ def make_loss_and_grads(config, model: GPT | None = None, param_shardings=None,
     """(params, batch, key) -> (loss, grads), with grad accumulation over micro-batches.
 
     The global batch [B, T] is split into A = train.grad_accum micro-batches of B/A rows
-    (row r goes to micro-batch r % A, so every device keeps its rows local); gradients are
-    averaged in float32, so 4 x B/4 equals one step of B up to rounding. The running sum is
-    sharded like the params (`param_shardings`), so FSDP keeps it spread over devices.
+    (row r goes to micro-batch r % A, so every device keeps its rows local). Each micro-batch
+    gives its weighted loss sum, its weight sum and the gradient of the loss sum; these add up
+    in float32 and are divided once by the global weight, so A x B/A equals one step of B for
+    any token weights (a micro-batch with few or no weighted tokens counts for what it holds).
+    The running sum is sharded like the params (`param_shardings`), so FSDP keeps it spread.
     """
     loss = make_loss(config, model, params_transform)
     rules = sharding.logical_rules(config)
     accum = int(config.train.grad_accum)
-    grad_fn = jax.value_and_grad(lambda p, b, k: loss(p, b, k, train=True)[0])
+
+    mean_grad = jax.value_and_grad(lambda p, b, k: loss(p, b, k, train=True)[0])
+    # the loss sum as value, the weight sum as aux: (sum, weight), d sum / d params
+    grad_fn = jax.value_and_grad(lambda p, b, k: loss(p, b, k, train=True)[1], has_aux=True)
 
     def loss_and_grads(params, batch, key):
         if accum == 1:
-            return grad_fn(params, batch, key)
+            return mean_grad(params, batch, key)
 
         def split(x):
             x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
@@ -49,19 +54,21 @@ def make_loss_and_grads(config, model: GPT | None = None, param_shardings=None,
         micro = jax.tree.map(split, batch)
 
         def body(carry, xs):
-            loss_sum, grad_sum = carry
+            total, weight, grad_sum = carry
             i, mb = xs
-            value, grads = grad_fn(params, mb, jax.random.fold_in(key, i))
+            (t, w), grads = grad_fn(params, mb, jax.random.fold_in(key, i))
             grad_sum = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_sum, grads)
-            return (loss_sum + value, grad_sum), None
+            return (total + t, weight + w, grad_sum), None
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         if param_shardings is not None:
             zeros = jax.lax.with_sharding_constraint(zeros, param_shardings)
-        (loss_sum, grad_sum), _ = jax.lax.scan(
-            body, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(accum), micro))
-        grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), grad_sum, params)
-        return loss_sum / accum, grads
+        zero = jnp.zeros((), jnp.float32)
+        (total, weight, grad_sum), _ = jax.lax.scan(
+            body, (zero, zero, zeros), (jnp.arange(accum), micro))
+        scale = 1.0 / jnp.maximum(weight, 1.0)
+        grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grad_sum, params)
+        return total * scale, grads
 
     return loss_and_grads
 
