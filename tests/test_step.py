@@ -11,7 +11,8 @@ from gptjax.config.loader import get_config
 from gptjax.model.gpt import GPT, GPTConfig
 from gptjax.parallel import sharding
 from gptjax.training import steps
-from gptjax.training.state import create_train_state
+from gptjax.training.optim import schedule
+from gptjax.training.state import abstract_train_state, create_train_state
 
 
 def tiny(*overrides: str):
@@ -82,3 +83,28 @@ def test_embedding_gradient_accumulates_in_float32():
     ref = embedding_grad("float32")
     got = embedding_grad("bfloat16")  # a bfloat16 scatter-add is off by ~11% here
     assert np.abs(got - ref).max() <= 0.02 * np.abs(ref).max()
+
+
+def test_skipped_step_advances_the_schedule_and_logs_the_applied_lr():
+    """Adam with b1 = b2 = 0 and no decay or clipping moves each weight by lr x sign(grad):
+    the applied learning rate can be read off the params. Step 2 is non-finite (NaN weights)."""
+    c = tiny("--config.optim.b1=0", "--config.optim.b2=0", "--config.optim.weight_decay=0",
+             "--config.optim.grad_clip=0", "--config.optim.warmup_steps=10",
+             "--config.optim.lr=0.01")
+    mesh = sharding.single_device_mesh()
+    _, shardings = abstract_train_state(c, mesh)
+    state = create_train_state(c, mesh)
+    step = steps.make_train_step(c, mesh, shardings)
+    good = masked_batch(c)
+    bad = dict(good, weights=np.full_like(good["weights"], np.nan))
+    lrs = []
+    for batch in (good, bad, good):
+        before = jax.device_get(state.params)
+        state, metrics = step(state, jax.tree.map(jnp.asarray, batch))
+        moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), jax.device_get(state.params),
+                             before)
+        lrs.append((float(metrics["lr"]), max(jax.tree.leaves(moved))))
+    lr_fn = schedule(c.optim, c.train.steps)
+    assert int(state.skipped) == 1 and lrs[1][1] == 0.0
+    assert lrs[2][0] == pytest.approx(float(lr_fn(2)))       # the schedule counts steps...
+    assert lrs[2][1] == pytest.approx(lrs[2][0], rel=1e-3)   # ...and the logged lr moved them

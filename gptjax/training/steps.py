@@ -20,7 +20,7 @@ import optax
 from gptjax.model.gpt import GPT
 from gptjax.parallel import sharding
 from gptjax.training.loss import Transform, make_loss
-from gptjax.training.optim import make_optimizer, schedule
+from gptjax.training.optim import keep_finite, make_optimizer, schedule, schedule_count
 from gptjax.training.state import TrainState, model_config
 
 
@@ -78,7 +78,8 @@ def make_train_step(config, mesh, shardings: TrainState, model: GPT | None = Non
     """Jitted `(state, batch) -> (state, metrics)`; the state is donated (updated in place).
 
     Non-finite loss or gradient norm: the update is dropped inside the step (params and Adam
-    state unchanged, `skipped` += 1); the loop decides whether to go on (train.nonfinite).
+    moments unchanged, `skipped` += 1; the schedule still advances: `optim.keep_finite`); the
+    loop decides whether to go on (train.nonfinite). The logged `lr` is the one applied.
     `loss_and_grads` replaces the default objective. With `frozen` (arrays the objective reads
     but never trains: a distillation teacher, pruning masks) the step is
     `(state, batch, frozen)` and calls `loss_and_grads(params, batch, key, frozen)`; frozen is
@@ -102,9 +103,10 @@ def make_train_step(config, mesh, shardings: TrainState, model: GPT | None = Non
         new_state = state.replace(
             step=state.step + 1,
             params=jax.tree.map(keep, params, state.params),
-            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+            opt_state=keep_finite(finite, opt_state, state.opt_state),
             skipped=state.skipped + (~finite).astype(jnp.int32))
-        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr_fn(state.step),
+        lr = lr_fn(schedule_count(state.opt_state, state.step))  # the one this update applied
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr,
                    "finite": finite, "skipped": new_state.skipped}
         return new_state, metrics
 
