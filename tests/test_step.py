@@ -1,12 +1,15 @@
 """The train step's arithmetic: token-weighted accumulation, fp32 gradient paths, the schedule
 after skipped steps, the optimizer-state size, remat in the unrolled layout."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gptjax import cli
 from gptjax.config.loader import get_config
 from gptjax.model.gpt import GPT, GPTConfig
 from gptjax.parallel import sharding
@@ -108,3 +111,13 @@ def test_skipped_step_advances_the_schedule_and_logs_the_applied_lr():
     assert int(state.skipped) == 1 and lrs[1][1] == 0.0
     assert lrs[2][0] == pytest.approx(float(lr_fn(2)))       # the schedule counts steps...
     assert lrs[2][1] == pytest.approx(lrs[2][0], rel=1e-3)   # ...and the logged lr moved them
+
+
+@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16"])
+def test_info_reports_the_optimizer_state_that_init_builds(state_dtype, capsys):
+    args = ["--config=configs/smoke.py:tiny", f"--config.optim.state_dtype={state_dtype}"]
+    assert cli.main(["info", *args, "--json"]) in (0, None)
+    reported = json.loads(capsys.readouterr().out)["adam_state_bytes"]
+    c = tiny(f"--config.optim.state_dtype={state_dtype}")
+    state = create_train_state(c, sharding.single_device_mesh())
+    assert reported == sum(x.nbytes for x in jax.tree.leaves(state.opt_state))

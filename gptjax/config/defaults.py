@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
     o.eps = 1e-8
     o.weight_decay = 0.1            # decoupled; matmul kernels only (not biases, norms, embeddings)
     o.grad_clip = 1.0               # clip the global gradient norm to this (0 = off)
-    o.state_dtype = "float32"       # dtype of Adam moments (bfloat16 halves their memory)
+    o.state_dtype = "float32"       # dtype of Adam's first moment (bfloat16 saves a quarter)
 
     # --- training loop (gptjax/training/train.py) ---
     tr = c.train = ml_collections.ConfigDict()

@@ -33,7 +33,7 @@ from gptjax.training import loop, steps
 from gptjax.training.hooks import Evaluation, MetricsLog, Saving
 from gptjax.training.optim import make_optimizer
 from gptjax.training.recipes import Pretraining, RunData
-from gptjax.training.state import abstract_train_state, model_config
+from gptjax.training.state import abstract_train_state, model_config, optimizer_state_bytes
 from gptjax.workdir import prepare_workdir, write_config
 
 
@@ -92,9 +92,11 @@ def train(config, workdir: str, recipe=None) -> dict:
     config_dict = write_config(workdir, config)
     primary = jax.process_index() == 0
     writer = MetricsWriter(workdir, tr.steps, start, enabled=primary)
-    stats = model_stats(model.config, config.data.seq_len, config.optim.state_dtype)
+    stats = model_stats(model.config, config.data.seq_len,
+                        optimizer_state_bytes(config, model, tx))
     writer.print(f"gptjax train: {config.name}{run.describe}, {stats['params']:,} params "
-                 f"(vocabulary {config.model.vocab_size}), mesh "
+                 f"(vocabulary {config.model.vocab_size}; optimizer state "
+                 f"{stats['adam_state_bytes'] / 1e6:.3g} MB), mesh "
                  f"{dict(mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}, "
                  f"batch {tr.batch_size} x {config.data.seq_len} tokens"
                  + (f", resumed at step {start}" if start else ""))
