@@ -8,11 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import needs_libtpu
 
 from gptjax import cli
 from gptjax.config.loader import get_config
+from gptjax.hardware.tpu_slices import parse_topology
 from gptjax.model.gpt import GPT, GPTConfig
 from gptjax.parallel import sharding
+from gptjax.performance.aot import compile_config
 from gptjax.training import steps
 from gptjax.training.optim import schedule
 from gptjax.training.state import abstract_train_state, create_train_state
@@ -121,3 +124,38 @@ def test_info_reports_the_optimizer_state_that_init_builds(state_dtype, capsys):
     c = tiny(f"--config.optim.state_dtype={state_dtype}")
     state = create_train_state(c, sharding.single_device_mesh())
     assert reported == sum(x.nbytes for x in jax.tree.leaves(state.opt_state))
+
+
+def compiled_grad_flops(remat):
+    """FLOPs of the compiled gradient of the unrolled tiny model (XLA:CPU)."""
+    c = tiny("--config.model.scan_layers=False", f"--config.model.remat={remat}")
+    model = GPT(GPTConfig.from_config(c.model))
+    tokens = jnp.zeros((8, 16), jnp.int32)
+    params = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), tokens[:1])["params"]))
+
+    def f(p):
+        return model.apply({"params": p}, tokens, hidden=True).astype(jnp.float32).var()
+    cost = jax.jit(jax.grad(f)).lower(params).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+
+def test_remat_recomputes_unrolled_layers():
+    """XLA:CPU recomputes, but schedules the recomputation early, so its memory does not drop:
+    the memory side is the TPU compiler's test below."""
+    assert compiled_grad_flops("full") > 1.2 * compiled_grad_flops("none")
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_remat_cuts_unrolled_memory_on_the_tpu_compiler():
+    """configs/smoke.py at 8 unrolled layers, batch 64, v5e-1 (70-190 s of compiling): remat=full
+    takes ~1/6 of the temporaries of remat=none (342 -> 56 MB) for ~22% more matmul FLOPs."""
+    reports = {}
+    for remat in ("none", "full"):
+        c = get_config("configs/smoke.py", [
+            "--config.model.scan_layers=False", f"--config.model.remat={remat}",
+            "--config.train.batch_size=64", "--config.model.num_layers=8"])
+        reports[remat] = compile_config(c, parse_topology("v5e-1"), eval_step=False)
+    none, full = reports["none"], reports["full"]
+    assert full["memory"]["temp_bytes"] < 0.5 * none["memory"]["temp_bytes"]
+    assert full["flops"]["xla_matmul"] > 1.15 * none["flops"]["xla_matmul"]

@@ -370,9 +370,10 @@ class GPT(nn.Module):
                             in_axes=nn.broadcast, length=c.num_layers // c.group_size,
                             metadata_params={nn.PARTITION_NAME: "layers"})
             x, _ = stack(c, deterministic, decode, name="layers")(x, positions)
-        else:
+        else:  # remat wraps each unrolled layer as it wraps each scanned group
+            block = _remat(Block, c)
             for i in range(c.num_layers):
-                x = Block(c, c.window(i), deterministic, decode, name=f"layer_{i}")(x, positions)
+                x = block(c, c.window(i), deterministic, decode, name=f"layer_{i}")(x, positions)
 
         x = layer_norm(c, "ln_f")(x)
         head = embed.embedding if c.tie_embeddings else Head(c, name="head")()
