@@ -12,9 +12,11 @@ from conftest import needs_libtpu
 
 from gptjax import cli
 from gptjax.config.loader import get_config
+from gptjax.hardware import hlo
 from gptjax.hardware.tpu_slices import parse_topology
 from gptjax.model.gpt import GPT, GPTConfig
 from gptjax.parallel import sharding
+from gptjax.parallel.params import with_shardings
 from gptjax.performance.aot import compile_config
 from gptjax.training import steps
 from gptjax.training.optim import schedule
@@ -159,3 +161,51 @@ def test_remat_cuts_unrolled_memory_on_the_tpu_compiler():
     none, full = reports["none"], reports["full"]
     assert full["memory"]["temp_bytes"] < 0.5 * none["memory"]["temp_bytes"]
     assert full["flops"]["xla_matmul"] > 1.15 * none["flops"]["xla_matmul"]
+
+
+def gradient_reduction_bytes(mesh, accum, reduce_dtype="float32"):
+    """Bytes all-reduced / reduce-scattered per device in one compiled train step (loop bodies
+    counted as often as they run) of the tiny model on 8 CPU devices."""
+    c = tiny(f"--config.train.grad_accum={accum}", f"--config.mesh.data={mesh[0]}",
+             f"--config.mesh.fsdp={mesh[1]}", "--config.train.batch_size=32",
+             f"--config.optim.grad_reduce_dtype={reduce_dtype}")
+    m = sharding.make_mesh(c.mesh)
+    abstract, shardings = abstract_train_state(c, m)
+    batch = {k: jax.ShapeDtypeStruct((32, 16), jnp.int32, sharding=sharding.batch_sharding(m))
+             for k in ("inputs", "targets")}
+    step = steps.make_train_step(c, m, shardings)
+    with jax.set_mesh(m):
+        text = step.lower(with_shardings(abstract, shardings), batch).compile().as_text()
+    collectives = hlo.analyze(text)["collectives"]
+    return sum(collectives.get(k, {}).get("bytes", 0) for k in ("all-reduce", "reduce-scatter"))
+
+
+@pytest.mark.parametrize("mesh", [(8, 1), pytest.param((2, 4), marks=pytest.mark.slow)])
+def test_accumulation_reduces_gradients_once_per_step(mesh):
+    one = gradient_reduction_bytes(mesh, 1)
+    assert gradient_reduction_bytes(mesh, 4) <= 1.01 * one  # was 4x: once per micro-batch
+
+
+@pytest.mark.slow
+def test_bfloat16_reduction_reduces_every_micro_batch():
+    one = gradient_reduction_bytes((8, 1), 1, "bfloat16")
+    assert gradient_reduction_bytes((8, 1), 4, "bfloat16") > 3 * one
+
+
+@pytest.mark.parametrize("mesh,accum", [((2, 2, 2), 2), ((1, 4, 2), 1)])
+def test_float32_reduction_equals_one_device(mesh, accum):
+    """The per-shard gradients, summed once (reduce-scatter over fsdp, all-reduce over data),
+    equal the single-device gradient of the same masked batch."""
+    batch = masked_batch(tiny())
+    ref_loss, ref_grads = loss_and_grads(1, batch)
+    c = tiny(f"--config.train.grad_accum={accum}", f"--config.mesh.data={mesh[0]}",
+             f"--config.mesh.fsdp={mesh[1]}", f"--config.mesh.tensor={mesh[2]}")
+    m = sharding.make_mesh(c.mesh)
+    _, shardings = abstract_train_state(c, m)
+    params = create_train_state(c, m).params
+    fn = jax.jit(steps.make_loss_and_grads(c, param_shardings=shardings.params),
+                 out_shardings=(sharding.replicated(m), shardings.params))
+    with jax.set_mesh(m):
+        loss, grads = fn(params, sharding.global_batch(batch, m), jax.random.key(0))
+    assert abs(float(loss) - ref_loss) <= 2e-6 * abs(ref_loss)
+    assert max_rel(jax.device_get(grads), ref_grads) <= 2e-5

@@ -87,6 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
     o.weight_decay = 0.1            # decoupled; matmul kernels only (not biases, norms, embeddings)
     o.grad_clip = 1.0               # clip the global gradient norm to this (0 = off)
     o.state_dtype = "float32"       # dtype of Adam's first moment (bfloat16 saves a quarter)
+    o.grad_reduce_dtype = "float32"  # float32: gradients summed over data x fsdp once a step,
+                                    # in float32 (a whole float32 gradient per device); bfloat16:
+                                    # in the compute dtype per micro-batch, sharded accumulator
 
     # --- training loop (gptjax/training/train.py) ---
     tr = c.train = ml_collections.ConfigDict()
