@@ -9,7 +9,7 @@
 # machine is reported by setup, and the tests that need it skip, saying why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export GPTJAX_EXTRAS="${GPTJAX_EXTRAS-interop-test,eval-test,tpu,gcs-test}"
+export GPTJAX_EXTRAS="${GPTJAX_EXTRAS-interop-test,eval-test,tpu,gcs-test,wandb}"
 export GPTJAX_EXTRAS_OPTIONAL=1
 source launch/setup.sh
 status=0

@@ -109,6 +109,11 @@ def base_config() -> ml_collections.ConfigDict:
     tr.async_checkpoint = True      # write checkpoints in the background while training goes on
     tr.nonfinite = "skip"           # skip | stop: what to do when loss or grads are NaN/Inf
     tr.plot = True                  # write loss.png in the workdir at the end
+    tr.profile_steps = ""           # START:COUNT: jax.profiler trace of steps START+1.. in
+                                    # WORKDIR/profile (process 0; docs/performance.md)
+    tr.wandb = False                # also log the scalars to Weights & Biases (the wandb extra)
+    tr.wandb_project = "gptjax"
+    tr.wandb_name = ""              # the W&B run name ('' = config.name)
 
     # --- partitioning (gptjax/parallel/sharding.py) ---
     mesh = c.mesh = ml_collections.ConfigDict()

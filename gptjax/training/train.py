@@ -23,6 +23,8 @@ import jax
 
 from gptjax.errors import UserError
 from gptjax.metrics.curves import plot
+from gptjax.metrics.profiler import Profiler
+from gptjax.metrics.wandb_sink import WandbSink
 from gptjax.metrics.writer import MetricsWriter
 from gptjax.model.flops import model_stats
 from gptjax.model.gpt import GPT
@@ -92,6 +94,9 @@ def train(config, workdir: str, recipe=None) -> dict:
     config_dict = write_config(workdir, config)
     primary = jax.process_index() == 0
     writer = MetricsWriter(workdir, tr.steps, start, enabled=primary)
+    if tr.wandb and primary:
+        writer.sinks.append(WandbSink(workdir, writer.staged.path(), tr.wandb_project,
+                                      tr.wandb_name or config.name, config_dict))
     stats = model_stats(model.config, config.data.seq_len,
                         optimizer_state_bytes(config, model, tx))
     writer.print(f"gptjax train: {config.name}{run.describe}, {stats['params']:,} params "
@@ -102,6 +107,8 @@ def train(config, workdir: str, recipe=None) -> dict:
                  + (f", resumed at step {start}" if start else ""))
     hooks, evaluation = _hooks(run, mesh, model, shardings, writer, stats,
                                Saving(ckpt, run.batches, config_dict, latest, writer))
+    profiler = Profiler(workdir, tr.profile_steps, start, enabled=primary)
+    hooks.insert(1, loop.Hook(profiler, every=1, on_stop=True, pause=False))
     step, stopped, compile_time = start, False, 0.0
     try:
         with jax.set_mesh(mesh), loop.StopFlag() as stop:
@@ -130,6 +137,7 @@ def train(config, workdir: str, recipe=None) -> dict:
         try:
             ckpt.close()
         finally:  # also when that save failed (disk full), close the rest
+            profiler.close()
             writer.close()
             if hasattr(run.batches, "close"):  # background prefetch threads
                 run.batches.close()
