@@ -46,6 +46,10 @@ VARIANTS = {
 SLICES = {"small": "v5p-8", "medium": "v5p-16", "large": "v5p-16", "xl": "v5p-32",
           "2.7b": "v5p-32", "6.7b": "v5p-64", "13b": "v5p-128", "175b": "v5p-1024"}
 FSDP_FROM = "xl"            # this size and larger: FSDP over the slice and full remat
+# Sizes above this reduce gradients per micro-batch into an accumulator sharded like the params
+# (optim.grad_reduce_dtype=bfloat16): the float32 once-a-step reduction holds a whole float32
+# gradient on every chip, 27 GB for 6.7B and 700 GB for 175B (docs/tpu.md).
+FLOAT32_REDUCE_UP_TO = "2.7b"
 WARMUP_TOKENS = 375e6
 DECAY_TOKENS = 260e9
 TRAIN_TOKENS = 300e9
@@ -78,4 +82,6 @@ def get_config(size: str = "small"):
     c.model.remat = "full" if sharded else "save_proj"
     c.mesh.data = 1 if sharded else -1
     c.mesh.fsdp = -1 if sharded else 1
+    if list(VARIANTS).index(size) > list(VARIANTS).index(FLOAT32_REDUCE_UP_TO):
+        c.optim.grad_reduce_dtype = "bfloat16"
     return c

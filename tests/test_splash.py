@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gptjax.config.loader import get_config
+from gptjax.model import attention
 from gptjax.model.attention import fused_attention, supported
 from gptjax.parallel import sharding
 
@@ -63,3 +64,13 @@ def test_other_lengths_use_xla():
     q, k, v = jax.random.normal(jax.random.key(0), (3, 1, 100, 2, 8))
     np.testing.assert_allclose(fused_attention(q, k, v, 0, "splash"),
                                fused_attention(q, k, v, 0, "xla"), atol=1e-6)
+
+
+@pytest.mark.parametrize("head_dim,padded", [(64, 64), (128, 128), (80, 128), (32, 128)])
+def test_head_dim_64_runs_unpadded(head_dim, padded):
+    """GPT-2 and GPT-3 small / medium (head_dim 64) no longer pay a padding to 128."""
+    assert attention.kernel_head_dim(head_dim) == padded
+    q, k, v = qkv(batch=1, head_dim=head_dim)
+    jaxpr = str(jax.make_jaxpr(lambda q, k, v: attention.splash_attention(q, k, v, 0, 0.125))(
+        q, k, v))
+    assert ("pad[" in jaxpr) == (padded != head_dim)

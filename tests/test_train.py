@@ -12,6 +12,7 @@ import faults
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 import pytest
 
 from gptjax.config.loader import get_config
@@ -123,7 +124,8 @@ def test_nonfinite_step_is_skipped(tmp_path, monkeypatch):
     assert recs[3].get("skipped_steps") == 1 and "skipped_steps" not in recs[4]
     assert [recs[s]["skipped"] for s in (1, 2, 3, 4)] == [0, 0, 1, 1]
     assert np.isfinite(recs[4]["loss"])
-    # Step 3 changed nothing: params and Adam state after it equal those after step 2.
+    # Step 3 changed nothing but the schedule's count: params and Adam state after it equal
+    # those after step 2; the learning-rate schedule advanced (training/optim.keep_finite).
     c = tiny()
     mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"),
                          axis_types=(jax.sharding.AxisType.Auto,) * 3)
@@ -133,9 +135,16 @@ def test_nonfinite_step_is_skipped(tmp_path, monkeypatch):
     ckpt = checkpoint.Checkpointer(workdir, read_only=True)
     s2, _ = ckpt.restore(2, target)
     s3, _ = ckpt.restore(3, target)
-    for a, b in zip(jax.tree.leaves((s2.params, s2.opt_state)),
-                    jax.tree.leaves((s3.params, s3.opt_state)), strict=True):
+    def split(state):
+        is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+        nodes = jax.tree.leaves(state.opt_state, is_leaf=is_sched)
+        counts = [int(n.count) for n in nodes if is_sched(n)]
+        rest = [n for n in nodes if not is_sched(n)]
+        return jax.tree.leaves((state.params, rest)), counts
+    (kept2, counts2), (kept3, counts3) = split(s2), split(s3)
+    for a, b in zip(kept2, kept3, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert counts2 == [2] and counts3 == [3]
     assert int(s3.skipped) == 1 and int(s3.step) == 3
 
 

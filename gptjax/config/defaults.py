@@ -89,7 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
     o.eps = 1e-8
     o.weight_decay = 0.1            # decoupled; matmul kernels only (not biases, norms, embeddings)
     o.grad_clip = 1.0               # clip the global gradient norm to this (0 = off)
-    o.state_dtype = "float32"       # dtype of Adam moments (bfloat16 halves their memory)
+    o.state_dtype = "float32"       # dtype of Adam's first moment (bfloat16 saves a quarter)
+    o.grad_reduce_dtype = "float32"  # float32: gradients summed over data x fsdp once a step,
+                                    # in float32 (a whole float32 gradient per device); bfloat16:
+                                    # in the compute dtype per micro-batch, sharded accumulator
 
     # --- training loop (gptjax/training/train.py) ---
     tr = c.train = ml_collections.ConfigDict()
@@ -112,6 +115,11 @@ def base_config() -> ml_collections.ConfigDict:
     tr.verify_restore = True        # check every file against the checkpoint's manifest first
     tr.nonfinite = "skip"           # skip | stop: what to do when loss or grads are NaN/Inf
     tr.plot = True                  # write loss.png in the workdir at the end
+    tr.profile_steps = ""           # START:COUNT: jax.profiler trace of steps START+1.. in
+                                    # WORKDIR/profile (process 0; docs/performance.md)
+    tr.wandb = False                # also log the scalars to Weights & Biases (the wandb extra)
+    tr.wandb_project = "gptjax"
+    tr.wandb_name = ""              # the W&B run name ('' = config.name)
 
     # --- partitioning (gptjax/parallel/sharding.py) ---
     mesh = c.mesh = ml_collections.ConfigDict()

@@ -1,4 +1,5 @@
-"""Training metrics: `metrics.jsonl`, TensorBoard events and a terminal progress bar.
+"""Training metrics: `metrics.jsonl`, TensorBoard events, a terminal progress bar, and the same
+scalars to any further sinks (W&B: gptjax/metrics/wandb_sink.py).
 
 The loss curves drawn from metrics.jsonl are gptjax/metrics/curves.py; the peak FLOP/s behind
 MFU are in gptjax/hardware/devices.py.
@@ -30,8 +31,10 @@ class MetricsWriter:
     """
 
     def __init__(self, workdir: str, total_steps: int, start_step: int = 0,
-                 enabled: bool = True, tensorboard: bool = True, progress: bool | None = None):
+                 enabled: bool = True, tensorboard: bool = True, progress: bool | None = None,
+                 sinks: tuple = ()):
         self.enabled = enabled
+        self.sinks = list(sinks)  # objects with write(step, scalars) and close()
         self.path = paths.join(workdir, "metrics.jsonl")
         self.tb = None
         self.bar = None
@@ -63,10 +66,13 @@ class MetricsWriter:
         record.update({k: _plain(v) for k, v in metrics.items()})
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        scalars = {f"{split}/{k}": v for k, v in record.items()
+                   if k not in ("step", "split", "time") and isinstance(v, (int, float))}
         if self.tb is not None:
-            for k, v in record.items():
-                if k not in ("step", "split", "time") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{split}/{k}", v, int(step))
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, int(step))
+        for sink in self.sinks:
+            sink.write(step, scalars)
         self.staged.sync(force=False)
 
     def flush(self) -> None:
@@ -98,6 +104,8 @@ class MetricsWriter:
             return
         if self.bar is not None:
             self.bar.close()
+        for sink in self.sinks:
+            sink.close()
         if self.tb is not None:
             try:
                 self.tb.flush()

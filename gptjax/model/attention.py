@@ -33,7 +33,8 @@ from jax.sharding import PartitionSpec
 AUTO_ATTENTION = {"tpu": "splash", "gpu": "cudnn"}
 ATTENTIONS = ("xla", "cudnn", "splash")
 BLOCK = 512       # query / key tile of the forward and backward kernels (smaller if T is)
-LANES = 128       # sequence tiles and head_dim are multiples of this on TPU
+LANES = 128       # sequence tiles and head_dim are multiples of this on TPU...
+HALF_LANES = 64   # ...or head_dim is exactly this
 
 
 def supported(seq_len: int) -> bool:
@@ -53,12 +54,21 @@ def _kernel(num_heads: int, seq_len: int, window: int, interpret: bool):
                               head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
+def kernel_head_dim(head_dim: int) -> int:
+    """The head dimension the kernel runs at: 64 and multiples of 128 as they are (the kernel
+    tiles a 64-wide head in half a lane row: GPT-2 and GPT-3 small / medium pay no padding),
+    anything else zero-padded up to a multiple of 128."""
+    if head_dim == HALF_LANES or head_dim % LANES == 0:
+        return head_dim
+    return -(-head_dim // LANES) * LANES
+
+
 def _pad_head_dim(x, to: int):
     return x if x.shape[-1] == to else jnp.pad(x, ((0, 0),) * 3 + ((0, to - x.shape[-1]),))
 
 
 def _local_attention(q, k, v, window: int, interpret: bool):
-    """One device's shard: q, k, v [b, n, T, H] (H padded to a lane multiple) -> [b, n, T, H]."""
+    """One device's shard: q, k, v [b, n, T, H] (H as `kernel_head_dim` says) -> [b, n, T, H]."""
     kernel = _kernel(q.shape[1], q.shape[2], window, interpret)
     return jax.vmap(kernel)(q, k, v)
 
@@ -88,7 +98,7 @@ def splash_attention(q, k, v, window: int, scale: float):
     """q, k, v [B, T, N, H] -> [B, T, N, H]: softmax(scale * q k^T) v, causal, and for window > 0
     each query sees only the last `window` keys (itself included)."""
     head_dim = q.shape[-1]
-    padded = -(-head_dim // LANES) * LANES  # zero channels change neither q.k nor the output
+    padded = kernel_head_dim(head_dim)  # zero channels change neither q.k nor the output
     q = q * jnp.asarray(scale, q.dtype)
     q, k, v = (_pad_head_dim(x.swapaxes(1, 2), padded) for x in (q, k, v))  # [B, N, T, H']
     mesh, platform = _mesh_and_platform()

@@ -46,13 +46,17 @@ def flops_per_token(model: GPTConfig | Mapping, seq_len: int) -> int:
 
 
 def model_stats(model: GPTConfig | Mapping, seq_len: int | None = None,
-                state_dtype: str = "float32") -> dict:
-    """Counts, FLOPs per token and the bytes of params, gradients and Adam state."""
+                optimizer_bytes: int | None = None) -> dict:
+    """Counts, FLOPs per token and the bytes of params and gradients; with `optimizer_bytes`
+    (the optimizer state's size, from its real state tree: `training.state.optimizer_state_bytes`)
+    also the Adam state and params + Adam state."""
     c = as_gpt_config(model)
     counts = param_counts(c)
     seq_len = seq_len or c.max_seq_len
     param_bytes = counts["params"] * jnp.dtype(c.param_dtype).itemsize
-    adam_bytes = 2 * counts["params"] * jnp.dtype(state_dtype).itemsize
-    return {**counts, "seq_len": seq_len, "flops_per_token": flops_per_token(c, seq_len),
-            "param_bytes": param_bytes, "grad_bytes": param_bytes,
-            "adam_state_bytes": adam_bytes, "params_plus_adam_bytes": param_bytes + adam_bytes}
+    stats = {**counts, "seq_len": seq_len, "flops_per_token": flops_per_token(c, seq_len),
+             "param_bytes": param_bytes, "grad_bytes": param_bytes}
+    if optimizer_bytes is not None:
+        stats.update(adam_state_bytes=int(optimizer_bytes),
+                     params_plus_adam_bytes=param_bytes + int(optimizer_bytes))
+    return stats

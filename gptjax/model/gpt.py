@@ -18,6 +18,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from gptjax.errors import UserError
 from gptjax.model.attention import ATTENTIONS, AUTO_ATTENTION, fused_attention
+from gptjax.model.embeddings import TokenEmbed, rotary, sinusoidal
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -153,26 +154,6 @@ def logical(init, names):
 
 
 constrain = nn.with_logical_constraint
-
-
-# ----------------------------------------------------------------------------- positions
-
-
-def sinusoidal(positions, d_model, dtype):
-    """Fixed sin/cos embeddings of 'Attention is all you need', for integer positions [B, T]."""
-    freqs = jnp.exp(-math.log(10000.0) * jnp.arange(0, d_model, 2) / d_model)
-    angles = positions[..., None].astype(jnp.float32) * freqs
-    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1).astype(dtype)
-
-
-def rotary(x, positions, theta):
-    """Rotates pairs of channels of q or k [B, T, N, H] by position-dependent angles (RoPE)."""
-    half = x.shape[-1] // 2
-    freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions[..., None, None].astype(jnp.float32) * freqs  # [B, T, 1, H/2]
-    sin, cos = jnp.sin(angles), jnp.cos(angles)
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -369,9 +350,9 @@ class GPT(nn.Module):
         c = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        embed = nn.Embed(c.padded_vocab, c.d_model, dtype=c.dtype, param_dtype=c.param_dtype,
-                         embedding_init=logical(nn.initializers.normal(c.init_std),
-                                                ("vocab", "embed")), name="wte")
+        embed = TokenEmbed(c.padded_vocab, c.d_model, c.dtype, c.param_dtype,
+                           logical(nn.initializers.normal(c.init_std), ("vocab", "embed")),
+                           name="wte")
         x = embed(tokens)
         if c.position == "learned":
             wpe = self.param("wpe", logical(nn.initializers.normal(c.init_std), (None, "embed")),
@@ -389,9 +370,10 @@ class GPT(nn.Module):
                             in_axes=nn.broadcast, length=c.num_layers // c.group_size,
                             metadata_params={nn.PARTITION_NAME: "layers"})
             x, _ = stack(c, deterministic, decode, name="layers")(x, positions)
-        else:
+        else:  # remat wraps each unrolled layer as it wraps each scanned group
+            block = _remat(Block, c)
             for i in range(c.num_layers):
-                x = Block(c, c.window(i), deterministic, decode, name=f"layer_{i}")(x, positions)
+                x = block(c, c.window(i), deterministic, decode, name=f"layer_{i}")(x, positions)
 
         x = layer_norm(c, "ln_f")(x)
         head = embed.embedding if c.tie_embeddings else Head(c, name="head")()

@@ -30,6 +30,7 @@ from gptjax.hardware.devices import peak_flops, throughput
 from gptjax.model.flops import model_stats
 from gptjax.model.gpt import GPT
 from gptjax.parallel import distributed, sharding
+from gptjax.training import state as train_state
 from gptjax.training.optim import make_optimizer
 from gptjax.training.state import abstract_train_state, create_train_state, model_config
 from gptjax.training.steps import make_train_step
@@ -93,7 +94,7 @@ def bench(config, steps: int = 10, warmup: int = 2, seed: int = 0) -> dict:
 
     devices = jax.devices()
     kind = devices[0].device_kind
-    stats = model_stats(c, T, config.optim.state_dtype)
+    stats = model_stats(c, T, train_state.optimizer_state_bytes(config))
     tokens_per_s = steps * B * T / elapsed
     result = {
         "name": config.name,
@@ -111,6 +112,7 @@ def bench(config, steps: int = 10, warmup: int = 2, seed: int = 0) -> dict:
         "attention": c.attention,
         "remat": c.remat,
         "optimizer_state_dtype": config.optim.state_dtype,
+        "optimizer_state_bytes": stats["adam_state_bytes"],
         "steps": steps,
         "warmup": warmup,
         "compile_s": compile_s,

@@ -87,3 +87,25 @@ def make_optimizer(config) -> optax.GradientTransformation:
         width_mult = config.model.d_model / config.model.mup_base_width
         parts.append(optax.masked(optax.scale(1.0 / width_mult), mup_hidden_mask))
     return optax.chain(*parts)
+
+
+def _is_schedule_state(x) -> bool:
+    return isinstance(x, optax.ScaleByScheduleState)
+
+
+def keep_finite(finite, new_state, old_state):
+    """The optimizer state after a step whose update is kept only if `finite`: a dropped step
+    keeps the old Adam moments (and Adam's count, which bias-corrects them) but advances the
+    learning-rate schedule's count, so the schedule follows the step number (and the data):
+    after k skips the run still ends at the end of its cosine, and step s always uses lr(s)."""
+    def one(new, old):
+        return new if _is_schedule_state(new) else jnp.where(finite, new, old)
+    return jax.tree.map(one, new_state, old_state, is_leaf=_is_schedule_state)
+
+
+def schedule_count(opt_state, default):
+    """The count the learning-rate schedule applies at the next update (`default` if the
+    optimizer has no schedule state): what the logged learning rate is computed from."""
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_schedule_state)
+             if _is_schedule_state(s)]
+    return found[0].count if found else default

@@ -68,6 +68,16 @@ def abstract_train_state(config, mesh, model: GPT | None = None, tx=None):
     return abstract, shardings
 
 
+def optimizer_state_bytes(config, model: GPT | None = None, tx=None) -> int:
+    """Bytes of the optimizer state that `tx.init` builds for this model's params (one copy,
+    unsharded): read off the real state tree with `jax.eval_shape`, nothing allocated. With
+    `optim.state_dtype=bfloat16` optax keeps only Adam's first moment in bfloat16."""
+    model = model or GPT(model_config(config))
+    tx = tx or make_optimizer(config)
+    abstract = jax.eval_shape(_make_init_fn(config, model, tx))
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract.opt_state))
+
+
 def create_train_state(config, mesh, model: GPT | None = None, tx=None, shardings=None):
     """Initialises the train state directly into its shardings (jit with out_shardings)."""
     model = model or GPT(model_config(config))

@@ -23,6 +23,8 @@ import jax
 
 from gptjax.errors import UserError
 from gptjax.metrics.curves import plot
+from gptjax.metrics.profiler import Profiler
+from gptjax.metrics.wandb_sink import WandbSink
 from gptjax.metrics.writer import MetricsWriter
 from gptjax.model.flops import model_stats
 from gptjax.model.gpt import GPT
@@ -34,7 +36,7 @@ from gptjax.training import loop, steps
 from gptjax.training.hooks import Evaluation, MetricsLog, Saving
 from gptjax.training.optim import make_optimizer
 from gptjax.training.recipes import Pretraining, RunData
-from gptjax.training.state import abstract_train_state, model_config
+from gptjax.training.state import abstract_train_state, model_config, optimizer_state_bytes
 from gptjax.workdir import prepare_workdir, write_config
 
 
@@ -112,14 +114,21 @@ def train(config, workdir: str, recipe=None) -> dict:
     config_dict = write_config(workdir, config)
     primary = jax.process_index() == 0
     writer = MetricsWriter(workdir, tr.steps, start, enabled=primary)
-    stats = model_stats(model.config, config.data.seq_len, config.optim.state_dtype)
+    if tr.wandb and primary:
+        writer.sinks.append(WandbSink(workdir, writer.staged.path(), tr.wandb_project,
+                                      tr.wandb_name or config.name, config_dict))
+    stats = model_stats(model.config, config.data.seq_len,
+                        optimizer_state_bytes(config, model, tx))
     writer.print(f"gptjax train: {config.name}{run.describe}, {stats['params']:,} params "
-                 f"(vocabulary {config.model.vocab_size}), mesh "
+                 f"(vocabulary {config.model.vocab_size}; optimizer state "
+                 f"{stats['adam_state_bytes'] / 1e6:.3g} MB), mesh "
                  f"{dict(mesh.shape)} on {jax.device_count()} x {jax.devices()[0].device_kind}, "
                  f"batch {tr.batch_size} x {config.data.seq_len} tokens"
                  + (f", resumed at step {start}" if start else ""))
     hooks, evaluation = _hooks(run, mesh, model, shardings, writer, stats,
                                Saving(ckpt, run.batches, config_dict, latest, writer))
+    profiler = Profiler(workdir, tr.profile_steps, start, enabled=primary)
+    hooks.insert(1, loop.Hook(profiler, every=1, on_stop=True, pause=False))
     step, stopped, compile_time = start, False, 0.0
     try:
         with jax.set_mesh(mesh), loop.StopFlag() as stop:
@@ -148,6 +157,7 @@ def train(config, workdir: str, recipe=None) -> dict:
         try:
             ckpt.close()
         finally:  # also when that save failed (disk full), close the rest
+            profiler.close()
             writer.close()
             if hasattr(run.batches, "close"):  # background prefetch threads
                 run.batches.close()

@@ -11,6 +11,7 @@ import json
 from gptjax.commands.args import add_config_arg
 from gptjax.model.flops import model_stats
 from gptjax.model.gpt import GPTConfig
+from gptjax.training.state import optimizer_state_bytes
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -28,7 +29,7 @@ def add_args(parser):
 def run(args):
     config = args.config
     c = GPTConfig.from_config(config.model, backend="tpu")  # dtype as trained on accelerators
-    stats = model_stats(c, config.data.seq_len, config.optim.state_dtype)
+    stats = model_stats(c, config.data.seq_len, optimizer_state_bytes(config))
     stats["name"] = config.name
     if args.json:
         print(json.dumps(stats))
