@@ -5,11 +5,12 @@
 #   bash launch/test.sh -k NAME    any other arguments go to pytest
 # The suite's optional parts come with it (CI runs exactly this command): the GPT-2 parity tests
 # (interop-test: transformers, torch), lm-evaluation-harness (eval-test), the TPU compiler
-# (tpu: libtpu) and the GCS emulator (gcs-test). An extra that cannot be installed on this
+# (tpu: libtpu), the GCS emulator (gcs-test) and XLA:GPU's compiler (gpu-compile: the CUDA
+# plugin and cuDNN, compile-only on a CPU machine). An extra that cannot be installed on this
 # machine is reported by setup, and the tests that need it skip, saying why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export GPTJAX_EXTRAS="${GPTJAX_EXTRAS-interop-test,eval-test,tpu,gcs-test}"
+export GPTJAX_EXTRAS="${GPTJAX_EXTRAS-interop-test,eval-test,tpu,gcs-test,gpu-compile}"
 export GPTJAX_EXTRAS_OPTIONAL=1
 source launch/setup.sh
 status=0
