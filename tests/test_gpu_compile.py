@@ -122,3 +122,12 @@ def test_gpu_configs_fit_as_shipped(variant, capsys):
                        "--no-eval"], capsys)
     _check(r, topology.split("-")[0], parse_cluster(topology).chips,
            layers=GPU_CONFIGS.VARIANTS[variant][0])
+
+
+@needs_cuda_plugin
+def test_too_big_for_one_h100_is_one_line(capsys):
+    """6.7B parameters and their Adam state alone outgrow one H100: one line, before compiling."""
+    argv = ["compile", "--config", "configs/gpt3.py:6.7b", "--topology", "h100-1"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not fit h100-1" in err, err

@@ -129,7 +129,7 @@ def compile_config(config, s: Slice | Cluster, eval_step: bool = True) -> dict:
         raise UserError(f"{config.name} does not fit {s.name}: its parameters and optimizer "
                         f"state alone take {human_bytes(sum(held.values()))} per device of "
                         f"{human_bytes(usable)} usable (mesh {dict(mesh.shape)}); use a larger "
-                        f"slice or shard them with --mesh data=1,fsdp=-1")
+                        f"slice or cluster, or shard them with --mesh data=1,fsdp=-1")
     step = steps.make_train_step(config, mesh, shardings, model, tx)
     compiled, seconds = _compile(step, (state, batch), mesh, "train step", s, config.name)
     memory = {**_memory(compiled), **held}
