@@ -118,3 +118,27 @@ def test_gpt3_compiles_and_fits_on_its_documented_slice(size, capsys):
     assert cli.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["fits"] is True and report["batch"] * 2048 == GPT3.VARIANTS[size][4]
+
+
+@needs_libtpu
+def test_time_estimate_corrects_for_loops(capsys):
+    """cost_analysis() counts each loop body once; the estimate's fit over loop-free variants
+    reproduces the loop-weighted matmul FLOPs of the real step (scanned layers, chunked loss,
+    two micro-batches) at full depth, and its time is the corrected one."""
+    argv = ["compile", "--config", "configs/smoke.py:tiny", "--config.train.grad_accum=2",
+            "--topology", "v5p-8", "--no-eval", "--estimate-time", "--json"]
+    assert cli.main(argv) == 0
+    r = json.loads(capsys.readouterr().out)
+    e = r["estimate"]
+    assert [p["layers"] for p in e["points"]] == [2, 4, 8]
+    assert e["extrapolated_matmul_flops"] == pytest.approx(e["loop_weighted_matmul_flops"],
+                                                           rel=1e-3)
+    assert r["cost_analysis"]["flops"] < 0.7 * e["loop_weighted_matmul_flops"]  # loops once
+    assert e["step_seconds"] > e["raw_optimal_seconds"] > 0
+    assert 0 < e["mfu"] < e["raw_mfu"]
+
+
+def test_time_estimate_needs_a_tpu(capsys):
+    argv = ["compile", "--config", "configs/smoke.py", "--topology", "h100-1", "--estimate-time"]
+    assert cli.main(argv) == 2
+    assert "no cost model" in capsys.readouterr().err

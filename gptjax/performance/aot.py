@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from importlib.metadata import PackageNotFoundError, version
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,12 +57,13 @@ def _memory(compiled) -> dict:
     return out
 
 
-def _compile(fn, args, mesh, what: str, s: Slice | Cluster, name: str):
+def _compile(fn, args, mesh, what: str, s: Slice | Cluster, name: str,
+             options: dict | None = None):
     """-> (compiled, seconds); the compiler's out-of-memory verdict becomes one line."""
     t0 = time.time()
     try:
         with jax.set_mesh(mesh):
-            compiled = fn.lower(*args).compile()
+            compiled = fn.lower(*args).compile(compiler_options=options)
     except Exception as e:  # JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory ... HBM
         text = str(e)
         if "RESOURCE_EXHAUSTED" not in text:
@@ -87,6 +89,18 @@ def _flops(config, c: GPTConfig, stats: dict, chips: int) -> dict:
             "compared_with": "6N" if opaque else "6N+12LHQT"}
 
 
+def cost_of(compiled) -> dict:
+    """The compiler's cost model of one step per device (TPU: flops, bytes accessed,
+    optimal_seconds, each loop body counted once); {} where it has none (XLA:GPU)."""
+    try:
+        ca = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001  (a backend without a cost model)
+        return {}
+    ca = ca[0] if isinstance(ca, (list, tuple)) and ca else ca
+    return {k: float(ca[k]) for k in ("flops", "bytes accessed", "optimal_seconds")
+            if ca and k in ca}
+
+
 def _kernels(custom_calls: dict, gpu: bool) -> dict:
     """The attention kernels in the step: Pallas calls on TPU, cuDNN's fused attention on GPU."""
     if gpu:
@@ -106,9 +120,24 @@ def _multislice(config, s: Slice) -> None:
             config.mesh.dcn_data = s.num_slices
 
 
-def compile_config(config, s: Slice | Cluster, eval_step: bool = True) -> dict:
-    """Compiles `config`'s train (and eval) step for TPU slice or GPU cluster `s`; -> the
-    report as a dict."""
+class Prepared(NamedTuple):
+    """A config's train step made ready to compile for a slice or cluster."""
+    gpu: bool
+    devices: list
+    mesh: jax.sharding.Mesh
+    model_config: GPTConfig
+    model: GPT
+    tx: object
+    abstract: object        # the train state's shapes, and
+    shardings: object       # their shardings
+    state: object           # both, as the step's first argument
+    batch: dict
+    usable: int             # memory per device the step may use
+
+
+def prepare(config, s: Slice | Cluster) -> Prepared:
+    """The devices of `s`, the mesh over them, the model as trained there (bfloat16; splash on
+    TPU, cuDNN on GPU under attention=auto), its sharded abstract state and batch."""
     gpu = isinstance(s, Cluster)
     if not gpu:
         _multislice(config, s)
@@ -116,22 +145,39 @@ def compile_config(config, s: Slice | Cluster, eval_step: bool = True) -> dict:
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.check_config(config, mesh)
     c = GPTConfig.from_config(config.model, backend="gpu" if gpu else "tpu")
-    usable = s.usable_bytes if gpu else s.hbm_bytes
     model, tx = GPT(c), make_optimizer(config)
     abstract, shardings = abstract_train_state(config, mesh, model, tx)
-    state = with_shardings(abstract, shardings)
     bs = sharding.batch_sharding(mesh)
     shape = (int(config.train.batch_size), int(config.data.seq_len))
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bs) for k in ("inputs", "targets")}
-    held = {"params_bytes": _shard_bytes(abstract.params, shardings.params),
-            "optimizer_bytes": _shard_bytes(abstract.opt_state, shardings.opt_state)}
+    return Prepared(gpu, devices, mesh, c, model, tx, abstract, shardings,
+                    with_shardings(abstract, shardings), batch,
+                    s.usable_bytes if gpu else s.hbm_bytes)
+
+
+def compile_train(config, s: Slice | Cluster, options: dict | None = None):
+    """-> (the compiled train step of `config` on `s`, compile seconds); `options`: XLA
+    compiler options (e.g. libtpu's flags)."""
+    p = prepare(config, s)
+    step = steps.make_train_step(config, p.mesh, p.shardings, p.model, p.tx)
+    return _compile(step, (p.state, p.batch), p.mesh, "train step", s, config.name, options)
+
+
+def compile_config(config, s: Slice | Cluster, eval_step: bool = True) -> dict:
+    """Compiles `config`'s train (and eval) step for TPU slice or GPU cluster `s`; -> the
+    report as a dict."""
+    p = prepare(config, s)
+    gpu, devices, mesh, c, usable = p.gpu, p.devices, p.mesh, p.model_config, p.usable
+    shape = p.batch["inputs"].shape
+    held = {"params_bytes": _shard_bytes(p.abstract.params, p.shardings.params),
+            "optimizer_bytes": _shard_bytes(p.abstract.opt_state, p.shardings.opt_state)}
     if sum(held.values()) > usable:  # no need to ask the compiler
         raise UserError(f"{config.name} does not fit {s.name}: its parameters and optimizer "
                         f"state alone take {human_bytes(sum(held.values()))} per device of "
                         f"{human_bytes(usable)} usable (mesh {dict(mesh.shape)}); use a larger "
                         f"slice or cluster, or shard them with --mesh data=1,fsdp=-1")
-    step = steps.make_train_step(config, mesh, shardings, model, tx)
-    compiled, seconds = _compile(step, (state, batch), mesh, "train step", s, config.name)
+    step = steps.make_train_step(config, mesh, p.shardings, p.model, p.tx)
+    compiled, seconds = _compile(step, (p.state, p.batch), mesh, "train step", s, config.name)
     memory = {**_memory(compiled), **held}
     stats = hlo.analyze(compiled.as_text())
     report = {
@@ -144,7 +190,7 @@ def compile_config(config, s: Slice | Cluster, eval_step: bool = True) -> dict:
         "memory": memory, "hbm_bytes": s.hbm_bytes, "usable_bytes": usable,
         "fits": memory["total_bytes"] <= usable, "platform": "gpu" if gpu else "tpu",
         "flops": _flops(config, c, stats, s.chips), "collectives": stats["collectives"],
-        "kernels": _kernels(stats["custom_calls"], gpu),
+        "kernels": _kernels(stats["custom_calls"], gpu), "cost_analysis": cost_of(compiled),
         "compile_seconds": round(seconds, 1), "jax": jax.__version__,
         "libtpu": _version("libtpu"), "cuda_plugin": _version(gpu_clusters.PLUGIN)}
     if gpu and c.attention == "cudnn" and not report["kernels"]:
@@ -152,8 +198,8 @@ def compile_config(config, s: Slice | Cluster, eval_step: bool = True) -> dict:
                         f"step calls no cuDNN fused attention ({CUDNN_FMHA}*): XLA's attention "
                         f"runs instead; is nvidia-cudnn-cu12 installed (the gpu-compile extra)?")
     if eval_step:
-        fn = steps.make_eval_step(config, mesh, shardings.params, model)
-        compiled, seconds = _compile(fn, (state.params, batch), mesh, "eval step", s,
+        fn = steps.make_eval_step(config, mesh, p.shardings.params, p.model)
+        compiled, seconds = _compile(fn, (p.state.params, p.batch), mesh, "eval step", s,
                                      config.name)
         report["eval"] = {"memory": _memory(compiled), "compile_seconds": round(seconds, 1)}
         report["fits"] = report["fits"] and report["eval"]["memory"]["total_bytes"] <= usable

@@ -23,7 +23,7 @@ from gptjax.hardware.devices import human_bytes
 from gptjax.hardware.gpu_clusters import is_gpu_topology, parse_cluster
 from gptjax.hardware.tpu_slices import parse_topology
 from gptjax.parallel.sharding import parse_mesh
-from gptjax.performance import aot
+from gptjax.performance import aot, step_time
 
 
 def add_args(parser):
@@ -38,6 +38,10 @@ def add_args(parser):
     parser.add_argument("--mesh", default="",
                         help="axis sizes, e.g. data=1,fsdp=-1 (default: config.mesh)")
     parser.add_argument("--no-eval", action="store_true", help="compile the train step only")
+    parser.add_argument("--estimate-time", action="store_true",
+                        help="TPU: also estimate the step time and MFU from the compiler's cost "
+                             "model, corrected for loops (3 more compiles; an estimate, not a "
+                             "measurement: gptjax/performance/step_time.py)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -52,8 +56,15 @@ def run(args):
     if args.mesh:
         with config.unlocked():
             config.mesh.update(parse_mesh(args.mesh))
+    if args.estimate_time and is_gpu_topology(args.topology):
+        raise UserError("--estimate-time needs a TPU slice: XLA:GPU has no cost model")
     report = aot.compile_config(config, s, eval_step=not args.no_eval)
-    print(json.dumps(report) if args.json else aot.format_report(report))
+    if args.estimate_time and report["fits"]:
+        report["estimate"] = step_time.estimate(config, s, report)
+    text = aot.format_report(report)
+    if "estimate" in report:
+        text += "\n" + step_time.format_estimate(report["estimate"])
+    print(json.dumps(report) if args.json else text)
     if not report["fits"]:
         total = report["memory"]["total_bytes"]
         raise UserError(f"{config.name} does not fit {s.name}: {human_bytes(total)} per device of "
