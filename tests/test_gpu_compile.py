@@ -9,6 +9,8 @@ slow suite compiles every GPU config of docs/gpu.md (configs/gpt3_gpu.py).
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import pytest
 from conftest import needs_cuda_plugin
@@ -131,3 +133,15 @@ def test_too_big_for_one_h100_is_one_line(capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not fit h100-1" in err, err
+
+
+@needs_cuda_plugin
+def test_cli_stderr_is_the_one_line(repo_dir):
+    """The CUDA plugin's libraries print "Could not find cuda drivers ..." from C++ as jax loads
+    them on a machine without a GPU; gptjax keeps them out of its one-line errors."""
+    out = subprocess.run([sys.executable, "-m", "gptjax", "compile", "--config",
+                          "configs/gpt3.py:6.7b", "--topology", "h100-1"], cwd=repo_dir,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "does not fit h100-1" in out.stderr
