@@ -61,8 +61,9 @@ def estimate(path: pathlib.Path, only: list[str]) -> None:
     """`gptjax compile --estimate-time` for every row not yet in `path` (or the labels given)."""
     done = {json.loads(ln)["label"] for ln in path.read_text().splitlines()} if path.exists() \
         else set()
-    for label, config, topology, overrides in ROWS:
-        if label in done or (only and label not in only):
+    rows = {row[0]: row for row in ROWS}
+    for label, config, topology, overrides in [rows[x] for x in only] if only else ROWS:
+        if label in done:
             continue
         t0 = time.time()
         row = gptjax("compile", "--config", config, "--topology", topology, "--no-eval",
