@@ -101,14 +101,14 @@ def cost_of(compiled) -> dict:
             if ca and k in ca}
 
 
+CUDNN_FMHA = "__cudnn$fmha"  # custom-call targets __cudnn$fmhaSoftmax, ...Backward
+
+
 def _kernels(custom_calls: dict, gpu: bool) -> dict:
     """The attention kernels in the step: Pallas calls on TPU, cuDNN's fused attention on GPU."""
     if gpu:
         return {k: v for k, v in custom_calls.items() if k.startswith(CUDNN_FMHA)}
     return {k: v for k, v in custom_calls.items() if k == "tpu_custom_call"}
-
-
-CUDNN_FMHA = "__cudnn$fmha"  # custom-call targets __cudnn$fmhaSoftmax, ...Backward
 
 
 def _multislice(config, s: Slice) -> None:
