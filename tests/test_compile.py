@@ -19,6 +19,7 @@ from gptjax.config.loader import get_config, load_module
 from gptjax.errors import UserError
 from gptjax.hardware import hlo
 from gptjax.hardware.tpu_slices import parse_topology
+from gptjax.performance import step_time
 from gptjax.performance.aot import compile_config
 
 GPT3 = load_module(str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "gpt3.py"))
@@ -142,3 +143,20 @@ def test_time_estimate_needs_a_tpu(capsys):
     argv = ["compile", "--config", "configs/smoke.py", "--topology", "h100-1", "--estimate-time"]
     assert cli.main(argv) == 2
     assert "no cost model" in capsys.readouterr().err
+
+
+def test_time_estimate_fit_and_scale():
+    """The loop correction's arithmetic: the cost model's seconds fitted linearly in depth and
+    read at full depth, times the micro-batches, scaled where the real step does more matmul
+    work than the fit, plus splash attention's FLOPs at peak."""
+    points = [{"layers": n, "seconds": 1.0 + 0.5 * n, "matmul_flops": 10.0 * n} for n in (2, 4, 8)]
+    report = {"chips": 4, "attention": "splash", "kernels": {"tpu_custom_call": 3},
+              "cost_analysis": {"optimal_seconds": 2.0},
+              "flops": {"formula_attention": 400.0, "xla_matmul": 4 * 480.0, "formula": 4000.0}}
+    e = step_time.summarize(points, report, depth=12, accum=2, peak=100.0)
+    assert e["extrapolated_matmul_flops"] == pytest.approx(2 * 120.0)
+    assert e["flops_scale"] == pytest.approx(2.0)  # 480 loop-weighted vs 240 extrapolated
+    assert e["attention_seconds"] == pytest.approx(1.0)  # 400 / 4 chips / 100 FLOP/s
+    assert e["step_seconds"] == pytest.approx(2 * 7.0 * 2.0 + 1.0)  # t(12) = 7 s
+    assert e["mfu"] == pytest.approx(1000.0 / 100.0 / 29.0)
+    assert e["raw_mfu"] == pytest.approx(1000.0 / 100.0 / 2.0)
