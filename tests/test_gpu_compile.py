@@ -145,3 +145,14 @@ def test_cli_stderr_is_the_one_line(repo_dir):
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "does not fit h100-1" in out.stderr
+
+
+@needs_cuda_plugin
+def test_plan_asks_xla_gpu(capsys):
+    argv = ["plan", "--config", "configs/smoke.py", "--mesh", "data=8", "--device", "h100",
+            "--json"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["source"] == "XLA:GPU compiler (h100-8)"
+    assert result["compiler"]["kernels"] and result["total_bytes"] > 0
+    assert result["total_bytes"] == result["compiler"]["memory"]["total_bytes"]
