@@ -41,6 +41,13 @@ plugins = [m.name for m in pkgutil.iter_modules() if m.name.startswith('jax_cuda
 sys.exit(not u.find_spec('libtpu') or bool(plugins))" 2>/dev/null; then
   export JAX_PLATFORMS=cpu
 fi
+# The CUDA plugin (gpu-compile: XLA:GPU's compiler) on a machine with no NVIDIA GPU: run on the
+# CPU too (else JAX fails its CUDA check loudly); `gptjax compile --topology h100-8` still works.
+if [[ -z "${JAX_PLATFORMS:-}" && ! -e /dev/nvidiactl && ! -e /dev/accel0 && ! -e /dev/vfio/0 ]] \
+    && python -c "import importlib.util as u, sys; sys.exit(not u.find_spec('jax_cuda12_plugin'))" \
+    2>/dev/null; then
+  export JAX_PLATFORMS=cpu
+fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}" TF_ENABLE_ONEDNN_OPTS=0
 # Offline copy of tiny_shakespeare beside the repo (CI, tests); elsewhere TFDS downloads it.
 if [[ -z "${GPTJAX_MANUAL_DIR:-}" && -f ../shared/data/tiny_shakespeare/input.txt ]]; then

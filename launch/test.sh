@@ -6,11 +6,12 @@
 # The suite's optional parts come with it (CI runs exactly this command): the GPT-2 parity tests
 # (interop-test: transformers, torch), lm-evaluation-harness (eval-test), the TPU compiler
 # (tpu: libtpu), the GCS emulator (gcs-test), `gptjax serve` with the openai client
-# (serve-test) and Weights & Biases in offline mode (wandb). An extra that cannot be installed
+# (serve-test), Weights & Biases in offline mode (wandb) and XLA:GPU's compiler (gpu-compile:
+# the CUDA plugin and cuDNN, compile-only on a CPU machine). An extra that cannot be installed
 # on this machine is reported by setup, and the tests that need it skip, saying why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export GPTJAX_EXTRAS="${GPTJAX_EXTRAS-interop-test,eval-test,tpu,gcs-test,serve-test,wandb}"
+export GPTJAX_EXTRAS="${GPTJAX_EXTRAS-interop-test,eval-test,tpu,gcs-test,serve-test,wandb,gpu-compile}"
 export GPTJAX_EXTRAS_OPTIONAL=1
 source launch/setup.sh
 status=0

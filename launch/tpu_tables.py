@@ -2,6 +2,8 @@
 
     python launch/tpu_tables.py run [LABEL ...]   # compile the rows -> docs/tpu/compile.jsonl
     python launch/tpu_tables.py markdown [LABEL ...]  # the table (those rows), from that file
+    python launch/tpu_tables.py estimate [LABEL ...]  # + the step-time estimate -> estimate.jsonl
+    python launch/tpu_tables.py estimates [LABEL ...] # its table
 
 Each row is one `gptjax compile --no-eval --json` subprocess (and `gptjax plan --estimate
 --json` for the same mesh); rows already in the file are skipped, so an interrupted run resumes
@@ -53,6 +55,47 @@ def gptjax(*args) -> dict:
     if line is None:
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(line)
+
+
+def estimate(path: pathlib.Path, only: list[str]) -> None:
+    """`gptjax compile --estimate-time` for every row not yet in `path` (or the labels given)."""
+    done = {json.loads(ln)["label"] for ln in path.read_text().splitlines()} if path.exists() \
+        else set()
+    rows = {row[0]: row for row in ROWS}
+    for label, config, topology, overrides in [rows[x] for x in only] if only else ROWS:
+        if label in done:
+            continue
+        t0 = time.time()
+        row = gptjax("compile", "--config", config, "--topology", topology, "--no-eval",
+                     "--estimate-time", *overrides)
+        row.update(label=label, config=config, overrides=overrides, wall_seconds=time.time() - t0,
+                   date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, "
+                   f"{os.cpu_count()} cores", python=platform.python_version())
+        with path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{label}: {row.get('error') or 'ok'} ({time.time() - t0:.0f} s)", flush=True)
+
+
+def estimates(path: pathlib.Path, only: list[str]) -> None:
+    """The estimate rows of `path` as a table."""
+    print("| row | slice | batch/chip | remat | uncorrected cost model s | estimated step s | "
+          "of which splash at peak s | est. MFU | matmul FLOPs/chip: extrapolated / "
+          "loop-weighted |")
+    print("|---" * 9 + "|")
+    rows = {json.loads(ln)["label"]: json.loads(ln) for ln in path.read_text().splitlines()}
+    for label in [x for x in only or [row[0] for row in ROWS] if x in rows]:
+        r = rows[label]
+        if "estimate" not in r:
+            print(f"| {label} | {r.get('topology', '')} | error: {r.get('error', '?')} |")
+            continue
+        e, mesh = r["estimate"], r["mesh"]
+        print(f"| {label} | {r['topology']} | {r['batch'] // (mesh['data'] * mesh['fsdp']):g} | "
+              f"{r['remat']} | {e['raw_optimal_seconds']:.3f} | {e['step_seconds']:.3f} | "
+              f"{e['attention_seconds']:.3f} | {e['mfu']:.3f} | "
+              f"{e['extrapolated_matmul_flops'] / e['loop_weighted_matmul_flops']:.4f} |")
+    r = next(r for r in rows.values() if "jax" in r)
+    print(f"\nMeasured {r['date']} on {r['machine']} (Python {r['python']}, jax {r['jax']}, "
+          f"libtpu {r['libtpu']}).")
 
 
 def run(path: pathlib.Path, only: list[str]) -> None:
@@ -115,5 +158,9 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["run"]:
         OUT.mkdir(parents=True, exist_ok=True)
         run(out, sys.argv[2:])
+    elif sys.argv[1:2] == ["estimate"]:
+        estimate(OUT / "estimate.jsonl", sys.argv[2:])
+    elif sys.argv[1:2] == ["estimates"]:
+        estimates(OUT / "estimate.jsonl", sys.argv[2:])
     else:
         markdown(out, sys.argv[2:])

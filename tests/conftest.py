@@ -19,6 +19,12 @@ os.environ.setdefault("GPTJAX_MANUAL_DIR", str(SHARED / "data" / "tiny_shakespea
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu not installed (the tpu extra: "
                                                           "pip install -e '.[tpu]')")
+# XLA:GPU's compiler (the gpu-compile extra: jax's CUDA plugin and cuDNN): tests that compile
+# for a GPU cluster skip without it.
+HAS_CUDA_PLUGIN = importlib.util.find_spec("jax_cuda12_plugin") is not None
+needs_cuda_plugin = pytest.mark.skipif(
+    not HAS_CUDA_PLUGIN, reason="the CUDA plugin is not installed (the gpu-compile extra: "
+                                "pip install -e '.[gpu-compile]')")
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from gptjax.config.loader import get_config, load_module
 from gptjax.errors import UserError
 from gptjax.hardware import hlo
 from gptjax.hardware.tpu_slices import parse_topology
+from gptjax.performance import step_time
 from gptjax.performance.aot import compile_config
 
 GPT3 = load_module(str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "gpt3.py"))
@@ -118,3 +119,44 @@ def test_gpt3_compiles_and_fits_on_its_documented_slice(size, capsys):
     assert cli.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["fits"] is True and report["batch"] * 2048 == GPT3.VARIANTS[size][4]
+
+
+@needs_libtpu
+def test_time_estimate_corrects_for_loops(capsys):
+    """cost_analysis() counts each loop body once; the estimate's fit over loop-free variants
+    reproduces the loop-weighted matmul FLOPs of the real step (scanned layers, chunked loss,
+    two micro-batches) at full depth, and its time is the corrected one."""
+    argv = ["compile", "--config", "configs/smoke.py:tiny", "--config.train.grad_accum=2",
+            "--topology", "v5p-8", "--no-eval", "--estimate-time", "--json"]
+    assert cli.main(argv) == 0
+    r = json.loads(capsys.readouterr().out)
+    e = r["estimate"]
+    assert [p["layers"] for p in e["points"]] == [2, 4, 8]
+    assert e["extrapolated_matmul_flops"] == pytest.approx(e["loop_weighted_matmul_flops"],
+                                                           rel=1e-3)
+    assert r["cost_analysis"]["flops"] < 0.7 * e["loop_weighted_matmul_flops"]  # loops once
+    assert e["step_seconds"] > e["raw_optimal_seconds"] > 0
+    assert 0 < e["mfu"] < e["raw_mfu"]
+
+
+def test_time_estimate_needs_a_tpu(capsys):
+    argv = ["compile", "--config", "configs/smoke.py", "--topology", "h100-1", "--estimate-time"]
+    assert cli.main(argv) == 2
+    assert "no cost model" in capsys.readouterr().err
+
+
+def test_time_estimate_fit_and_scale():
+    """The loop correction's arithmetic: the cost model's seconds fitted linearly in depth and
+    read at full depth, times the micro-batches, scaled where the real step does more matmul
+    work than the fit, plus splash attention's FLOPs at peak."""
+    points = [{"layers": n, "seconds": 1.0 + 0.5 * n, "matmul_flops": 10.0 * n} for n in (2, 4, 8)]
+    report = {"chips": 4, "attention": "splash", "kernels": {"tpu_custom_call": 3},
+              "cost_analysis": {"optimal_seconds": 2.0},
+              "flops": {"formula_attention": 400.0, "xla_matmul": 4 * 480.0, "formula": 4000.0}}
+    e = step_time.summarize(points, report, depth=12, accum=2, peak=100.0)
+    assert e["extrapolated_matmul_flops"] == pytest.approx(2 * 120.0)
+    assert e["flops_scale"] == pytest.approx(2.0)  # 480 loop-weighted vs 240 extrapolated
+    assert e["attention_seconds"] == pytest.approx(1.0)  # 400 / 4 chips / 100 FLOP/s
+    assert e["step_seconds"] == pytest.approx(2 * 7.0 * 2.0 + 1.0)  # t(12) = 7 s
+    assert e["mfu"] == pytest.approx(1000.0 / 100.0 / 29.0)
+    assert e["raw_mfu"] == pytest.approx(1000.0 / 100.0 / 2.0)

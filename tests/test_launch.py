@@ -55,7 +55,8 @@ def test_ci_runs_the_readme_test_command(repo_dir):
     assert ci[-1] == f"exec {command}", ci
     assert not any(re.search(r"\bpip\b|GPTJAX_EXTRAS", ln) for ln in ci), ci
     test_sh = (repo_dir / "launch" / "test.sh").read_text()
-    for extra in ("interop-test", "eval-test", "tpu", "gcs-test", "serve-test", "wandb"):
+    for extra in ("interop-test", "eval-test", "tpu", "gcs-test", "serve-test", "wandb",
+                  "gpu-compile"):
         assert extra in test_sh.split("GPTJAX_EXTRAS-", 1)[1].splitlines()[0], extra
 
 

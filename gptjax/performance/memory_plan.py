@@ -25,6 +25,7 @@ import optax
 
 from gptjax.errors import UserError
 from gptjax.hardware.devices import DEVICES, human_bytes
+from gptjax.hardware.gpu_clusters import cluster_for
 from gptjax.hardware.tpu_slices import slice_for
 from gptjax.model.gpt import GPT, GPTConfig
 from gptjax.parallel import sharding
@@ -226,15 +227,17 @@ def measure(config) -> dict:
 
 
 def compiler_report(config, p: Plan) -> dict | None:
-    """The TPU compiler's report (aot.compile_config, train step) of `config` on the plan's mesh
-    and TPU generation, where libtpu is installed and the slice has a standard layout; else None
-    (then the closed-form plan is the answer)."""
-    tpu_slice = slice_for(p.device, math.prod(p.mesh.values()))
-    if tpu_slice is None:
+    """The compiler's report (aot.compile_config, train step) of `config` on the plan's mesh
+    and device: the TPU compiler where libtpu is installed and the slice has a standard layout,
+    XLA:GPU where the CUDA plugin is (gptjax/hardware/gpu_clusters.py); else None (then the
+    closed-form plan is the answer)."""
+    devices = math.prod(p.mesh.values())
+    target = slice_for(p.device, devices) or cluster_for(p.device, devices)
+    if target is None:
         return None
     with config.unlocked():
         config.mesh.update(p.mesh)
-    return aot.compile_config(config, tpu_slice, eval_step=False)
+    return aot.compile_config(config, target, eval_step=False)
 
 
 def format_plan(p: Plan, measured: dict | None = None) -> str:

@@ -1,6 +1,7 @@
 """`gptjax plan`: bytes per device of a config on a mesh, and whether it fits the device
 (gptjax/performance/memory_plan.py; on a TPU generation with libtpu installed, the TPU
-compiler's own verdict, gptjax/performance/aot.py).
+compiler's own verdict, and on h100 / h200 / a100 with the CUDA plugin installed XLA:GPU's,
+gptjax/performance/aot.py).
 
     gptjax plan --config configs/gpt3.py:2.7b --mesh data=1,fsdp=8,tensor=1 --device h100
 """
@@ -29,8 +30,8 @@ def add_args(parser):
                         help="also compile the real train step here and print XLA's measured "
                              "peak (uses config.mesh on the local devices)")
     parser.add_argument("--estimate", action="store_true",
-                        help="TPU devices: the closed-form estimate only, even where libtpu is "
-                             "installed (by default plan then asks the TPU compiler)")
+                        help="the closed-form estimate only, even where libtpu or the CUDA "
+                             "plugin is installed (by default plan then asks the compiler)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -53,8 +54,9 @@ def run(args):
             print("gptjax plan: note: --measure compiles for the local devices; compare it "
                   "with --device cpu on a CPU machine", flush=True)
     report = None if args.estimate else memory_plan.compiler_report(config, p)
-    if report is not None:  # libtpu is here: the TPU compiler's numbers, not the estimate
-        result.update(source=f"TPU compiler ({report['topology']})", compiler=report,
+    if report is not None:  # libtpu / the CUDA plugin is here: the compiler's numbers
+        which = "XLA:GPU" if report.get("platform") == "gpu" else "TPU"
+        result.update(source=f"{which} compiler ({report['topology']})", compiler=report,
                       estimate_bytes=result["total_bytes"],
                       total_bytes=report["memory"]["total_bytes"], fits=report["fits"])
     if args.json:
