@@ -57,10 +57,25 @@ def gptjax(*args) -> dict:
     return json.loads(line)
 
 
+def _labels(path: pathlib.Path) -> set[str]:
+    """The labels of the rows already in `path`."""
+    return {json.loads(ln)["label"] for ln in path.read_text().splitlines()} if path.exists() \
+        else set()
+
+
+def _record(path: pathlib.Path, row: dict, label: str, config: str, overrides, t0: float) -> None:
+    """Appends one compiled row to `path`, with when, where and how long."""
+    row.update(label=label, config=config, overrides=overrides, wall_seconds=time.time() - t0,
+               date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, "
+               f"{os.cpu_count()} cores", python=platform.python_version())
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(f"{label}: {row.get('error') or 'ok'} ({time.time() - t0:.0f} s)", flush=True)
+
+
 def estimate(path: pathlib.Path, only: list[str]) -> None:
     """`gptjax compile --estimate-time` for every row not yet in `path` (or the labels given)."""
-    done = {json.loads(ln)["label"] for ln in path.read_text().splitlines()} if path.exists() \
-        else set()
+    done = _labels(path)
     rows = {row[0]: row for row in ROWS}
     for label, config, topology, overrides in [rows[x] for x in only] if only else ROWS:
         if label in done:
@@ -68,12 +83,7 @@ def estimate(path: pathlib.Path, only: list[str]) -> None:
         t0 = time.time()
         row = gptjax("compile", "--config", config, "--topology", topology, "--no-eval",
                      "--estimate-time", *overrides)
-        row.update(label=label, config=config, overrides=overrides, wall_seconds=time.time() - t0,
-                   date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, "
-                   f"{os.cpu_count()} cores", python=platform.python_version())
-        with path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(f"{label}: {row.get('error') or 'ok'} ({time.time() - t0:.0f} s)", flush=True)
+        _record(path, row, label, config, overrides, t0)
 
 
 def estimates(path: pathlib.Path, only: list[str]) -> None:
@@ -100,8 +110,7 @@ def estimates(path: pathlib.Path, only: list[str]) -> None:
 
 def run(path: pathlib.Path, only: list[str]) -> None:
     """Compiles every row not yet in `path` (or only the labels given) and appends it."""
-    done = {json.loads(ln)["label"] for ln in path.read_text().splitlines()} if path.exists() \
-        else set()
+    done = _labels(path)
     for label, config, topology, overrides in ROWS:
         if label in done or (only and label not in only):
             continue
@@ -113,12 +122,7 @@ def run(path: pathlib.Path, only: list[str]) -> None:
             mesh = ",".join(f"{k}={v}" for k, v in row["mesh"].items())
             row["plan"] = gptjax("plan", "--config", config, "--mesh", mesh, "--device",
                                  GEN_DEVICE.get(gen, gen), "--estimate", *overrides)
-        row.update(label=label, config=config, overrides=overrides, wall_seconds=time.time() - t0,
-                   date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()}, "
-                   f"{os.cpu_count()} cores", python=platform.python_version())
-        with path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(f"{label}: {row.get('error') or 'ok'} ({time.time() - t0:.0f} s)", flush=True)
+        _record(path, row, label, config, overrides, t0)
 
 
 def _gib(n) -> str:
