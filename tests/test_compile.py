@@ -127,7 +127,8 @@ def test_time_estimate_corrects_for_loops(capsys):
     reproduces the loop-weighted matmul FLOPs of the real step (scanned layers, chunked loss,
     two micro-batches) at full depth, and its time is the corrected one."""
     argv = ["compile", "--config", "configs/smoke.py:tiny", "--config.train.grad_accum=2",
-            "--topology", "v5p-8", "--no-eval", "--estimate-time", "--json"]
+            "--config.train.batch_size=32", "--topology", "v5p-8", "--no-eval",
+            "--estimate-time", "--json"]
     assert cli.main(argv) == 0
     r = json.loads(capsys.readouterr().out)
     e = r["estimate"]
@@ -137,6 +138,17 @@ def test_time_estimate_corrects_for_loops(capsys):
     assert r["cost_analysis"]["flops"] < 0.7 * e["loop_weighted_matmul_flops"]  # loops once
     assert e["step_seconds"] > e["raw_optimal_seconds"] > 0
     assert 0 < e["mfu"] < e["raw_mfu"]
+
+
+@needs_libtpu
+def test_time_estimate_the_cost_model_cannot_cost_is_one_line(capsys):
+    """One row per chip per micro-batch: libtpu prices the async call XLA makes of the
+    per-device float32 gradient at -1 s; a negative time is refused, never reported."""
+    argv = ["compile", "--config", "configs/smoke.py:tiny", "--config.train.grad_accum=2",
+            "--topology", "v5p-8", "--no-eval", "--estimate-time", "--json"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not cost" in err[0], err
 
 
 def test_time_estimate_needs_a_tpu(capsys):

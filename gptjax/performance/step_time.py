@@ -65,6 +65,12 @@ def _point(config, s: Slice, layers: int) -> dict:
     cost = aot.cost_of(compiled)
     if "optimal_seconds" not in cost:
         raise UserError(f"--estimate-time: the compiler for {s.name} has no cost model")
+    if cost["optimal_seconds"] <= 0:  # libtpu counts an op it cannot cost as -1 s (seen: the
+        # async call XLA makes of a per-device gradient with one row per device)
+        raise UserError(f"--estimate-time: the TPU cost model could not cost the {layers}-layer "
+                        f"micro-batch step of this config on {s.name} (it returned "
+                        f"{cost['optimal_seconds']:.3g} s); more rows per chip per micro-batch "
+                        f"usually avoid it")
     return {"layers": layers, "seconds": cost["optimal_seconds"],
             "matmul_flops": hlo.analyze(compiled.as_text())["matmul_flops"]}
 
