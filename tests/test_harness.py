@@ -136,9 +136,11 @@ def test_loglikelihoods_match_transformers_gpt2(tmp_path, shakespeare_manual_dir
     want, got = _loglikelihoods(hf), _loglikelihoods(ours)
     for name in names:
         assert len(got[name]) == len(want[name]) > 0
-        # A rolling log-likelihood sums thousands of nats over windows: float32 resolves
-        # those sums to ~1e-7 relative, so that is their bound (besides 1e-4 absolute).
-        rtol = 1e-7 if name == "rolling" else 0.0
+        # A log-likelihood sums hundreds (choices) to thousands (rolling windows) of nats:
+        # float32 resolves such sums to ~1e-7 relative per step and the two stacks add in
+        # different orders; a choice of -250 nats was seen 8.4e-7 relative (1.8e-4) apart
+        # under load, so the bound is 1e-6 relative besides 1e-4 absolute.
+        rtol = 1e-6
         np.testing.assert_allclose(got[name], want[name], atol=1e-4, rtol=rtol, err_msg=name)
     assert {k: v for k, v in ours["results"]["choice"].items() if "acc" in k} == {
         k: v for k, v in hf["results"]["choice"].items() if "acc" in k}
