@@ -211,6 +211,38 @@ def sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def _client():
+    from jax._src import distributed as jax_distributed  # the coordination client, no public API
+    return jax_distributed.global_state.client
+
+
+def _run_and_publish(client, key: str, fn):
+    """fn(), then "ok" or "error: <its last line>" under `key` on the coordination service."""
+    try:
+        result = fn()
+    except BaseException as e:
+        lines = str(e).strip().splitlines()
+        client.key_value_set(key, f"error: {lines[-1] if lines else type(e).__name__}")
+        raise
+    client.key_value_set(key, "ok")
+    return result
+
+
+def _await_ok(client, key: str, who: str, what: str, timeout: int) -> None:
+    """Waits (at most `timeout` seconds) for `who` to publish "ok" under `key`; a timeout or a
+    published error is one UserError on this process."""
+    import jax
+    me = jax.process_index()
+    try:
+        status = client.blocking_key_value_get(key, int(timeout) * 1000)
+    except Exception as e:  # noqa: BLE001 - DEADLINE_EXCEEDED (or the service went away)
+        raise UserError(f"process {me}: {who} did not {what} within {timeout}s "
+                        f"(config.distributed.prepare_timeout): "
+                        f"{str(e).strip().splitlines()[0]}") from None
+    if status != "ok":
+        raise UserError(f"process {me}: {who} failed to {what}: {status[len('error: '):]}")
+
+
 def once(what: str, fn, timeout: int):
     """fn() on process 0 first; the others wait (at most `timeout` seconds) until it is done,
     then call fn() themselves, which finds its results on disk: process 0 trains the tokenizer
@@ -221,27 +253,10 @@ def once(what: str, fn, timeout: int):
     import jax
     if jax.process_count() == 1:
         return fn()
-    from jax._src import distributed as jax_distributed  # the coordination client, no public API
-    client = jax_distributed.global_state.client
-    key = f"gptjax/once/{what}"
+    client, key = _client(), f"gptjax/once/{what}"
     if jax.process_index() == 0:
-        try:
-            result = fn()
-        except BaseException as e:
-            lines = str(e).strip().splitlines()
-            client.key_value_set(key, f"error: {lines[-1] if lines else type(e).__name__}")
-            raise
-        client.key_value_set(key, "ok")
-        return result
-    try:
-        status = client.blocking_key_value_get(key, int(timeout) * 1000)
-    except Exception as e:  # noqa: BLE001 - DEADLINE_EXCEEDED (or the service went away)
-        raise UserError(f"process {jax.process_index()}: process 0 did not {what} within "
-                        f"{timeout}s (config.distributed.prepare_timeout): "
-                        f"{str(e).strip().splitlines()[0]}") from None
-    if status != "ok":
-        raise UserError(f"process {jax.process_index()}: process 0 failed to {what}: "
-                        f"{status[len('error: '):]}")
+        return _run_and_publish(client, key, fn)
+    _await_ok(client, key, "process 0", what, timeout)
     return fn()
 
 
@@ -254,26 +269,9 @@ def each(what: str, fn, timeout: int):
     import jax
     if jax.process_count() == 1:
         return fn()
-    from jax._src import distributed as jax_distributed  # the coordination client, no public API
-    client = jax_distributed.global_state.client
-    me, key = jax.process_index(), f"gptjax/each/{what}"
-    try:
-        result = fn()
-    except BaseException as e:
-        lines = str(e).strip().splitlines()
-        client.key_value_set(f"{key}/{me}", f"error: {lines[-1] if lines else type(e).__name__}")
-        raise
-    client.key_value_set(f"{key}/{me}", "ok")
+    client, me, key = _client(), jax.process_index(), f"gptjax/each/{what}"
+    result = _run_and_publish(client, f"{key}/{me}", fn)
     for other in range(jax.process_count()):
-        if other == me:
-            continue
-        try:
-            status = client.blocking_key_value_get(f"{key}/{other}", int(timeout) * 1000)
-        except Exception as e:  # noqa: BLE001 - DEADLINE_EXCEEDED (or the service went away)
-            raise UserError(f"process {me}: process {other} did not {what} within {timeout}s "
-                            f"(config.distributed.prepare_timeout): "
-                            f"{str(e).strip().splitlines()[0]}") from None
-        if status != "ok":
-            raise UserError(f"process {me}: process {other} failed to {what}: "
-                            f"{status[len('error: '):]}")
+        if other != me:
+            _await_ok(client, f"{key}/{other}", f"process {other}", what, timeout)
     return result
