@@ -25,11 +25,10 @@ arrays inside the jitted step. So the program holds one layer's float weights at
 the whole tree's: dequantizing the whole tree at once (`dequantize` of plain QArrays, what a
 model not made by `prepare` gets) made the int8 / int4 generate program's peak *larger* than
 float's. The dequantized values are the same either way, so the tokens are too. Qwix's own
-weight-only path (`qwix.PtqProvider` with `act_qtype=None`) would also dequantize at the matmul
-on CPU and GPU (XLA has no mixed int x float dot there), but it covers the blocks' matmuls only
-(not the embedding lookup and tied head), needs its own param layout (`WithAux`) for the files
-`gptjax quantize` writes, and rounds in another order, so greedy tokens could differ from the
-whole-tree path's.
+weight-only matmuls (`qwix.PtqProvider` with `act_qtype=None`) would save no more on CPU (XLA
+converts an int8 operand of a mixed dot to float), cover the blocks' matmuls only (not the
+embedding lookup and tied head), need their own param layout (`WithAux`) for the files
+`gptjax quantize` writes, and a matmul that scales around the dot rounds differently.
 
 w8a8 (int8 weights and activations): `qwix.PtqProvider` intercepts the transformer blocks'
 matmuls and quantizes their inputs at run time. It covers the blocks only: Qwix's interception
