@@ -60,5 +60,5 @@ def run(args) -> int:
         print(f"batch {batch:3d}: {t.tokens_per_s:10.1f} tokens/s ({t.steps_per_s:8.1f} "
               f"steps/s, {100 * t.steps_per_s / bound:5.1f}% of the weight-bandwidth bound "
               f"{bound:.1f} steps/s; compile+first run {t.compile_s:.1f} s; peak memory "
-              f"{t.peak_bytes / 1e6:.1f} MB)")
+              f"{t.peak_bytes / 1e6:.2f} MB)")
     return 0
