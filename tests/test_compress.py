@@ -116,8 +116,11 @@ def test_the_report_end_to_end(trained, tmp_path):
     assert "sparse80 +recovery" in names and "drop2 +recovery" in names
     assert names[-3:] == ["half (1 layers)", "half +distill", "half +hard labels"]
     by = {row["variant"]: row for row in rows}
-    assert float(by["int4"]["mb_memory"]) < float(by["int8"]["mb_memory"]) < float(
+    # MB memory is the generate program's measured peak: quantized below float at run time.
+    assert max(float(by["int8"]["mb_memory"]), float(by["int4"]["mb_memory"])) < float(
         by["float"]["mb_memory"])
+    assert float(by["int4"]["mb_disk"]) < float(by["int8"]["mb_disk"]) < float(
+        by["float"]["mb_disk"])
     assert int(by["heads25"]["heads"]) == 3 and int(by["neurons25"]["d_ff"]) == 24
     assert int(by["sparse50"]["nonzero"]) < int(by["float"]["nonzero"])
     assert (out / "compression.png").stat().st_size > 1000

@@ -236,7 +236,9 @@ def test_bench_decode_cli_prints_tokens_per_second():
              "--prompt-len", "4", "--new-tokens", "8", "--repeats", "1", "--bandwidth", "10")
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("batch")]
-    assert len(lines) == 2 and all("tokens/s" in ln for ln in lines)
+    assert len(lines) == 2 and all("tokens/s" in ln and "peak memory" in ln for ln in lines)
+    peaks = [float(ln.split("peak memory")[1].split()[0]) for ln in lines]
+    assert 0 < peaks[0] <= peaks[1]  # the compiled program's, measured: batch 4 holds more cache
     assert float(lines[1].split(":")[1].split()[0]) > 0
 
 

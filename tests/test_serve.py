@@ -24,6 +24,7 @@ from gptjax import cli
 from gptjax.config.loader import get_config
 from gptjax.data.tokenizer import CharTokenizer
 from gptjax.inference import generate
+from gptjax.inference import quantization as quant
 from gptjax.inference.rows import Rows, filtered_logits
 from gptjax.inference.sample import sample
 from gptjax.model.gpt import GPT, GPTConfig
@@ -334,6 +335,24 @@ def test_slots_join_and_leave_without_recompiling(workdir):
         assert programs.widths == [1, 2, 3]
         assert programs._decode._cache_size() <= len(programs.widths)  # no recompile per setting
         assert loaded.engine.active() == 0
+    finally:
+        loaded.engine.stop()
+
+
+def test_quantized_serving_dequantizes_per_layer_with_the_same_tokens(workdir):
+    """`serve --quantize int8`: the engine runs `prepare`'s per-layer model, whose greedy text is
+    the one dequantizing the whole tree in the step gives."""
+    loaded = serving.load(str(workdir), slots=1, quantize="int8", warm_up=False)
+    try:
+        assert loaded.engine.programs.model.layer_params is not None
+        prompt = "ROMEO:"
+        (evs,) = _complete(loaded, [(prompt, engine.Settings(max_tokens=12, temperature=0))])
+        config, params, tok, _ = open_run(str(workdir))
+        c = GPTConfig.from_config(config.model)
+        whole = quant.quantize(generate.cast_params(params, c.dtype), "int8")
+        want = generate.generate_ids(GPT(c), whole, [tok.encode(prompt)],
+                                     generate.Sampling(max_new_tokens=12, temperature=0.0))[0]
+        assert "".join(ev.text for ev in evs) == tok.decode(want)
     finally:
         loaded.engine.stop()
 

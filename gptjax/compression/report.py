@@ -9,7 +9,10 @@ unfinished fine-tunes), then measures every variant the same way:
     params / nonzero   parameters the variant has, and those not pruned to zero
     MB on disk         its weights as one .npz (float32, or packed int8 / int4 + scales);
                        Orbax checkpoints also hold the optimizer state and are not counted
-    MB in memory       the weights as the model runs with them (quantized ones quantized)
+    MB memory          peak memory of the variant's generate program (prefill + decode at the
+                       first --decode-batches size), measured: XLA's memory analysis of the
+                       compiled program (arguments + temporaries; quantized weights stay
+                       quantized and are dequantized one layer at a time)
     held-out loss      on the run's eval batches, as `gptjax eval` measures it
     TASK k-shot        each --tasks task's main metric at each --shots count
                        (gptjax/evaluation/incontext.py: acc_norm of a choice task, acc of a
@@ -185,14 +188,16 @@ def measure(name: str, workdir: str, mode: str, ctx) -> dict:
            "nonzero": sum(int(np.count_nonzero(x)) for x in leaves) if dense else -1,
            "layers": c.num_layers, "heads": c.num_heads, "d_ff": c.d_ff,
            "mb_disk": disk_bytes(params) / 1e6 if mode == "none" else float("nan"),
-           "mb_memory": quant.weight_bytes(run_params) / 1e6, "eval_loss": loss}
+           "eval_loss": loss}
     if ctx.task_list:
         row.update(task_scores(scoring.Scorer(config, run_params, tokenizer, mesh,
                                               model=model), ctx))
     new = min(ctx.decode_tokens, c.max_seq_len - 1)
     prompt = max(1, min(16, c.max_seq_len - new))
-    for batch in ctx.decode_batches:
-        timing = decode_bench.time_decode(model, run_params, batch, prompt, new, ctx.repeats)
+    timings = [decode_bench.time_decode(model, run_params, batch, prompt, new, ctx.repeats)
+               for batch in ctx.decode_batches]
+    row["mb_memory"] = timings[0].peak_bytes / 1e6
+    for batch, timing in zip(ctx.decode_batches, timings, strict=True):
         row[f"tok_s_b{batch}"] = timing.tokens_per_s
         row[f"tok_cpu_s_b{batch}"] = timing.tokens_per_cpu_s
     ctx.log(row_line(row, ctx))
@@ -236,11 +241,13 @@ def _final(rows: list[dict]) -> list[dict]:
 
 
 def draw(rows: list[dict], batches, path: str) -> None:
-    """Held-out loss against weight bytes and against decode speed, one marker a variant."""
+    """Held-out loss against peak decode memory and against decode speed, one marker a
+    variant."""
     plt = plotting.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=80)
     colors, markers = plt.get_cmap("tab20").colors, "osD^vP*Xhp<>"
-    for ax, key, label in ((axes[0], "mb_memory", "weights in memory (MB)"),
+    for ax, key, label in ((axes[0], "mb_memory",
+                            f"peak memory of decoding at batch {batches[0]} (MB)"),
                            (axes[1], f"tok_cpu_s_b{batches[0]}",
                             f"decode tokens per CPU-second at batch {batches[0]}")):
         for i, r in enumerate(_final(rows)):

@@ -63,9 +63,10 @@ def init_cache(model: GPT, params, batch: int, cache_len: int):
 
 
 def _weights(model: GPT, params):
-    # Quantized weights (gptjax/inference/quantization.py) are dequantized here, at their point
-    # of use inside the step, so they stay int8 in device memory; float params pass through
-    # unchanged.
+    # Quantized weights (gptjax/inference/quantization.py) stay quantized in device memory and
+    # are dequantized inside the step: the embedding / head here, each layer's by the model
+    # from `quantization.prepare` inside that layer (one layer's float weights at a time);
+    # float params pass through unchanged.
     return quant.dequantize(params, model.config.dtype)
 
 

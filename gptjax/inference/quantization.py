@@ -14,8 +14,21 @@ contracted (input) axes, one scale per `group` input channels (0 = one per outpu
 
 int8 defaults to per-channel scales, int4 to groups of 32. The leading layer axis of scanned
 params is an output axis, so every layer has its own scales. LayerNorms, biases and position
-embeddings stay float. `dequantize` (`qwix.dequantize`) turns the QArrays back into compute-dtype
-arrays *inside* the jitted step, so the weights live in device memory quantized.
+embeddings stay float.
+
+At run time the weights stay quantized in device memory and are dequantized where they are used,
+one layer at a time: `prepare` returns the model with a `layer_params` transform that
+dequantizes a layer's weights (`qwix.dequantize`) inside that layer, i.e. inside the scan step
+of scanned layers, and wraps the layers' QArrays as `InLayer`, which `dequantize` (the step's
+params transform) leaves alone; it turns the rest (embedding, untied head) into compute-dtype
+arrays inside the jitted step. So the program holds one layer's float weights at a time, not
+the whole tree's: dequantizing the whole tree at once (`dequantize` of plain QArrays, what a
+model not made by `prepare` gets) made the int8 / int4 generate program's peak *larger* than
+float's. The dequantized values are the same either way, so the tokens are too. Qwix's own
+weight-only matmuls (`qwix.PtqProvider` with `act_qtype=None`) would save no more on CPU (XLA
+converts an int8 operand of a mixed dot to float), cover the blocks' matmuls only (not the
+embedding lookup and tied head), need their own param layout (`WithAux`) for the files
+`gptjax quantize` writes, and a matmul that scales around the dot rounds differently.
 
 w8a8 (int8 weights and activations): `qwix.PtqProvider` intercepts the transformer blocks'
 matmuls and quantizes their inputs at run time. It covers the blocks only: Qwix's interception
@@ -26,7 +39,11 @@ cannot serve the embedding's lookup (`jnp.take` on a quantized array), and its
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import flax.linen as nn
+import flax.struct
 import flax.traverse_util as traverse
 import jax
 import jax.numpy as jnp
@@ -35,6 +52,7 @@ import qwix
 from qwix._src.providers.ptq import WithAux  # Qwix's param wrapper (no public name)
 
 from gptjax.errors import UserError
+from gptjax.model import layouts
 from gptjax.storage import quantized
 
 MODES = ("none", "int8", "int4", "w8a8")
@@ -102,11 +120,50 @@ def quantize(params, mode: str = "int8", group: int | None = None):
     return jax.jit(lambda p: jax.tree_util.tree_map_with_path(one, p))(params)
 
 
+@flax.struct.dataclass
+class InLayer:
+    """A transformer layer's QArray, dequantized by the model inside the layer that uses it
+    (`prepare`'s `layer_params`), not by `dequantize`."""
+    qarray: qwix.QArray
+
+
 def dequantize(params, dtype):
-    """QArray leaves -> `dtype` arrays; float trees (and w8a8's Qwix params) pass through."""
+    """QArray leaves -> `dtype` arrays; float trees, w8a8's Qwix params and `InLayer` leaves
+    (dequantized per layer by the model from `prepare`) pass through."""
     def one(x):
         return qwix.dequantize(x).astype(dtype) if is_qarray(x) else x
-    return jax.tree.map(one, params, is_leaf=lambda x: is_qarray(x) or isinstance(x, WithAux))
+    return jax.tree.map(one, params, is_leaf=lambda x: is_qarray(x) or isinstance(
+        x, (WithAux, InLayer)))
+
+
+def _dequantize_layer(variables, dtype):
+    def one(x):
+        return qwix.dequantize(x.qarray).astype(dtype) if isinstance(x, InLayer) else x
+    return jax.tree.map(one, variables, is_leaf=lambda x: isinstance(x, InLayer))
+
+
+def is_layer(path) -> bool:
+    """Whether a param path lies in a transformer layer ('layers' scanned, 'layer_i' not)."""
+    first = _names(path)[0]
+    return first == "layers" or first.startswith("layer_")
+
+
+def per_layer(model: nn.Module, params):
+    """-> (model, params) dequantizing each layer's QArrays inside that layer (see the module
+    docstring); the other QArrays stay for `dequantize`.
+
+    Unscanned layers are stacked and scanned (the same layers, in order): XLA computes the
+    independent dequantizes of unrolled layers together (on CPU all of them before the first
+    matmul), a scan step holds one layer's."""
+    c = model.config
+    if not c.scan_layers and c.num_layers % c.group_size == 0:
+        c = dataclasses.replace(c, scan_layers=True)
+        params = layouts.layers_to_scanned(params, c)
+    wrapped = jax.tree_util.tree_map_with_path(
+        lambda path, x: InLayer(x) if is_qarray(x) and is_layer(path) else x, params,
+        is_leaf=is_qarray)
+    fn = functools.partial(_dequantize_layer, dtype=c.dtype)
+    return model.clone(config=c, layer_params=fn), wrapped
 
 
 def is_quantized(params) -> bool:
@@ -127,13 +184,15 @@ def bf16_bytes(params) -> int:
 
 def prepare(model: nn.Module, params, mode: str = "none", group: int | None = None):
     """-> (model, params) to run with `mode`: weight-only modes quantize the params, w8a8 also
-    wraps the model. Run them with `dequantize` as the step's params transform."""
+    wraps the model; quantized weights (these, or a quantized workdir's) are dequantized per
+    layer (`per_layer`). Run them with `dequantize` as the step's params transform."""
     _check_mode(mode)
     if mode != "none" and is_quantized(params):
         raise UserError(f"--quantize {mode}: the workdir's weights are already quantized")
     if mode == "w8a8":
         return quantize_w8a8(model, params)
-    return model, quantize(params, mode, group)
+    params = quantize(params, mode, group)
+    return per_layer(model, params) if is_quantized(params) else (model, params)
 
 
 # ----------------------------------------------------------------------------- w8a8

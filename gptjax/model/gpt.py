@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -304,6 +305,13 @@ def _remat(module_cls, c: GPTConfig):
     return nn.remat(module_cls, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
 
 
+def _reading(module_cls, layer_params: Callable | None):
+    """module_cls reading its params through `layer_params` (None: as they are)."""
+    if layer_params is None:
+        return module_cls
+    return nn.map_variables(module_cls, "params", trans_in_fn=layer_params)
+
+
 # ----------------------------------------------------------------------------- output head
 
 
@@ -340,6 +348,10 @@ class Head(nn.Module):
 
 class GPT(nn.Module):
     config: GPTConfig
+    # Applied to each layer's params as that layer runs (inside the scan step when scanned);
+    # quantized inference dequantizes there, so one layer's weights are float at a time
+    # (gptjax/inference/quantization.py `prepare`). None: the params as they are.
+    layer_params: Callable | None = None
 
     @nn.compact
     def __call__(self, tokens, positions=None, deterministic: bool = True, decode: bool = False,
@@ -363,7 +375,7 @@ class GPT(nn.Module):
         x = nn.Dropout(c.embed_dropout)(x, deterministic=deterministic)
         x = constrain(x.astype(c.dtype), ("batch", "length", "act_embed"))
 
-        group = _remat(BlockGroup, c)
+        group = _reading(_remat(BlockGroup, c), self.layer_params)
         if c.scan_layers:
             stack = nn.scan(group, variable_axes={"params": 0, "cache": 0},
                             split_rngs={"params": True, "dropout": True},
@@ -371,7 +383,7 @@ class GPT(nn.Module):
                             metadata_params={nn.PARTITION_NAME: "layers"})
             x, _ = stack(c, deterministic, decode, name="layers")(x, positions)
         else:  # remat wraps each unrolled layer as it wraps each scanned group
-            block = _remat(Block, c)
+            block = _reading(_remat(Block, c), self.layer_params)
             for i in range(c.num_layers):
                 x = block(c, c.window(i), deterministic, decode, name=f"layer_{i}")(x, positions)
 

@@ -3,7 +3,9 @@
 
 It times the whole-program generator of gptjax/inference/generate.py (prefill + a
 `lax.while_loop` of decode steps) and measures the device's memory bandwidth with a large copy:
-every decode step reads every weight once, so `bandwidth / weight bytes` bounds steps/s.
+every decode step reads every weight once, so `bandwidth / weight bytes` bounds steps/s. It
+also reads the program's peak memory off XLA's memory analysis of the compiled program
+(`peak_bytes`): what quantized weights save at run time, not just in storage.
 """
 
 from __future__ import annotations
@@ -42,17 +44,37 @@ class DecodeTiming(NamedTuple):
     compile_s: float           # compile + first run
     tokens_per_cpu_s: float    # per second of this process's CPU time (all threads), the best
                                # run: what other jobs on a shared machine barely change
+    peak_bytes: int            # the compiled program's peak memory (`peak_bytes`)
+
+
+def peak_bytes(compiled) -> int:
+    """Peak device memory of a compiled program by XLA's memory analysis: arguments + outputs
+    - aliased + temporaries (as gptjax/performance/aot.py counts); -1 where the backend
+    reports none."""
+    ma = compiled.memory_analysis()
+    if ma is None:
+        return -1
+    return int(ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes
+               + ma.temp_size_in_bytes)
+
+
+def compile_decode(model: GPT, params, batch: int, prompt_len: int = PROMPT_LEN,
+                   new_tokens: int = NEW_TOKENS):
+    """-> (the compiled generator: `batch` rows of a `prompt_len`-token prompt, `new_tokens`
+    each, top-k 50 sampling; its arguments but the rng key)."""
+    s = Sampling(max_new_tokens=new_tokens, temperature=1.0, top_k=50)
+    prompts, lengths, cache_len = pad_prompts([[1] * prompt_len] * batch, new_tokens,
+                                              model.config)
+    args = (params, prompts, lengths)
+    return make_generate(model, s, cache_len).lower(*args, jax.random.key(0)).compile(), args
 
 
 def time_decode(model: GPT, params, batch: int, prompt_len: int = PROMPT_LEN,
                 new_tokens: int = NEW_TOKENS, repeats: int = 3) -> DecodeTiming:
     """The best of `repeats` timed generations of `new_tokens` per row (top-k 50 sampling)
     after a `prompt_len`-token prompt."""
-    s = Sampling(max_new_tokens=new_tokens, temperature=1.0, top_k=50)
-    prompts, lengths, cache_len = pad_prompts([[1] * prompt_len] * batch, new_tokens,
-                                              model.config)
-    fn = make_generate(model, s, cache_len)
     t0 = time.perf_counter()
+    fn, (params, prompts, lengths) = compile_decode(model, params, batch, prompt_len, new_tokens)
     jax.block_until_ready(fn(params, prompts, lengths, jax.random.key(1)))
     compile_s = time.perf_counter() - t0
     wall, cpu = [], []
@@ -64,7 +86,7 @@ def time_decode(model: GPT, params, batch: int, prompt_len: int = PROMPT_LEN,
         cpu.append(time.process_time() - c0)
     steps = int(steps)
     return DecodeTiming(batch * steps / min(wall), steps / min(wall), compile_s,
-                        batch * steps / max(min(cpu), 1e-9))
+                        batch * steps / max(min(cpu), 1e-9), peak_bytes(fn))
 
 
 def fit_window(c: GPTConfig, prompt_len: int | None = None,

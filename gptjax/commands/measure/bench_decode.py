@@ -1,5 +1,6 @@
 """`gptjax bench-decode`: KV-cache decode tokens/s of a config with random weights, against the
-weight-bandwidth bound (gptjax/performance/decode_bench.py).
+weight-bandwidth bound, with the weights' stored MB and the compiled program's peak memory
+(gptjax/performance/decode_bench.py).
 
     gptjax bench-decode --config configs/gpt2.py:124m              # batch 1 and 32
     gptjax bench-decode --config configs/gpt3.py:xl --batch 1 --quantize int8
@@ -52,12 +53,12 @@ def run(args) -> int:
           f"{weight_bytes / 1e6:.1f} MB ({args.quantize}, compute {jnp.dtype(c.dtype).name}), "
           f"device {jax.devices()[0].device_kind}, bandwidth {bandwidth / 1e9:.1f} GB/s")
     for batch in (int(b) for b in args.batch.split(",")):
-        tok_s, steps_s, compile_s, _ = decode_bench.time_decode(
-            model, params, batch, prompt_len=prompt_len, new_tokens=new_tokens,
-            repeats=args.repeats)
+        t = decode_bench.time_decode(model, params, batch, prompt_len=prompt_len,
+                                     new_tokens=new_tokens, repeats=args.repeats)
         # Each step reads every weight once: the bound is bandwidth / weight bytes (steps/s).
         bound = bandwidth / weight_bytes
-        print(f"batch {batch:3d}: {tok_s:10.1f} tokens/s ({steps_s:8.1f} steps/s, "
-              f"{100 * steps_s / bound:5.1f}% of the weight-bandwidth bound "
-              f"{bound:.1f} steps/s; compile+first run {compile_s:.1f} s)")
+        print(f"batch {batch:3d}: {t.tokens_per_s:10.1f} tokens/s ({t.steps_per_s:8.1f} "
+              f"steps/s, {100 * t.steps_per_s / bound:5.1f}% of the weight-bandwidth bound "
+              f"{bound:.1f} steps/s; compile+first run {t.compile_s:.1f} s; peak memory "
+              f"{t.peak_bytes / 1e6:.2f} MB)")
     return 0
