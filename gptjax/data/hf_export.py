@@ -62,24 +62,35 @@ def save(tok, directory: str, max_len: int | None = None) -> bool:
     return True
 
 
+def eos_text(tok) -> str | None:
+    """The text that stands for a tokenizer's EOS id in Hugging Face files (and in the
+    server's /tokenize): sentencepiece's own piece (`</s>`), else <|endoftext|>."""
+    if tok.eos_id is None:
+        return None
+    if isinstance(tok, SentencePieceTokenizer):
+        return tok.sp.id_to_piece(tok.eos_id)
+    return EOS_TOKEN
+
+
 def convert(tok) -> tuple[tokenizers.Tokenizer, str | None]:
     """-> (the `tokenizers` equivalent of a gptjax tokenizer, its EOS token's text or None)."""
     if isinstance(tok, HFTokenizer):
-        return tok.tok, (EOS_TOKEN if tok.eos_id is not None else None)
-    if isinstance(tok, SentencePieceTokenizer):
-        return _checked(tok, _from_sentencepiece(tok.model_bytes))
-    if tok.kind == "char":
-        return _from_chars(tok)
-    raise UserError(f"cannot export a {tok.kind!r} tokenizer as Hugging Face files")
+        hf = tok.tok
+    elif isinstance(tok, SentencePieceTokenizer):
+        hf = _checked(tok, _from_sentencepiece(tok.model_bytes))
+    elif tok.kind == "char":
+        hf = _from_chars(tok)
+    else:
+        raise UserError(f"cannot export a {tok.kind!r} tokenizer as Hugging Face files")
+    return hf, eos_text(tok)
 
 
-def _from_chars(tok) -> tuple[tokenizers.Tokenizer, str | None]:
+def _from_chars(tok) -> tokenizers.Tokenizer:
     hf = tokenizers.Tokenizer(models.BPE({c: i for i, c in enumerate(tok.chars)}, []))
     hf.decoder = decoders.Fuse()
-    if tok.eos_id is None:
-        return hf, None
-    hf.add_special_tokens([AddedToken(EOS_TOKEN, special=True, normalized=False)])
-    return hf, EOS_TOKEN
+    if tok.eos_id is not None:
+        hf.add_special_tokens([AddedToken(EOS_TOKEN, special=True, normalized=False)])
+    return hf
 
 
 def _from_sentencepiece(model_bytes: bytes) -> tokenizers.Tokenizer:
@@ -137,15 +148,13 @@ def _merges(vocab: dict[str, int]) -> list[tuple[str, str]]:
     return [(a, b) for *_, a, b in sorted(merges)]
 
 
-def _checked(tok: SentencePieceTokenizer, hf) -> tuple[tokenizers.Tokenizer, str | None]:
+def _checked(tok: SentencePieceTokenizer, hf) -> tokenizers.Tokenizer:
     """`hf` if it encodes the model's own pieces and a probe text as sentencepiece does."""
     sp = tok.sp
     own = [sp.id_to_piece(i) for i in range(tok.vocab_size)
            if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i))]
-    texts = [_PROBE, "".join(own).replace(SPACE, " ")]
-    for text in texts:
+    for text in [_PROBE, "".join(own).replace(SPACE, " ")]:
         if hf.encode(text, add_special_tokens=False).ids != list(tok.encode(text)):
             raise UserError("this sentencepiece model's Hugging Face conversion encodes text "
                             "differently from sentencepiece: it cannot be exported exactly")
-    eos = sp.id_to_piece(tok.eos_id) if tok.eos_id is not None else None
-    return hf, eos
+    return hf
