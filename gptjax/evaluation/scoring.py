@@ -247,7 +247,7 @@ class Scorer:
         out = [""] * len(requests)
         groups: dict[int, list[int]] = {}
         for i, (_, _, max_tokens) in enumerate(requests):
-            groups.setdefault(self.new_tokens(max_tokens), []).append(i)
+            groups.setdefault(self._new_tokens(max_tokens), []).append(i)
         t0, compile_before = time.perf_counter(), self.stats.compile_seconds
         for n, members in groups.items():
             prompts = {i: self._prompt(requests[i][0], self._room(n)) for i in members}
@@ -262,7 +262,7 @@ class Scorer:
         self._count(len(requests), 0, 0, t0, compile_before)
         return out
 
-    def new_tokens(self, max_tokens: int) -> int:
+    def _new_tokens(self, max_tokens: int) -> int:
         """How many tokens a request for `max_tokens` generates (see generate_until)."""
         n = max(1, int(max_tokens))
         return min(n, self.window - 1) if self.model.config.position == "learned" else n
