@@ -46,6 +46,8 @@ COMMANDS = {
     "serve": ("use.serve", "an OpenAI-compatible HTTP server over a trained workdir"),
     "bench-serve": ("use.bench_serve",
                     "load test of `gptjax serve`: tokens/s and latency at N clients"),
+    "bench-speculative": ("use.bench_speculative",
+                          "speculative decoding: acceptance rate and speedup of draft models"),
 }
 
 

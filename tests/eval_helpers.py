@@ -23,8 +23,9 @@ def tiny_config(text: str, window: int, text_file: str = "", **model):
     return config, tok
 
 
-def tiny_scorer(text: str, window: int, single_device: bool = False, batch_size: int = 16):
-    config, tok = tiny_config(text, window)
+def tiny_scorer(text: str, window: int, single_device: bool = False, batch_size: int = 16,
+                **model):
+    config, tok = tiny_config(text, window, **model)
     mesh = sharding.single_device_mesh() if single_device else sharding.make_mesh(config.mesh)
     params = state.create_train_state(config, mesh).params
     return scoring.Scorer(config, params, tok, mesh, batch_size)

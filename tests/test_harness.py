@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import types
 
 import numpy as np
 import pytest
@@ -56,6 +57,24 @@ def test_harness_cli_equals_evaluate_tasks(tmp_path, shakespeare_manual_dir, rep
             if metric in row:
                 assert theirs[f"{metric},none"] == pytest.approx(row[metric], rel=1e-5), (
                     row["task"], metric)
+
+
+def test_generate_until_honours_top_k_and_top_p(tmp_path, shakespeare_manual_dir):
+    """Hot sampling (temperature 5 over 65 characters) filtered to the single most likely
+    token by top_k=1 or a tiny top_p is greedy decoding; without the filter it is not."""
+    from gptjax.evaluation.harness import GPTJaxLM
+    lm = GPTJaxLM(tiny_workdir(str(tmp_path / "run"), str(shakespeare_manual_dir /
+                                                           "input.txt")), batch_size=4)
+    context = "ROMEO:\nWhat light"
+
+    def request(**kwargs):
+        return types.SimpleNamespace(args=(context, {"until": [], "max_gen_toks": 20,
+                                                     **kwargs}))
+    hot = {"do_sample": True, "temperature": 5.0}
+    greedy, top_k, top_p, unfiltered = lm.generate_until([
+        request(), request(**hot, top_k=1), request(**hot, top_p=1e-4), request(**hot)])
+    assert len(greedy) == 20 and top_k == greedy and top_p == greedy
+    assert unfiltered != greedy
 
 
 # ----------------------------------------------------------------------------- parity

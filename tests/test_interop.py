@@ -1,6 +1,7 @@
 """Hugging Face GPT-2 interop: exact export -> import round trips, logits parity with a random
 `transformers` GPT2LMHeadModel (needs the optional `gptjax[interop]` extra: torch, transformers),
-and `gptjax convert import|export`."""
+and `gptjax convert import|export`, whose export carries the run's tokenizer (transformers loads
+it and generates gptjax sample's greedy text)."""
 
 import json
 import os
@@ -10,13 +11,21 @@ import sys
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from gptjax import cli
+from gptjax.config.defaults import base_config
+from gptjax.config.loader import get_config
+from gptjax.data import gpt2_bpe, hf_export
+from gptjax.data.spm import train_sentencepiece
+from gptjax.data.tokenizer import CharTokenizer
 from gptjax.errors import UserError
 from gptjax.inference import hf_gpt2 as interop
+from gptjax.inference.sample import sample
 from gptjax.model.gpt import GPT, GPTConfig
-from gptjax.workdir import open_run
+from gptjax.workdir import open_run, save_tokenizer, write_params
 
 HF_TINY = {"model_type": "gpt2", "vocab_size": 61, "n_positions": 32, "n_embd": 32, "n_layer": 3,
            "n_head": 4, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5}
@@ -155,3 +164,90 @@ def test_import_with_a_tokenizer_sets_tokenizer_kind_hf(tmp_path):
     config, _, tok, _ = open_run(str(tmp_path / "run"))
     assert tok.kind == "hf" and tok.vocab_size == config.model.vocab_size == 61
     assert tok.encode("w3 w7 nope") == [5, 9, 1] and tok.eos_id == 0
+
+
+# ----------------------------------------------------------------------------- export + tokenizer
+
+
+PROBE_EXTRA = " caf\u00e9 42  \t"  # beyond the corpus: bytes, digits, spaces
+
+
+def _tokenizer(kind: str, text: str):
+    """A tokenizer of each family gptjax trains, on `text` (seconds)."""
+    if kind == "char":
+        return CharTokenizer(sorted(set(text + PROBE_EXTRA)), eos=True)
+    if kind == "gpt2":
+        return gpt2_bpe.train([text], 300)
+    tcfg = ml_collections.ConfigDict({**base_config().data.tokenizer,
+                                      "kind": kind.removesuffix("_spm"),
+                                      "vocab_size": 400, "train_sentences": 5000})
+    return train_sentencepiece([text], tcfg)
+
+
+def _gpt2_shaped_run(path, tok, kind: str) -> None:
+    """A workdir of random GPT-2-shaped params holding `tok`."""
+    config = get_config("configs/smoke.py:tiny", [
+        "--config.data.source=synthetic", f"--config.model.vocab_size={tok.vocab_size}",
+        "--config.model.use_bias=True", "--config.model.max_seq_len=64",
+        "--config.model.init_std=0.3"])
+    config.data.tokenizer.kind = kind
+    model = GPT(GPTConfig.from_config(config.model))
+    params = nn.unbox(model.init(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"])
+    write_params(str(path), config, params)
+    save_tokenizer(str(path), tok)
+
+
+@pytest.mark.parametrize("kind", ["char", "gpt2"])  # sentencepiece's: the test below
+def test_export_loads_in_transformers_and_generates_as_gptjax_sample(tmp_path, kind,
+                                                                     shakespeare_manual_dir):
+    """`convert export` writes the run's tokenizer beside the weights: transformers'
+    AutoTokenizer + AutoModelForCausalLM load the directory offline as is, encode and decode
+    text as gptjax does and generate gptjax sample's greedy tokens."""
+    torch = pytest.importorskip("torch", reason="pip install 'gptjax[interop-test]'")
+    transformers = pytest.importorskip("transformers", reason="pip install "
+                                                              "'gptjax[interop-test]'")
+    text = (shakespeare_manual_dir / "input.txt").read_text()[:60000]
+    tok = _tokenizer(kind, text)
+    _gpt2_shaped_run(tmp_path / "run", tok, kind)
+    out = tmp_path / "hf"
+    assert cli.main(["convert", "export", "--workdir", str(tmp_path / "run"),
+                     "--out", str(out)]) == 0
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    probe = text[50000:51000] + PROBE_EXTRA
+    assert hf_tok(probe)["input_ids"] == list(tok.encode(probe))
+    assert hf_tok.decode(tok.encode(probe)) == tok.decode(tok.encode(probe))
+    assert hf_tok.eos_token_id == tok.eos_id == hf.config.eos_token_id
+    prompt = "ROMEO:\nWhat"
+    want = sample(str(tmp_path / "run"), [prompt], max_new_tokens=24, num_samples=1,
+                  temperature=0.0)[0]
+    ids = hf_tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        got = hf.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=0)
+    # (gptjax's decode of transformers' ids: a random model emits byte pieces that are not
+    # UTF-8, which the two decoders render with different numbers of U+FFFD)
+    new = [t for t in got[0, ids.shape[1]:].tolist() if t != tok.eos_id]
+    assert prompt + tok.decode(new) == want and len(new) > 0
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_export_converts_sentencepiece_models_gptjax_trains(kind, shakespeare_manual_dir):
+    pytest.importorskip("tokenizers", reason="pip install 'gptjax[interop]'")
+    text = (shakespeare_manual_dir / "input.txt").read_text()[:30000]
+    spm = _tokenizer(kind, text)
+    hf, eos = hf_export.convert(spm)
+    probe = text[20000:24000] + PROBE_EXTRA
+    assert hf.encode(probe, add_special_tokens=False).ids == spm.encode(probe)
+    assert hf.decode(spm.encode(probe)) == probe and eos == "</s>"
+
+
+def test_export_refuses_a_tokenizer_it_cannot_convert(tmp_path, shakespeare_manual_dir, capsys):
+    """A sentencepiece char model: one line, exit 2, and nothing written."""
+    pytest.importorskip("safetensors", reason="pip install 'gptjax[interop]'")
+    text = (shakespeare_manual_dir / "input.txt").read_text()[:30000]
+    _gpt2_shaped_run(tmp_path / "run", _tokenizer("char_spm", text), "path")
+    assert cli.main(["convert", "export", "--workdir", str(tmp_path / "run"),
+                     "--out", str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sentencepiece char model" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "hf").exists()

@@ -127,3 +127,18 @@ def test_generate_until_is_greedy_generation_cut_at_stops(scorer, text):
     stop = got[0][3:5]
     cut = scorer.generate_until([(contexts[0], [stop], 8), (contexts[0], ["\n\n"], 3)])
     assert cut[0] == got[0].split(stop)[0] and cut[1] == got[0][:3]
+
+
+@pytest.mark.parametrize("position", ["learned", "rotary"])
+def test_generate_until_caps_max_tokens_only_for_learned_positions(text, position):
+    """Learned positions: prompt + new tokens fit the window (at most window - 1 new tokens,
+    the context left-truncated to the rest); rotary: any number after a window of context."""
+    scorer = tiny_scorer(text, WINDOW, single_device=True, batch_size=1, position=position)
+    context, asked = text[:200], 2 * WINDOW
+    [got] = scorer.generate_until([(context, [], asked)])
+    n = asked if position == "rotary" else WINDOW - 1
+    assert len(got) == n  # a character model without EOS: one character a token
+    prompt = scorer.tokenizer.encode(context)[-(WINDOW if position == "rotary" else 1):]
+    s = generate.Sampling(max_new_tokens=n, temperature=0.0)
+    assert got == scorer.tokenizer.decode(generate.generate_ids(scorer.model, scorer.params,
+                                                                [prompt], s)[0])

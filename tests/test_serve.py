@@ -168,6 +168,64 @@ def test_echo_logprobs_are_the_prompts_log_likelihood(client, workdir):
     assert more.choices[0].text.startswith(prompt) and len(more.choices[0].text) == len(ids) + 3
 
 
+def test_tokenizer_routes_tokenize_as_the_served_model(server, workdir):
+    """vLLM's /tokenizer_info, /tokenize, /detokenize (lm-evaluation-harness's remote
+    tokenizer): the workdir's ids and text; bad input is a 400 in OpenAI's shape."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    _, _, tok, _ = open_run(str(workdir))
+    info = httpx.get(f"{server}/tokenizer_info", headers=auth, timeout=30).json()
+    assert info["eos_token"] is None and info["bos_token"] == "\n"  # char model, one document
+    assert info["model_max_length"] == 64
+    text = "To be, or not to be"
+    r = httpx.post(f"{server}/tokenize", json={"prompt": text, "add_special_tokens": False},
+                   headers=auth, timeout=30).json()
+    assert r["tokens"] == tok.encode(text) and r["count"] == len(text)
+    back = httpx.post(f"{server}/detokenize", json={"tokens": r["tokens"]}, headers=auth,
+                      timeout=30).json()
+    assert back == {"prompt": text}
+    for path, body in (("tokenize", {"prompt": "\u4e2d"}), ("detokenize", {"tokens": [10**6]}),
+                       ("tokenize", {"prompt": 3})):
+        r = httpx.post(f"{server}/{path}", json=body, headers=auth, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["message"], (path, body)
+    assert httpx.post(f"{server}/tokenize", json={"prompt": "a"}, timeout=30).status_code == 401
+
+
+def test_lm_eval_local_completions_equals_the_in_process_adapter(tmp_path,
+                                                                 shakespeare_manual_dir):
+    """lm-evaluation-harness's OpenAI-compatible `local-completions`, pointed at the server
+    (its remote tokenizer: no tokenizer files), gives `--model gptjax`'s log-likelihoods."""
+    lm_eval = pytest.importorskip("lm_eval", reason="pip install -e '.[eval]'")
+    pytest.importorskip("tenacity", reason="lm-eval's API models: pip install -e '.[eval-test]'")
+    from eval_helpers import tiny_workdir
+    from lm_eval.tasks import TaskManager
+    from test_harness import _loglikelihoods  # (importing it also sets HF_*_OFFLINE)
+    from test_tasks import local_tasks
+
+    import gptjax.evaluation.harness  # noqa: F401  registers --model gptjax
+    from gptjax.evaluation import incontext as tasks
+    text_file = shakespeare_manual_dir / "input.txt"
+    run = tiny_workdir(str(tmp_path / "run"), str(text_file), window=128)
+    task_list = [tasks.load_task(r) for r in local_tasks(str(tmp_path / "tasks"),
+                                                         text_file.read_text())[:2]]
+    tasks.write_harness_yaml(task_list, str(tmp_path / "yaml"))
+    names = [t.name for t in task_list]  # cloze and multiple choice
+    common = dict(tasks=names, task_manager=TaskManager(include_path=str(tmp_path / "yaml")),
+                  log_samples=True, bootstrap_iters=0, limit=6, batch_size=4)
+    proc, url = start_server(["--workdir", run, "--slots", "1"])
+    try:
+        served = lm_eval.simple_evaluate(
+            model="local-completions", model_args=f"base_url={url}/v1/completions,model=run,"
+            f"max_length=128,max_retries=1", **common)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    ours = lm_eval.simple_evaluate(model="gptjax", model_args=f"workdir={run}", **common)
+    want, got = _loglikelihoods(ours), _loglikelihoods(served)
+    for name in names:
+        assert len(got[name]) == len(want[name]) > 0
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-4)
+
+
 def test_streaming_equals_non_streaming(client):
     full = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=12,
                                      temperature=0).choices[0].text

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gptjax import cli
 from gptjax.config.loader import get_config
 from gptjax.data.tokenizer import CharTokenizer
 from gptjax.errors import UserError
@@ -16,6 +17,7 @@ from gptjax.inference import rows as R
 from gptjax.inference import speculative as S
 from gptjax.inference.sample import sample
 from gptjax.model.gpt import GPT, GPTConfig
+from gptjax.performance import speculative_bench
 from gptjax.workdir import write_params
 
 
@@ -97,7 +99,8 @@ def test_bad_pairs_are_one_line():
                        G.Sampling(max_new_tokens=10), 0)
 
 
-def test_sample_with_a_draft_workdir(tmp_path, capsys):
+def _target_and_draft(tmp_path) -> None:
+    """Workdirs `target` and `draft`: the same tiny character model, two random inits."""
     config = get_config("configs/smoke.py:tiny", ["--config.data.source=files",
                                                   "--config.model.vocab_size=40",
                                                   "--config.model.max_seq_len=48"])
@@ -107,8 +110,28 @@ def test_sample_with_a_draft_workdir(tmp_path, capsys):
         params = nn.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))["params"])
         write_params(str(tmp_path / name), config, params)
         tok.save(str(tmp_path / name))
+
+
+def test_sample_with_a_draft_workdir(tmp_path, capsys):
+    _target_and_draft(tmp_path)
     kw = dict(prompts=["to be, or"], max_new_tokens=16, num_samples=1, temperature=0.0)
     plain = sample(str(tmp_path / "target"), **kw)
     assert sample(str(tmp_path / "target"), draft=str(tmp_path / "draft"), draft_tokens=3,
                   **kw) == plain
     assert "tokens per target forward" in capsys.readouterr().err
+
+
+def test_bench_speculative_measures_acceptance(tmp_path, capsys):
+    """`gptjax bench-speculative`: the target as its own draft accepts every proposal (k + 1
+    tokens per target forward); a stranger accepts fewer; greedy output is the target's."""
+    _target_and_draft(tmp_path)
+    target, draft = str(tmp_path / "target"), str(tmp_path / "draft")
+    assert cli.main(["bench-speculative", "--workdir", target, "--draft", f"{target},{draft}",
+                     "--draft-tokens", "3", "--temperature", "0", "--new-tokens", "16",
+                     "--repeats", "1", "--prompt", "to be, or"]) == 0
+    header, _, *lines = capsys.readouterr().out.splitlines()
+    assert header == speculative_bench.HEADER.splitlines()[0]
+    same, stranger = ([cell.strip() for cell in line.strip("|").split("|")] for line in lines)
+    assert same[:5] == [target, "3", "0", "1.000", "4.00"] and same[-1] == "yes"
+    assert stranger[0] == draft and float(stranger[3]) < 1.0 and stranger[-1] == "yes"
+    assert 1.0 <= float(stranger[4]) < 4.0 and float(stranger[5].replace(",", "")) > 0

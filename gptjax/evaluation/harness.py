@@ -61,27 +61,36 @@ class GPTJaxLM(LM):
         return self.scorer.loglikelihood_rolling([r.args[0] for r in requests], self.stride)
 
     def generate_until(self, requests, disable_tqdm: bool = False):
-        """Sampled when the task asks for do_sample with a temperature > 0, else greedy;
-        requests with different sampling settings run as separate groups."""
-        groups: dict[float, list[int]] = {}
+        """Sampled when the task asks for do_sample with a temperature > 0 (filtered by its
+        top_k / top_p), else greedy; requests with different sampling settings run as separate
+        groups. max_gen_toks: see `Scorer.generate_until` (capped only by learned positions)."""
+        groups: dict[tuple, list[int]] = {}
         settings = []
         for i, request in enumerate(requests):
             context, kwargs = request.args
             kwargs = dict(kwargs or {})
             until = kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
-            temperature = float(kwargs.get("temperature", 0.0) or 0.0)
-            if not kwargs.get("do_sample", False):
-                temperature = 0.0
             settings.append((context, until, int(kwargs.get("max_gen_toks",
                                                             DEFAULT_MAX_GEN_TOKS))))
-            groups.setdefault(temperature, []).append(i)
+            groups.setdefault(sampling(kwargs), []).append(i)
         out = [""] * len(requests)
-        for temperature, members in groups.items():
-            texts = self.scorer.generate_until([settings[i] for i in members], temperature)
+        for (temperature, top_k, top_p), members in groups.items():
+            texts = self.scorer.generate_until([settings[i] for i in members], temperature,
+                                               top_k=top_k, top_p=top_p)
             for i, text in zip(members, texts, strict=True):
                 out[i] = text
         return out
+
+
+def sampling(kwargs: dict) -> tuple[float, int, float]:
+    """A task's generation kwargs -> (temperature, top_k, top_p); (0, 0, 1) is greedy. None
+    (a YAML `top_k: null`) means off."""
+    temperature = float(kwargs.get("temperature") or 0.0)
+    if not kwargs.get("do_sample", False) or temperature <= 0:
+        return 0.0, 0, 1.0
+    top_p = kwargs.get("top_p")
+    return temperature, int(kwargs.get("top_k") or 0), 1.0 if top_p is None else float(top_p)
 
 
 def main(argv: list[str] | None = None) -> int:

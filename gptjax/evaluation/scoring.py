@@ -236,45 +236,61 @@ class Scorer:
 
     # ------------------------------------------------------------------------- generation
 
-    def generate_until(self, requests, temperature: float = 0.0, seed: int = 0) -> list[str]:
+    def generate_until(self, requests, temperature: float = 0.0, seed: int = 0, top_k: int = 0,
+                       top_p: float = 1.0) -> list[str]:
         """[(context, stop strings, max tokens)] -> [text generated after the context, cut
-        before the first stop string or EOS]. Greedy unless temperature > 0. The context is
-        left-truncated to max_seq_len - max tokens; max tokens is capped at max_seq_len // 2."""
+        before the first stop string or EOS]. Greedy unless temperature > 0 (then top-k / top-p
+        filtered as `gptjax sample` does). Learned positions hold prompt + new tokens in the
+        window: max tokens is capped at max_seq_len - 1 and the context left-truncated to
+        max_seq_len - max tokens (the harness's rule). Rotary / sinusoidal models take any
+        max tokens after a context left-truncated to max_seq_len."""
         out = [""] * len(requests)
         groups: dict[int, list[int]] = {}
         for i, (_, _, max_tokens) in enumerate(requests):
-            groups.setdefault(max(1, min(int(max_tokens), self.window // 2)), []).append(i)
+            groups.setdefault(self._new_tokens(max_tokens), []).append(i)
         t0, compile_before = time.perf_counter(), self.stats.compile_seconds
         for n, members in groups.items():
-            prompts = {i: self._prompt(requests[i][0], self.window - n) for i in members}
+            prompts = {i: self._prompt(requests[i][0], self._room(n)) for i in members}
             members.sort(key=lambda i: -len(prompts[i]))
             for j in range(0, len(members), self.batch_size):
                 chunk = members[j:j + self.batch_size]
-                ids = self._generate([prompts[i] for i in chunk], n, temperature, seed + j)
+                s = generate.Sampling(max_new_tokens=n, temperature=float(temperature),
+                                      top_k=int(top_k), top_p=float(top_p), eos_id=self._eos())
+                ids = self._generate([prompts[i] for i in chunk], s, seed + j)
                 for i, row in zip(chunk, ids, strict=True):
                     out[i] = _cut(self.tokenizer.decode(row), requests[i][1])
         self._count(len(requests), 0, 0, t0, compile_before)
         return out
 
+    def _new_tokens(self, max_tokens: int) -> int:
+        """How many tokens a request for `max_tokens` generates (see generate_until)."""
+        n = max(1, int(max_tokens))
+        return min(n, self.window - 1) if self.model.config.position == "learned" else n
+
+    def _room(self, n: int) -> int:
+        """Context tokens kept before `n` new ones."""
+        return self.window - n if self.model.config.position == "learned" else self.window
+
+    def _eos(self) -> int:
+        return -1 if self.tokenizer.eos_id is None else int(self.tokenizer.eos_id)
+
     def _prompt(self, context: str, room: int) -> list[int]:
         return (list(self.tokenizer.encode(context)) or [self.prefix])[-room:]
 
-    def _generate(self, prompts, n: int, temperature: float, seed: int):
-        """Greedy (or sampled) continuations of `prompts` as one padded, sharded batch."""
+    def _generate(self, prompts, s: generate.Sampling, seed: int):
+        """Continuations of `prompts` as one padded, sharded batch."""
         c = self.model.config
         filler = [[self.prefix]] * (self.batch_size - len(prompts))
-        tokens, lengths, _ = generate.pad_prompts(list(prompts) + filler, n, c)
-        width = bucket(tokens.shape[1], self.window - n)
+        tokens, lengths, _ = generate.pad_prompts(list(prompts) + filler, s.max_new_tokens, c)
+        width = bucket(tokens.shape[1], self._room(s.max_new_tokens))
         tokens = np.pad(tokens, ((0, 0), (0, width - tokens.shape[1])))
-        eos = -1 if self.tokenizer.eos_id is None else int(self.tokenizer.eos_id)
-        s = generate.Sampling(max_new_tokens=n, temperature=float(temperature), eos_id=eos)
         args = (self.params, *self._place({"t": tokens, "n": lengths}).values(),
                 jax.random.key(seed))
-        program = self._compiled(("generate", width, s),
-                                 generate.make_generate(self.model, s, width + n), *args)
+        program = self._compiled(("generate", width, s), generate.make_generate(
+            self.model, s, width + s.max_new_tokens), *args)
         with self._on_mesh():
             ids, _ = program(*args)
-        return generate.trim(jax.device_get(ids), eos)[:len(prompts)]
+        return generate.trim(jax.device_get(ids), s.eos_id)[:len(prompts)]
 
 
 def _cut(text: str, stops) -> str:

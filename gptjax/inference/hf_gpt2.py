@@ -19,17 +19,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
 
 from gptjax.config.loader import load_config
+from gptjax.data import hf_export
 from gptjax.data.hf_tokenizer import HFTokenizer
 from gptjax.errors import UserError
+from gptjax.inference import quantization as quant
 from gptjax.model.gpt import GPTConfig
 from gptjax.model.layouts import layers_to_scanned, scanned_to_layers
 from gptjax.storage import paths
-from gptjax.workdir import load_params, read_config, save_tokenizer, write_params
+from gptjax.workdir import open_run, save_tokenizer, write_params
 
 PREFIX = "transformer."
 
@@ -228,8 +232,10 @@ def load_hf(source: str) -> tuple[dict, dict]:
     return hf_config, {k: v.float().numpy() for k, v in state.items()}
 
 
-def save_hf(directory: str, params, c: GPTConfig) -> None:
-    """Writes config.json + model.safetensors that GPT2LMHeadModel.from_pretrained reads."""
+def save_hf(directory: str, params, c: GPTConfig, eos_id: int | None = None) -> None:
+    """Writes config.json + model.safetensors that GPT2LMHeadModel.from_pretrained reads;
+    `eos_id`: the tokenizer's EOS, which becomes the config's bos/eos_token_id (generation
+    stops there, as `gptjax sample` does)."""
     try:
         from safetensors.numpy import save_file
     except ImportError:
@@ -239,7 +245,8 @@ def save_hf(directory: str, params, c: GPTConfig) -> None:
     state.pop("lm_head.weight") if c.tie_embeddings else None  # tied: HF re-ties on load
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(config_to_hf(c), f, indent=2)
+        json.dump({**config_to_hf(c), "bos_token_id": eos_id, "eos_token_id": eos_id}, f,
+                  indent=2)
     save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
 
 
@@ -283,12 +290,22 @@ def import_to_workdir(source: str, workdir: str, base_config: str = "configs/gpt
             "vocab_size": c.vocab_size}
 
 
-def export_workdir(workdir: str, out: str) -> int:
-    """Writes a workdir's newest params as an HF GPT-2 directory `out` (local) -> their step."""
+def export_workdir(workdir: str, out: str) -> tuple[int, str | None]:
+    """Writes a workdir's newest params and its tokenizer as an HF GPT-2 directory `out`
+    (local) that transformers loads as is -> (their step, the tokenizer's kind, or None for a
+    workdir of token ids only)."""
     if paths.is_url(out):
         raise UserError(f"--out {out}: HF exports are written to a local directory "
                         f"(then copy it, e.g. gcloud storage cp -r)")
-    config = read_config(workdir)
-    params, step = load_params(workdir, config)
-    save_hf(out, params, GPTConfig.from_config(config.model))
-    return step
+    config, params, tokenizer, step = open_run(workdir)
+    if quant.is_quantized(params):
+        raise UserError(f"{workdir} holds quantized weights (`gptjax quantize`): export the "
+                        f"float run it was made from")
+    c = GPTConfig.from_config(config.model)
+    config_to_hf(c)  # refuses a model GPT-2 cannot hold before anything is written
+    with tempfile.TemporaryDirectory() as tmp:  # the tokenizer can refuse too: check it first
+        kept = hf_export.save(tokenizer, tmp, c.max_seq_len)
+        save_hf(out, params, c, tokenizer.eos_id if kept else None)
+        for name in hf_export.FILES if kept else ():
+            shutil.copy(os.path.join(tmp, name), os.path.join(out, name))
+    return step, tokenizer.kind if kept else None

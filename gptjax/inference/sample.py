@@ -51,6 +51,15 @@ def load(workdir: str, mesh=None, step: int | None = None):
     return config, params, tokenizer
 
 
+def load_model(workdir: str, quantize: str = "none", step: int | None = None):
+    """-> (config, model, params, tokenizer) ready to generate: params in the compute dtype,
+    quantized as `quantize` (one of quantization.MODES) on one device."""
+    config, params, tokenizer = load(workdir, step=step)
+    c = GPTConfig.from_config(config.model)
+    model, params = quant.prepare(GPT(c), generate.cast_params(params, c.dtype), quantize)
+    return config, model, params, tokenizer
+
+
 def sample(workdir: str, prompts=(), overrides=(), step: int | None = None, shard: bool = False,
            stream: bool = False, draft: str | None = None, draft_tokens: int = 4,
            **settings) -> list[str]:
@@ -102,9 +111,7 @@ def sample(workdir: str, prompts=(), overrides=(), step: int | None = None, shar
 
 
 def _speculator(draft: str, quantize: str, model, params, k: int) -> speculative.Speculator:
-    dconfig, dparams, _ = load(draft)
-    dc = GPTConfig.from_config(dconfig.model)
-    dmodel, dparams = quant.prepare(GPT(dc), generate.cast_params(dparams, dc.dtype), quantize)
+    _, dmodel, dparams, _ = load_model(draft, quantize)
     return speculative.Speculator(model, params, dmodel, dparams, k)
 
 

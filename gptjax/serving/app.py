@@ -1,4 +1,5 @@
-"""The HTTP API (FastAPI): /v1/completions, /v1/chat/completions, /v1/models, /health.
+"""The HTTP API (FastAPI): /v1/completions, /v1/chat/completions, /v1/models, /health, and
+vLLM's tokenizer routes /tokenizer_info, /tokenize, /detokenize.
 
 Every request becomes one engine request per choice (`n`, and each prompt of a batched
 completion); results come back from the engine thread through an asyncio queue. A streaming
@@ -7,6 +8,12 @@ requests, which frees their slots. With an API key, every route but /health need
 `Authorization: Bearer KEY` (401 otherwise). Bodies over `max_body` bytes get 413; every 4xx is
 in OpenAI's error shape (gptjax/serving/protocol.py), validation errors included (400, not
 FastAPI's 422).
+
+The tokenizer routes let a client tokenize exactly as the served model does, with no tokenizer
+files: lm-evaluation-harness's `local-completions` finds them (its `tokenizer_backend=remote`)
+and sends token ids. /tokenize maps the texts /tokenizer_info names (`eos_token`, and
+`bos_token`: what a text without context is conditioned on, as in `gptjax.evaluation.scoring`)
+to their ids, as a Hugging Face tokenizer parses its special tokens.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException
 
+from gptjax.data import hf_export
 from gptjax.errors import UserError
+from gptjax.evaluation import scoring
 from gptjax.serving import chat, protocol
 from gptjax.serving.engine import Engine, Event, Settings, Token
 from gptjax.serving.engine import Request as EngineRequest
@@ -40,6 +49,10 @@ class Service:
         self.api_key, self.max_tokens, self.max_body = api_key, max_tokens, max_body
         self.max_waiting = max_waiting  # queued requests beyond the slots (429 beyond)
         self.created = int(time.time())
+        eos = hf_export.eos_text(tokenizer)
+        self.eos_token = eos
+        self.bos_token = eos or tokenizer.decode([scoring.prefix_id(tokenizer)])
+        self.specials = {} if eos is None else {eos: int(tokenizer.eos_id)}
 
     def encode(self, prompt) -> list[int]:
         if isinstance(prompt, list):  # token ids
@@ -142,6 +155,22 @@ def build(service: Service) -> FastAPI:
     async def models():
         return {"object": "list", "data": [{"id": service.name, "object": "model",
                                             "created": service.created, "owned_by": "gptjax"}]}
+
+    @app.get("/tokenizer_info", dependencies=[Depends(authorized)])
+    async def tokenizer_info():
+        return {"tokenizer_class": f"gptjax:{service.tokenizer.kind}",
+                "eos_token": service.eos_token, "bos_token": service.bos_token,
+                "pad_token": None, "model_max_length": service.engine.context}
+
+    @app.post("/tokenize", dependencies=[Depends(authorized)])
+    async def tokenize(body: protocol.TokenizeRequest):
+        special = service.specials.get(body.prompt)
+        ids = [special] if special is not None else service.encode(body.prompt)
+        return {"tokens": ids, "count": len(ids), "max_model_len": service.engine.context}
+
+    @app.post("/detokenize", dependencies=[Depends(authorized)])
+    async def detokenize(body: protocol.DetokenizeRequest):
+        return {"prompt": service.tokenizer.decode(service.encode(body.tokens))}
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(body: protocol.CompletionRequest, request: Request):

@@ -102,6 +102,18 @@ class ChatRequest(_Request):
     top_logprobs: int | None = Field(None, ge=0, le=5)
 
 
+class TokenizeRequest(BaseModel):
+    """vLLM's /tokenize body (lm-evaluation-harness's `tokenizer_backend=remote` sends it)."""
+    model_config = ConfigDict(extra="ignore")
+    prompt: str
+    add_special_tokens: bool = False  # gptjax's tokenizers add none either way
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    tokens: list[int]
+
+
 # ----------------------------------------------------------------------------- responses
 
 

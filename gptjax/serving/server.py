@@ -15,13 +15,10 @@ import sys
 import uvicorn
 
 from gptjax.errors import UserError
-from gptjax.inference import generate
-from gptjax.inference import quantization as quant
-from gptjax.model.gpt import GPT, GPTConfig
+from gptjax.inference.sample import load_model
 from gptjax.serving import app as api
 from gptjax.serving import batching, chat
 from gptjax.serving.engine import Engine
-from gptjax.workdir import open_run
 
 
 @dataclasses.dataclass
@@ -30,13 +27,6 @@ class Loaded:
     tokenizer: object
     config: object
     name: str
-
-
-def _model(workdir: str, quantize: str, step: int | None = None):
-    config, params, tokenizer, _ = open_run(workdir, step=step)
-    c = GPTConfig.from_config(config.model)
-    model, params = quant.prepare(GPT(c), generate.cast_params(params, c.dtype), quantize)
-    return config, model, params, tokenizer
 
 
 def load(workdir: str, slots: int = 8, context: int | None = None, quantize: str = "none",
@@ -48,10 +38,10 @@ def load(workdir: str, slots: int = 8, context: int | None = None, quantize: str
         raise UserError(f"--slots {slots} must be >= 1")
     if draft and draft_tokens < 1:
         raise UserError(f"--draft-tokens {draft_tokens} must be >= 1")
-    config, model, params, tokenizer = _model(workdir, quantize, step)
+    config, model, params, tokenizer = load_model(workdir, quantize, step)
     dmodel = dparams = None
     if draft:
-        _, dmodel, dparams, _ = _model(draft, quantize)
+        _, dmodel, dparams, _ = load_model(draft, quantize)
     extra = draft_tokens if draft else 0  # a round writes k positions past the last token
     learned = [m.config.max_seq_len for m in (model, dmodel)
                if m is not None and m.config.position == "learned"]

@@ -1,5 +1,6 @@
 """`gptjax convert import|export`: Hugging Face GPT-2 weights into a workdir and back
-(gptjax/inference/hf_gpt2.py)."""
+(gptjax/inference/hf_gpt2.py); an export carries the run's tokenizer
+(gptjax/data/hf_export.py), so transformers loads the directory as is."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                      help="config file whose non-model sections the workdir gets")
     exp = sub.add_parser("export", help="gptjax workdir -> HF GPT-2 directory")
     exp.add_argument("--workdir", required=True)
-    exp.add_argument("--out", required=True, help="directory for config.json + model.safetensors")
+    exp.add_argument("--out", required=True, help="directory for config.json, "
+                     "model.safetensors and the run's tokenizer (tokenizer.json)")
 
 
 def run(args) -> int:
@@ -27,6 +29,8 @@ def run(args) -> int:
         print(f"imported {args.hf} -> {info['workdir']} ({info['layers']} layers, d_model "
               f"{info['d_model']}, vocab {info['vocab_size']})")
         return 0
-    step = export_workdir(args.workdir, args.out)
-    print(f"exported {args.workdir} (step {step}) -> {args.out}/model.safetensors")
+    step, tokenizer = export_workdir(args.workdir, args.out)
+    print(f"exported {args.workdir} (step {step}) -> {args.out}/model.safetensors"
+          + (f" + tokenizer.json ({tokenizer} tokenizer)" if tokenizer else
+             " (no tokenizer: the workdir holds token ids only)"))
     return 0
