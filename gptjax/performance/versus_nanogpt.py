@@ -109,8 +109,9 @@ class _Worker:
         try:
             tag, value = self.conn.recv()
         except EOFError:
+            self.process.join(10)
             raise UserError(f"--against nanogpt: the {self.kind} worker exited "
-                            f"(status {self.process.join(10) or self.process.exitcode})") from None
+                            f"(status {self.process.exitcode})") from None
         if tag == "error":
             raise UserError(value)
         assert tag == expected, (tag, expected)
