@@ -1,12 +1,17 @@
-"""`gptjax bench` times the real train step on CPU, without ever importing TensorFlow."""
+"""`gptjax bench` times the real train step on CPU, without ever importing TensorFlow, and
+`--against nanogpt` nanoGPT's torch step beside it."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
+from gptjax.config.loader import get_config
+from gptjax.errors import UserError
 from gptjax.performance import step_bench as bench
+from gptjax.performance import versus_nanogpt
 
 # Runs bench through the CLI in a fresh interpreter, then reports whether TensorFlow was loaded.
 SCRIPT = """
@@ -46,3 +51,28 @@ def test_format_result_mentions_mfu_only_when_known():
     assert "MFU 30.3%" in text and "peak memory 30,720.0 MiB" in text
     del r["mfu"]
     assert "no MFU" in bench.format_result(r)
+
+
+@pytest.mark.slow  # two fresh interpreters (jax, torch) and a compile: 25-150 s on 2 busy cores
+def test_bench_against_nanogpt_prints_both_timings_and_the_ratio(repo_dir, shared_dir):
+    pytest.importorskip("torch")
+    nanogpt = shared_dir / "anchors" / "nanogpt"
+    if not (nanogpt / "model.py").is_file():
+        pytest.skip(f"no nanoGPT checkout at {nanogpt}")
+    args = ["bench", "--config", "configs/smoke.py:tiny", "--against", "nanogpt",
+            "--nanogpt-dir", str(nanogpt), "--windows", "2", "--steps", "1", "--warmup", "1",
+            "--threads", "1", "--config.model.d_ff=64"]  # nanoGPT: d_ff = 4 d_model
+    out = subprocess.run([sys.executable, "-m", "gptjax", *args], cwd=repo_dir,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert re.search(r"gptjax .*: [\d.]+ ms/iter \(median; windows [\d.]+-[\d.]+\)", text), text
+    assert re.search(r"nanoGPT \(torch .* eager\): [\d.]+ ms/iter", text), text
+    assert re.search(r"ratio gptjax / nanoGPT: [\d.]+ \(CPU time [\d.]+\)", text), text
+    assert "1 threads" in text and "batch 8 x 16, 2 layers, d_model 16, vocab 72" in text
+
+
+def test_bench_against_nanogpt_refuses_a_shape_nanogpt_lacks(repo_dir):
+    config = get_config("configs/smoke.py:tiny", ["--config.model.position=rotary"])
+    with pytest.raises(UserError, match="nanoGPT's model cannot run this config.*rotary"):
+        versus_nanogpt.shape_of(config)

@@ -31,7 +31,9 @@ TINY = ["--config.model.num_layers=3", "--config.model.d_model=32", "--config.mo
 SWEEP = ["--config.sweep.flops=(3e9,6e9)", "--config.sweep.tokens=2048",
          "--config.sweep.min_steps=2", "--config.sweep.evals_per_run=1",
          "--config.sweep.n_boot=20", "--config.train.eval_batches=1"]
-SCALE_DOWN = {"train": TINY, "finetune": TINY, "bench": TINY, "bench-decode": TINY,
+# bench: d_ff = 4 d_model, so that `--against nanogpt` (nanoGPT's fixed MLP width) runs too.
+SCALE_DOWN = {"train": TINY, "finetune": TINY, "bench": [*TINY, "--config.model.d_ff=128"],
+              "bench-decode": TINY,
               "bench-checkpoint": TINY,
               "data": ["--config.data.max_documents=200"], "sweep": SWEEP}
 

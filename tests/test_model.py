@@ -1,6 +1,7 @@
 """The GPT model: causality, parameter counts, layouts, remat, attention paths, positions."""
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from gptjax.config.loader import get_config
+from gptjax.errors import UserError
 from gptjax.model.flops import model_stats, param_counts
 from gptjax.model.gpt import GPT, GPTConfig, attention_mask, explicit_attention
 from gptjax.model.layouts import layers_to_scanned, scanned_to_layers
@@ -93,6 +95,36 @@ def test_scan_equals_unrolled(local_window):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  grads_s, layers_to_scanned(grads_u, c))
     assert jax.tree.structure(layers_to_scanned(flat, c)) == jax.tree.structure(params)
+
+
+def test_scan_unroll_auto_unrolls_the_stack_on_cpu_only():
+    model = get_config("configs/smoke.py").model
+    assert GPTConfig.from_config(model, backend="cpu").scan_unroll == model.num_layers
+    assert GPTConfig.from_config(model, backend="tpu").scan_unroll == 1
+    assert GPTConfig.from_config(model, backend="gpu").scan_unroll == 1
+    with model.unlocked():
+        model.scan_unroll = "2"
+    assert GPTConfig.from_config(model, backend="tpu").scan_unroll == 2
+    for bad in ("0", "all"):
+        with model.unlocked():
+            model.scan_unroll = bad
+        with pytest.raises(UserError, match="scan_unroll"):
+            GPTConfig.from_config(model, backend="cpu")
+
+
+def test_unrolled_scan_has_no_layer_loop_and_the_same_gradients():
+    looped = dataclasses.replace(TINY, num_layers=4, scan_unroll=1)
+    unrolled = dataclasses.replace(looped, scan_unroll=4)
+    tokens = tokens_for(looped)
+    params = init(looped, tokens)
+    hlo = {c.scan_unroll: jax.jit(functools.partial(_loss_and_grads, c)).lower(
+        params, tokens).compile().as_text() for c in (looped, unrolled)}
+    assert " while(" in hlo[1] and " while(" not in hlo[4]
+    loss_l, grads_l = _loss_and_grads(looped, params, tokens)
+    loss_u, grads_u = _loss_and_grads(unrolled, params, tokens)
+    np.testing.assert_allclose(loss_l, loss_u, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 grads_l, grads_u)
 
 
 @pytest.mark.parametrize("policy", ["full", "save_dots", "save_proj"])

@@ -58,39 +58,59 @@ def _peak_memory(devices) -> int | None:
     return max(peaks) if peaks else None
 
 
+class StepRunner:
+    """The real jitted train step of `config`, compiled, with its state and one batch of
+    random tokens already on the devices: `run(n)` times n steps (one sync at the end)."""
+
+    def __init__(self, config, seed: int = 0):
+        distributed.maybe_initialize(config)
+        self.mesh = mesh = sharding.make_mesh(config.mesh)
+        sharding.check_config(config, mesh)
+        self.model_config = c = model_config(config)
+        model = GPT(c)
+        tx = make_optimizer(config)
+        t0 = time.perf_counter()
+        _, shardings = abstract_train_state(config, mesh, model, tx)
+        self.state = create_train_state(config, mesh, model, tx, shardings)
+        step_fn = make_train_step(config, mesh, shardings, model, tx)
+
+        self.batch_size, self.seq_len = int(config.train.batch_size), int(config.data.seq_len)
+        rng = np.random.default_rng(seed + jax.process_index())
+        rows = self.batch_size // jax.process_count()
+        tokens = rng.integers(0, c.vocab_size, size=(rows, self.seq_len + 1), dtype=np.int32)
+        self.batch = sharding.global_batch(
+            {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh)
+        with jax.set_mesh(mesh):
+            self.compiled = step_fn.lower(self.state, self.batch).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.metrics = None
+
+    def run(self, steps: int) -> float:
+        """Seconds for `steps` train steps, from dispatch to the last result on the host."""
+        with jax.set_mesh(self.mesh):
+            jax.block_until_ready(self.state)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                self.state, self.metrics = self.compiled(self.state, self.batch)
+            jax.block_until_ready((self.state, self.metrics))
+            return time.perf_counter() - t0
+
+    @property
+    def loss(self) -> float:
+        return float(jax.device_get(self.metrics["loss"]))
+
+
 def bench(config, steps: int = 10, warmup: int = 2, seed: int = 0) -> dict:
     """Times `steps` train steps of `config` after compiling and `warmup` steps."""
     if steps < 1 or warmup < 0:
         raise UserError(f"--steps={steps} must be >= 1 and --warmup={warmup} >= 0")
-    distributed.maybe_initialize(config)
-    mesh = sharding.make_mesh(config.mesh)
-    sharding.check_config(config, mesh)
-    c = model_config(config)
-    model = GPT(c)
-    tx = make_optimizer(config)
-    t0 = time.perf_counter()
-    _, shardings = abstract_train_state(config, mesh, model, tx)
-    state = create_train_state(config, mesh, model, tx, shardings)
-    step_fn = make_train_step(config, mesh, shardings, model, tx)
-
-    B, T = int(config.train.batch_size), int(config.data.seq_len)
-    rng = np.random.default_rng(seed + jax.process_index())
-    rows = B // jax.process_count()
-    tokens = rng.integers(0, c.vocab_size, size=(rows, T + 1), dtype=np.int32)
-    batch = sharding.global_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, mesh)
-    with jax.set_mesh(mesh):
-        compiled = step_fn.lower(state, batch).compile()
-        compile_s = time.perf_counter() - t0
-        metrics = None
-        for _ in range(warmup):
-            state, metrics = compiled(state, batch)
-        jax.block_until_ready((state, metrics))
-        t1 = time.perf_counter()
-        for _ in range(steps):
-            state, metrics = compiled(state, batch)
-        jax.block_until_ready((state, metrics))
-        elapsed = time.perf_counter() - t1
-    loss = float(jax.device_get(metrics["loss"]))
+    runner = StepRunner(config, seed)
+    if warmup:
+        runner.run(warmup)
+    elapsed = runner.run(steps)
+    loss = runner.loss
+    c, mesh, compiled = runner.model_config, runner.mesh, runner.compiled
+    B, T, compile_s = runner.batch_size, runner.seq_len, runner.compile_s
 
     devices = jax.devices()
     kind = devices[0].device_kind
