@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.param_dtype = "float32"
     m.dtype = "auto"                # compute dtype: auto = bfloat16 on GPU/TPU, float32 on CPU
     m.scan_layers = True
-    m.remat = "none"                # none | full | save_dots | save_proj (named checkpoints)
+    m.remat = "none"                # none | full | save_dots | save_proj | save_qkv
 
     # --- data (gptjax/data; docs/data.md) ---
     d = c.data = ml_collections.ConfigDict()
