@@ -56,7 +56,8 @@ MAXTEXT_VOCAB = 32768
 VARIANTS = {**SIZES, **MAXTEXT}
 # The TPU slice each size compiles and fits on as shipped (`gptjax compile`, docs/tpu.md).
 SLICES = {"small": "v5p-8", "medium": "v5p-16", "large": "v5p-16", "xl": "v5p-32",
-          "2.7b": "v5p-32", "6.7b": "v5p-64", "13b": "v5p-128", "175b": "v5p-1024", "maxtext-6b": "v5p-64"}
+          "2.7b": "v5p-32", "6.7b": "v5p-64", "13b": "v5p-128", "175b": "v5p-1024",
+          "maxtext-6b": "v5p-64"}
 FSDP_FROM = "xl"            # this size and larger: FSDP over the slice and full remat
 # Sizes above this reduce gradients per micro-batch into an accumulator sharded like the params
 # (optim.grad_reduce_dtype=bfloat16): the float32 once-a-step reduction holds a whole float32
