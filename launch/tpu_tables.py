@@ -47,7 +47,7 @@ ROWS = [
 ]
 # MaxText's gpt3-6b shape under each remat policy (docs/tpu.md, side by side with MaxText)
 MAXTEXT_ROWS = [gpt3("maxtext-6b", f"--config.model.remat={remat}", label=f"maxtext-6b, {remat}")
-                for remat in ("full", "save_proj")]
+                for remat in ("full", "save_qkv", "save_proj")]
 
 
 def gptjax(*args) -> dict:
