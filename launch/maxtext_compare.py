@@ -179,21 +179,33 @@ def run(python: str, remats: list[str]) -> None:
 
 
 def table() -> None:
+    """docs/tpu/maxtext.jsonl as a table; then any remat policy whose compiles are only partly
+    recorded (an interrupted `run` resumes from them)."""
+    rows = [json.loads(ln) for ln in OUT.read_text().splitlines()] if OUT.exists() else []
     print("| MaxText remat | total GiB/chip | uncorrected cost model s | estimated step s | "
           "of which splash at peak s | est. MFU | matmul FLOPs/chip: extrapolated / "
           "loop-weighted |")
     print("|---" * 7 + "|")
-    rows = [json.loads(ln) for ln in OUT.read_text().splitlines()]
     for r in rows:
         e = r["estimate"]
         print(f"| {r['remat']} | {r['memory']['total_bytes'] / 2 ** 30:.1f} | "
               f"{e['raw_optimal_seconds']:.3f} | {e['step_seconds']:.3f} | "
               f"{e['attention_seconds']:.3f} | {e['mfu']:.3f} | "
               f"{e['extrapolated_matmul_flops'] / e['loop_weighted_matmul_flops']:.4f} |")
-    r = rows[-1]
-    print(f"\nMaxText {r['maxtext']} measured {r['date']} on {r['machine']} (Python "
-          f"{r['python']}, jax {r['jax']}, libtpu {r['libtpu']}, flax {r['flax']}, tokamax "
-          f"{r['tokamax']}): `{r['command']}`.")
+    if rows:
+        r = rows[-1]
+        print(f"\nMaxText {r['maxtext']} compiled {r['date']} on {r['machine']} (Python "
+              f"{r['python']}, jax {r['jax']}, libtpu {r['libtpu']}, flax {r['flax']}, "
+              f"tokamax {r['tokamax']}).")
+    partial = [json.loads(ln) for ln in COMPILES.read_text().splitlines()] \
+        if COMPILES.exists() else []
+    for remat in sorted({c["remat"] for c in partial} - {r["remat"] for r in rows}):
+        done = [c for c in partial if c["remat"] == remat]
+        scanned = next((c for c in done if c["layers"] is None), None)
+        gib = f", the step as shipped {scanned['memory']['total_bytes'] / 2 ** 30:.1f} GiB " \
+              f"per chip" if scanned else ""
+        print(f"\nremat={remat}: {len(done)} of {1 + len(step_time.LAYERS)} compiles recorded"
+              f"{gib} (no estimate yet).")
 
 
 if __name__ == "__main__":

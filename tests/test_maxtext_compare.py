@@ -69,3 +69,13 @@ def test_estimate_applies_gptjaxs_loop_correction(tmp_path, monkeypatch):
                                               + attention / chips / peak)
     assert e["mfu"] == pytest.approx(flops_per_token(c, MT.SEQ) * tokens / chips / peak
                                      / e["step_seconds"])
+
+
+def test_table_reports_a_partly_compiled_policy(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(MT, "OUT", tmp_path / "maxtext.jsonl")
+    monkeypatch.setattr(MT, "COMPILES", tmp_path / "compiles.jsonl")
+    MT.COMPILES.write_text(json.dumps({"remat": "save_qkv_proj", "layers": None,
+                                       "memory": {"total_bytes": 3 * 2 ** 30}}) + "\n")
+    MT.table()
+    assert "remat=save_qkv_proj: 1 of 4 compiles recorded, the step as shipped 3.0 GiB" \
+        in capsys.readouterr().out
