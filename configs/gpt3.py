@@ -20,6 +20,13 @@ Two printed rows of Table 2.1 do not add up, and are resolved so parameter count
 - XL: "24 heads x 128" gives 3072 != d_model 2048. We use 16 heads x 128 = 2048 (1.32B params).
 - 13B: d_model 5140 is not divisible by 40 heads. We use d_model 5120 = 40 x 128 (12.9B params).
 
+`configs/gpt3.py:maxtext-6b` is not a paper size: it is MaxText's `gpt3-6b` (its
+configs/models/gpt3-6b.yml: 48 layers, d_model 3072, 12 heads x 256, d_ff 12288, a 32768-token
+vocabulary, tied embeddings, biases, GELU), the shape docs/tpu.md compiles side by side with
+MaxText on v5p-64 at 32 sequences per chip. Its vocabulary is a 32768-token SentencePiece BPE
+trained on the corpus (MaxText ships its own 32k model); MaxText's learned position table has
+16384 rows where this one has N_CTX (no FLOPs, 0.04B parameters).
+
 Partitioning defaults (docs/tpu.md): the three small sizes train data-parallel with the MLP and
 attention projections kept for the backward pass (remat save_proj); XL and up shard parameters,
 gradients and Adam state over the whole slice (FSDP) and recompute each layer in the backward
@@ -32,7 +39,7 @@ from gptjax.config.defaults import base_config
 N_CTX = 2048
 # name: (n_layers, d_model, n_heads, d_head, batch tokens, learning rate); the paper's 0.5M /
 # 1M / 2M / 3.2M tokens are 256 / 512 / 1024 / 1536 sequences of N_CTX tokens.
-VARIANTS = {
+SIZES = {
     "small": (12, 768, 12, 64, 256 * N_CTX, 6.0e-4),
     "medium": (24, 1024, 16, 64, 256 * N_CTX, 3.0e-4),
     "large": (24, 1536, 16, 96, 256 * N_CTX, 2.5e-4),
@@ -42,9 +49,15 @@ VARIANTS = {
     "13b": (40, 5120, 40, 128, 1024 * N_CTX, 1.0e-4),
     "175b": (96, 12288, 96, 128, 1536 * N_CTX, 0.6e-4),
 }
+# MaxText's gpt3-6b shape (module docstring), 32 sequences per chip on v5p-64 as MaxText's
+# per_device_batch_size=32 there.
+MAXTEXT = {"maxtext-6b": (48, 3072, 12, 256, 1024 * N_CTX, 1.2e-4)}
+MAXTEXT_VOCAB = 32768
+VARIANTS = {**SIZES, **MAXTEXT}
 # The TPU slice each size compiles and fits on as shipped (`gptjax compile`, docs/tpu.md).
 SLICES = {"small": "v5p-8", "medium": "v5p-16", "large": "v5p-16", "xl": "v5p-32",
-          "2.7b": "v5p-32", "6.7b": "v5p-64", "13b": "v5p-128", "175b": "v5p-1024"}
+          "2.7b": "v5p-32", "6.7b": "v5p-64", "13b": "v5p-128", "175b": "v5p-1024",
+          "maxtext-6b": "v5p-64"}
 FSDP_FROM = "xl"            # this size and larger: FSDP over the slice and full remat
 # Sizes above this reduce gradients per micro-batch into an accumulator sharded like the params
 # (optim.grad_reduce_dtype=bfloat16): the float32 once-a-step reduction holds a whole float32
@@ -64,6 +77,9 @@ def get_config(size: str = "small"):
     c.model.vocab_from_tokenizer = False
     c.data.tokenizer.kind = "gpt2"
     c.data.tokenizer.vocab_size = 50257
+    if size in MAXTEXT:
+        c.model.vocab_size = c.data.tokenizer.vocab_size = MAXTEXT_VOCAB
+        c.data.tokenizer.kind = "bpe"
     c.model.num_layers = layers
     c.model.d_model = d_model
     c.model.num_heads = heads

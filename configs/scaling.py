@@ -138,7 +138,7 @@ def _gpu_shards(c):
 
 def _gpt3(c):
     gpt3 = load_module(os.path.join(_HERE, "gpt3.py"))
-    N_CTX, SIZES = gpt3.N_CTX, gpt3.VARIANTS
+    N_CTX, SIZES = gpt3.N_CTX, gpt3.SIZES
     c.data.seq_len = N_CTX
     c.model.max_seq_len = N_CTX
     c.model.remat = "save_proj"

@@ -45,6 +45,9 @@ ROWS = [
     ("gpt2-124m", "configs/gpt2.py:124m", "v5e-8", []),
     ("smoke", "configs/smoke.py", "v6e-4", []),
 ]
+# MaxText's gpt3-6b shape under each remat policy (docs/tpu.md, side by side with MaxText)
+MAXTEXT_ROWS = [gpt3("maxtext-6b", f"--config.model.remat={remat}", label=f"maxtext-6b, {remat}")
+                for remat in ("full", "save_qkv", "save_proj")]
 
 
 def gptjax(*args) -> dict:
@@ -76,7 +79,7 @@ def _record(path: pathlib.Path, row: dict, label: str, config: str, overrides, t
 def estimate(path: pathlib.Path, only: list[str]) -> None:
     """`gptjax compile --estimate-time` for every row not yet in `path` (or the labels given)."""
     done = _labels(path)
-    rows = {row[0]: row for row in ROWS}
+    rows = {row[0]: row for row in ROWS + MAXTEXT_ROWS}
     for label, config, topology, overrides in [rows[x] for x in only] if only else ROWS:
         if label in done:
             continue

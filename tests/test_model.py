@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import math
+import re
 
 import flax.linen as nn
 import jax
@@ -127,7 +128,7 @@ def test_unrolled_scan_has_no_layer_loop_and_the_same_gradients():
                  grads_l, grads_u)
 
 
-@pytest.mark.parametrize("policy", ["full", "save_dots", "save_proj"])
+@pytest.mark.parametrize("policy", ["full", "save_dots", "save_proj", "save_qkv"])
 @pytest.mark.parametrize("scan", [True, False])
 def test_remat_equals_no_remat(policy, scan):
     c = dataclasses.replace(TINY, scan_layers=scan)
@@ -138,6 +139,19 @@ def test_remat_equals_no_remat(policy, scan):
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  grads_a, grads_b)
+
+
+@pytest.mark.parametrize("policy, kept", [("save_qkv", {"qkv"}),
+                                           ("save_proj", {"qkv", "attn_out", "mlp_hidden"})])
+def test_remat_policy_keeps_its_named_activations(policy, kept, capsys):
+    """What each named-checkpoint policy keeps for the backward pass, per layer."""
+    c = dataclasses.replace(TINY, remat=policy, scan_layers=False)
+    tokens = tokens_for(c)
+    params = init(c, tokens)
+    jax.ad_checkpoint.print_saved_residuals(
+        lambda p: GPT(c).apply({"params": p}, tokens).sum(), params)
+    names = re.findall(r"named '(\w+)'", capsys.readouterr().out)
+    assert sorted(names) == sorted(list(kept) * c.num_layers)
 
 
 def reference_attention(q, k, v, window):

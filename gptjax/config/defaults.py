@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.scan_layers = True
     m.scan_unroll = "auto"          # scanned layers per loop iteration: auto = all on CPU (no
                                     # loop: faster there), 1 on GPU/TPU; or a number
-    m.remat = "none"                # none | full | save_dots | save_proj (named checkpoints)
+    m.remat = "none"                # none | full | save_dots | save_proj | save_qkv
 
     # --- data (gptjax/data; docs/data.md) ---
     d = c.data = ml_collections.ConfigDict()

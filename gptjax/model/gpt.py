@@ -151,12 +151,14 @@ def _scan_unroll(value, backend: str, num_layers: int, local_window: int, local_
     return min(unroll, groups)
 
 
-# Which activations a rematerialised layer keeps for the backward pass.
+# Which activations a rematerialised layer keeps for the backward pass. save_qkv keeps only the
+# fused q/k/v projection (MaxText's save_qkv_proj): between save_proj and full in memory.
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "save_proj": jax.checkpoint_policies.save_only_these_names("qkv", "attn_out", "mlp_hidden"),
+    "save_qkv": jax.checkpoint_policies.save_only_these_names("qkv"),
 }
 
 

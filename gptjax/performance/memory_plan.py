@@ -53,6 +53,7 @@ ACT_STORED = {
     "full": {"d": 0.25, "i": 0.0, "f": 0.0, "s": 0.0},
     "save_dots": {"d": 1.5, "i": 1.5, "f": 0.5, "s": 0.0},
     "save_proj": {"d": 1.5, "i": 1.5, "f": 0.4, "s": 0.0},
+    "save_qkv": {"d": 0.25, "i": 3.0, "f": 0.0, "s": 0.0},  # full + q, k, v: counted, not fitted
 }
 ACT_TRANSIENT = ACT_STORED["none"]
 LOGIT_COPIES = 1.35         # float32 [tokens, vocab] buffers: upcast logits, softmax / gradient
