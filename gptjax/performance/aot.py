@@ -141,6 +141,9 @@ def prepare(config, s: Slice | Cluster) -> Prepared:
     gpu = isinstance(s, Cluster)
     if not gpu:
         _multislice(config, s)
+    if config.data.document_mask and config.data.eos_id < 0:
+        with config.unlocked():  # no tokenizer here; the step costs the same for any EOS id
+            config.data.eos_id = config.model.vocab_size - 1
     devices = gpu_clusters.topology_devices(s) if gpu else topology_devices(s)
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.check_config(config, mesh)
