@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import needs_cuda_plugin, needs_libtpu
+from test_splash import assert_splash_grads_match_xla
 
 from gptjax import cli
 from gptjax.config.loader import get_config
@@ -93,13 +94,6 @@ def qkv(batch, head_dim=64, seed=0):
     return jax.random.normal(jax.random.key(seed), (3, batch, T, HEADS, head_dim))
 
 
-def weighted_sum(implementation, window, seg):
-    def f(q, k, v):
-        out = fused_attention(q, k, v, window, implementation, segment_ids=seg)
-        return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape)))
-    return f
-
-
 @pytest.mark.parametrize("window", [0, 64])
 def test_xla_and_splash_match_dense_reference(window):
     """XLA's masked attention and splash's segment ids (interpret mode) against the dense
@@ -113,10 +107,7 @@ def test_xla_and_splash_match_dense_reference(window):
     np.testing.assert_allclose(splash, want, atol=2e-5)
     # without the segments the rows with several documents differ (the test can fail)
     assert not np.allclose(fused_attention(q, k, v, window, "xla")[0], want[0], atol=1e-3)
-    want_g = jax.jit(jax.grad(weighted_sum("xla", window, seg), argnums=(0, 1, 2)))(q, k, v)
-    got_g = jax.jit(jax.grad(weighted_sum("splash", window, seg), argnums=(0, 1, 2)))(q, k, v)
-    for a, b in zip(got_g, want_g, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert_splash_grads_match_xla(q, k, v, window, seg)
 
 
 def test_splash_segments_sharded_over_batch_and_heads():
@@ -311,7 +302,7 @@ def test_gpu_step_keeps_cudnn_attention_with_the_mask(capsys):
     assert plain == {"__cudnn$fmhaSoftmax": layers, "__cudnn$fmhaSoftmaxBackward": layers}
     assert r["kernels"] == {"__cudnn$fmhaScaleBiasSoftmax": layers,
                             "__cudnn$fmhaScaleBiasSoftmaxBackward": layers}
-    assert r["attention"] == "cudnn" and r["fits"]
+    assert r["attention"] == "cudnn" and r["fits"] and r["document_mask"]
 
 
 @needs_libtpu
@@ -319,5 +310,5 @@ def test_tpu_step_compiles_with_segment_ids():
     """The TPU compiler on v5p-8: splash with segment ids under the data-parallel mesh."""
     config = get_config("configs/smoke.py", ["--config.data.document_mask=True"])
     report = compile_config(config, parse_topology("v5p-8"), eval_step=False)
-    assert report["attention"] == "splash" and report["fits"]
+    assert report["attention"] == "splash" and report["fits"] and report["document_mask"]
     assert report["kernels"]["tpu_custom_call"] >= 3  # splash forward, dq, dkv
