@@ -26,7 +26,6 @@ from gptjax.metrics.curves import plot
 from gptjax.metrics.profiler import Profiler
 from gptjax.metrics.wandb_sink import WandbSink
 from gptjax.metrics.writer import MetricsWriter
-from gptjax.model.documents import set_eos_id
 from gptjax.model.flops import model_stats
 from gptjax.model.gpt import GPT
 from gptjax.parallel import distributed, sharding
@@ -108,7 +107,6 @@ def train(config, workdir: str, recipe=None) -> dict:
     sharding.check_config(config, mesh)
     with config.unlocked():
         run = (recipe or Pretraining()).prepare(config, workdir, mesh)
-        set_eos_id(run.config, run.tokenizer)  # data.document_mask splits at the tokenizer's EOS
     config, tr = run.config, run.config.train
     model, tx = GPT(model_config(config)), make_optimizer(config)
     ckpt, state, shardings, latest = _start(run, workdir, mesh, model, tx)
