@@ -23,11 +23,18 @@ def qkv(batch=2, head_dim=64, seed=0):
     return jax.random.normal(jax.random.key(seed), (3, batch, T, HEADS, head_dim))
 
 
-def loss(implementation, window):
+def loss(implementation, window, segment_ids=None):
     def f(q, k, v):
-        out = fused_attention(q, k, v, window, implementation)
+        out = fused_attention(q, k, v, window, implementation, segment_ids=segment_ids)
         return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape)))
     return f
+
+
+def assert_splash_grads_match_xla(q, k, v, window, segment_ids=None):
+    want = jax.grad(loss("xla", window, segment_ids), argnums=(0, 1, 2))(q, k, v)
+    got = jax.grad(loss("splash", window, segment_ids), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 @pytest.mark.parametrize("window,head_dim", [(0, 64), (64, 64), (0, 80)])
@@ -38,10 +45,7 @@ def test_splash_matches_xla(window, head_dim):
     want = fused_attention(q, k, v, window, "xla")
     got = fused_attention(q, k, v, window, "splash")
     np.testing.assert_allclose(got, want, atol=2e-5)
-    want_g = jax.grad(loss("xla", window), argnums=(0, 1, 2))(q, k, v)
-    got_g = jax.grad(loss("splash", window), argnums=(0, 1, 2))(q, k, v)
-    for a, b in zip(got_g, want_g, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert_splash_grads_match_xla(q, k, v, window)
 
 
 def test_splash_sharded_over_batch_and_heads():

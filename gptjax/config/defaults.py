@@ -68,6 +68,11 @@ def base_config() -> ml_collections.ConfigDict:
     d.prefetch = 2                  # batches prepared ahead of the training step
     d.loader = "auto"               # auto | tf | numpy (auto: as the source says; numpy if no TF)
     d.cache_dir = ""                # tokenized shards cache ('' = WORKDIR/data or ~/.cache/gptjax)
+    d.document_mask = False         # attention stays inside each document of a packed window
+                                    # (segments end at EOS; GPT-2 / GPT-3 trained without it)
+    d.positions_restart = False     # document_mask: position ids restart at 0 per document
+    d.eos_id = -1                   # the EOS document_mask splits at: -1 = the tokenizer's (set
+                                    # when a run starts; `gptjax compile`: the last token id)
     d.shard_tokens = 1 << 27        # tokens per token-store shard (256 MiB of uint16)
     d.verify_shards = True          # check local shards' CRC32C when a split is opened (a
                                     # bucket's are checked from its metadata, without reading)

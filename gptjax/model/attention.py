@@ -1,11 +1,18 @@
 """Fused causal attention, and which implementation runs it (`config.model.attention`):
 
     out_btnh = fused_attention(q_btnh, k_btnh, v_btnh, window, "splash")   # q, k, v [B, T, N, H]
+    out_btnh = fused_attention(q, k, v, window, "cudnn", segment_ids=seg_bt)  # packed documents
 
 - splash: Pallas splash attention (TPU; attention=auto there). Never materialises the
   [B, heads, T, T] scores, and skips fully masked blocks (above the diagonal, and outside the
   band of GPT-3's local layers).
 - cudnn: cuDNN's fused attention (GPU, 16-bit; auto there). xla: XLA's own (CPU; reference).
+
+`segment_ids` (int32 [B, T], `data.document_mask`: gptjax/model/documents.py): a query sees
+only keys of its own segment. Splash takes them as its `SegmentIds` (still skipping the blocks
+the causal / band mask empties; a block two documents share is computed and masked inside);
+cuDNN and XLA as a boolean mask [B, 1, T, T] through `jax.nn.dot_product_attention` (cuDNN
+turns it into an additive bias it reads, and writes its unused gradient, per layer).
 
 XLA cannot partition a Pallas kernel, so the kernel runs under `jax.shard_map` over the mesh in
 context (`jax.set_mesh`, as every gptjax step runs): each device gets its own rows (the logical
@@ -67,10 +74,14 @@ def _pad_head_dim(x, to: int):
     return x if x.shape[-1] == to else jnp.pad(x, ((0, 0),) * 3 + ((0, to - x.shape[-1]),))
 
 
-def _local_attention(q, k, v, window: int, interpret: bool):
-    """One device's shard: q, k, v [b, n, T, H] (H as `kernel_head_dim` says) -> [b, n, T, H]."""
+def _local_attention(q, k, v, segments, window: int, interpret: bool):
+    """One device's shard: q, k, v [b, n, T, H] (H as `kernel_head_dim` says), segment ids
+    [b, T] or None -> [b, n, T, H]."""
     kernel = _kernel(q.shape[1], q.shape[2], window, interpret)
-    return jax.vmap(kernel)(q, k, v)
+    if segments is None:
+        return jax.vmap(kernel)(q, k, v)
+    return jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=sk.SegmentIds(s, s)))(
+        q, k, v, segments)
 
 
 def _mesh_and_platform():
@@ -82,21 +93,30 @@ def _mesh_and_platform():
     return mesh, getattr(device, "platform", None) or jax.default_backend()
 
 
-def fused_attention(q, k, v, window: int, implementation: str, scale: float | None = None):
+def segment_mask(segments_bt):
+    """bool [B, 1, T, T]: True where query and key lie in the same segment."""
+    return (segments_bt[:, :, None] == segments_bt[:, None, :])[:, None]
+
+
+def fused_attention(q, k, v, window: int, implementation: str, scale: float | None = None,
+                    segment_ids=None):
     """Causal attention (window > 0: each query sees only the last `window` keys, itself
-    included), scaled by `scale` (default 1/sqrt(head_dim)). q, k, v [B, T, N, H] -> same."""
+    included; segment_ids [B, T]: only keys of its own segment), scaled by `scale` (default
+    1/sqrt(head_dim)). q, k, v [B, T, N, H] -> same."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     if implementation == "splash" and supported(q.shape[1]):
-        return splash_attention(q, k, v, window, scale)
+        return splash_attention(q, k, v, window, scale, segment_ids)
+    mask = None if segment_ids is None else segment_mask(segment_ids)
     return jax.nn.dot_product_attention(
-        q, k, v, scale=scale, is_causal=True,
+        q, k, v, mask=mask, scale=scale, is_causal=True,
         implementation="cudnn" if implementation == "cudnn" else "xla",
         local_window_size=(window - 1, 0) if window else None)
 
 
-def splash_attention(q, k, v, window: int, scale: float):
+def splash_attention(q, k, v, window: int, scale: float, segment_ids=None):
     """q, k, v [B, T, N, H] -> [B, T, N, H]: softmax(scale * q k^T) v, causal, and for window > 0
-    each query sees only the last `window` keys (itself included)."""
+    each query sees only the last `window` keys (itself included); segment_ids [B, T]: only
+    keys of its own segment."""
     head_dim = q.shape[-1]
     padded = kernel_head_dim(head_dim)  # zero channels change neither q.k nor the output
     q = q * jnp.asarray(scale, q.dtype)
@@ -106,6 +126,7 @@ def splash_attention(q, k, v, window: int, scale: float):
     if mesh is not None and mesh.size > 1:
         batch, heads = nn.logical_to_mesh_axes(("batch", "act_heads"))
         spec = PartitionSpec(batch, heads, None, None)
-        fn = jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
-                           check_vma=False)
-    return fn(q, k, v)[..., :head_dim].swapaxes(1, 2)
+        seg_spec = None if segment_ids is None else PartitionSpec(batch, None)
+        fn = jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec, seg_spec),
+                           out_specs=spec, check_vma=False)
+    return fn(q, k, v, segment_ids)[..., :head_dim].swapaxes(1, 2)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from gptjax.errors import UserError
-from gptjax.model.attention import ATTENTIONS, AUTO_ATTENTION, fused_attention
+from gptjax.model.attention import ATTENTIONS, AUTO_ATTENTION, fused_attention, segment_mask
 from gptjax.model.embeddings import TokenEmbed, rotary, sinusoidal
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -210,7 +210,7 @@ class Attention(nn.Module):
     decode: bool = False  # KV-cache inference: see `cached_attention`
 
     @nn.compact
-    def __call__(self, x, positions):
+    def __call__(self, x, positions, segment_ids=None):
         c = self.config
         qkv = nn.DenseGeneral(
             features=(3, c.num_heads, c.head_dim), use_bias=c.use_bias, dtype=c.dtype,
@@ -228,10 +228,12 @@ class Attention(nn.Module):
         if self.decode:
             out = self.cached_attention(q, k, v, positions)
         elif c.attn_dropout > 0 and not self.deterministic:
-            out = explicit_attention(q, k, v, attention_mask(positions, positions, self.window),
-                                     dropout, c.dtype, c.attn_scale)
+            mask = attention_mask(positions, positions, self.window)
+            if segment_ids is not None:
+                mask &= segment_mask(segment_ids)
+            out = explicit_attention(q, k, v, mask, dropout, c.dtype, c.attn_scale)
         else:
-            out = fused_attention(q, k, v, self.window, c.attention, c.attn_scale)
+            out = fused_attention(q, k, v, self.window, c.attention, c.attn_scale, segment_ids)
         out = checkpoint_name(constrain(out, ("batch", "length", "act_heads", "kv")), "attn_out")
 
         # Residual projections start smaller (GPT-2): std / sqrt(2 * num_layers).
@@ -299,10 +301,10 @@ class Block(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x, positions):
+    def __call__(self, x, positions, segment_ids=None):
         c = self.config
         x = x + Attention(c, self.window, self.deterministic, self.decode, name="attn")(
-            layer_norm(c, "ln1")(x), positions)
+            layer_norm(c, "ln1")(x), positions, segment_ids)
         x = x + MLP(c, self.deterministic, name="mlp")(layer_norm(c, "ln2")(x))
         return constrain(x, ("batch", "length", "act_embed"))
 
@@ -315,11 +317,11 @@ class BlockGroup(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x, positions):
+    def __call__(self, x, positions, segment_ids=None):
         c = self.config
         for j in range(c.group_size):
             x = Block(c, c.window(j), self.deterministic, self.decode, name=f"block_{j}")(
-                x, positions)
+                x, positions, segment_ids)
         return x, None
 
 
@@ -379,10 +381,12 @@ class GPT(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions=None, deterministic: bool = True, decode: bool = False,
-                 hidden: bool = False):
+                 hidden: bool = False, segment_ids=None):
         """tokens [B, T] -> float32 logits [B, T, padded_vocab]; hidden=True: the final
         LayerNorm's output [B, T, D]. decode=True reads and updates the KV cache (collection
-        'cache', mutable); `positions` say where each token goes in it (inference/generate.py)."""
+        'cache', mutable); `positions` say where each token goes in it (inference/generate.py).
+        `segment_ids` [B, T]: attention stays inside each segment (packed documents,
+        gptjax/model/documents.py), and `positions` may restart per segment."""
         c = self.config
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
@@ -406,11 +410,12 @@ class GPT(nn.Module):
                             in_axes=nn.broadcast, length=c.num_layers // c.group_size,
                             unroll=c.scan_unroll,
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = stack(c, deterministic, decode, name="layers")(x, positions)
+            x, _ = stack(c, deterministic, decode, name="layers")(x, positions, segment_ids)
         else:  # remat wraps each unrolled layer as it wraps each scanned group
             block = _reading(_remat(Block, c), self.layer_params)
             for i in range(c.num_layers):
-                x = block(c, c.window(i), deterministic, decode, name=f"layer_{i}")(x, positions)
+                x = block(c, c.window(i), deterministic, decode, name=f"layer_{i}")(
+                    x, positions, segment_ids)
 
         x = layer_norm(c, "ln_f")(x)
         head = embed.embedding if c.tie_embeddings else Head(c, name="head")()

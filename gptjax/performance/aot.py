@@ -141,6 +141,9 @@ def prepare(config, s: Slice | Cluster) -> Prepared:
     gpu = isinstance(s, Cluster)
     if not gpu:
         _multislice(config, s)
+    if config.data.document_mask and config.data.eos_id < 0:
+        with config.unlocked():  # no tokenizer here; the step costs the same for any EOS id
+            config.data.eos_id = config.model.vocab_size - 1
     devices = gpu_clusters.topology_devices(s) if gpu else topology_devices(s)
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.check_config(config, mesh)
@@ -186,6 +189,7 @@ def compile_config(config, s: Slice | Cluster, eval_step: bool = True) -> dict:
         "device_kind": devices[0].device_kind, "mesh": {k: int(v) for k, v in mesh.shape.items()},
         "batch": shape[0], "seq_len": shape[1], "grad_accum": int(config.train.grad_accum),
         "remat": c.remat, "attention": c.attention,
+        "document_mask": bool(config.data.document_mask),
         "dtype": jnp.dtype(c.dtype).name, "params": param_counts(c)["params"],
         "memory": memory, "hbm_bytes": s.hbm_bytes, "usable_bytes": usable,
         "fits": memory["total_bytes"] <= usable, "platform": "gpu" if gpu else "tpu",
@@ -225,7 +229,8 @@ def format_report(r: dict) -> str:
              f"{r['device_kind']}, {hosts}): mesh data={mesh['data']} "
              f"fsdp={mesh['fsdp']} tensor={mesh['tensor']}, batch {r['batch']} x "
              f"{r['seq_len']}, {r['params']:,} params, {r['dtype']}, remat {r['remat']}, "
-             f"attention {r['attention']}",
+             f"attention {r['attention']}"
+             + (" per document" if r.get("document_mask") else ""),
              f"  per {'GPU ' if gpu else 'chip'}           train step"
              + ("      eval step" if "eval" in r else "")]
     ev = r.get("eval", {}).get("memory", {})

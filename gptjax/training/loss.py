@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gptjax.model.documents import Documents
 from gptjax.model.gpt import GPT, GPTConfig, logits_from_hidden, output_head
 from gptjax.parallel import sharding
 
@@ -79,17 +80,20 @@ def uses_dropout(model: GPT) -> bool:
 
 def _apply(config, model: GPT, params_transform: Transform, hidden: bool):
     """`(params, inputs_bt, key, train) -> (params as run, model output)`: logical axis rules,
-    params transform, dropout only when training."""
+    params transform, dropout only when training, packed documents kept apart when
+    data.document_mask (their segment ids and positions computed here from the inputs)."""
     rules = sharding.logical_rules(config)
     dropout = uses_dropout(model)
+    documents = Documents.from_config(config)
 
     def apply(params, inputs_bt, key=None, train=False):
         if params_transform is not None:
             params = params_transform(params)
+        extra = documents.model_inputs(inputs_bt) if documents is not None else {}
         with nn.logical_axis_rules(rules):
             out = model.apply({"params": params}, inputs_bt, hidden=hidden,
                               deterministic=not (train and dropout),
-                              rngs={"dropout": key} if train and dropout else None)
+                              rngs={"dropout": key} if train and dropout else None, **extra)
         return params, out
 
     return apply

@@ -18,6 +18,7 @@ import jax
 
 from gptjax import data
 from gptjax.errors import UserError
+from gptjax.model.documents import set_eos_id
 from gptjax.parallel import distributed, sharding
 from gptjax.training.evaluation import prepare_eval_batches
 from gptjax.training.state import create_train_state
@@ -52,6 +53,7 @@ class Pretraining:
         tokenizer = distributed.once("prepare the tokenizer",
                                      lambda: data.make_tokenizer(config, workdir), timeout)
         check_vocab(config, tokenizer)
+        set_eos_id(config, tokenizer)  # data.document_mask splits at the tokenizer's EOS
         # Every process tokenizes its part of each split not yet in the token store ...
         distributed.each("tokenize its part of the data", lambda: data.prepare_splits(
             config, tokenizer, workdir, jax.process_index(), jax.process_count()), timeout)
