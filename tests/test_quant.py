@@ -191,3 +191,20 @@ def test_int8_perplexity_within_one_percent_of_float(trained):
     assert q["loss"] != base["loss"]  # int8 really changed the weights
     q4 = evaluate_workdir(str(trained), batches=4, quantize="int4")
     assert abs(q4["perplexity"] / base["perplexity"] - 1) < 0.05, (base, q4)
+
+
+def test_scorer_of_a_quantized_workdir_dequantizes_per_layer(trained, tmp_path):
+    """The harness's scorer on a `gptjax quantize` workdir runs the per-layer model and scores
+    as the whole-tree path does."""
+    from gptjax.compression.surgery import quantize_workdir
+    from gptjax.evaluation import scoring
+    out = tmp_path / "int8"
+    quantize_workdir(str(trained), str(out), mode="int8")
+    scorer = scoring.load_scorer(str(out), batch_size=2)
+    assert scorer.model.layer_params is not None
+    whole = scoring.Scorer(scorer.config, quantized.load(str(out))[0], scorer.tokenizer,
+                           scorer.mesh, batch_size=2)
+    assert whole.model.layer_params is None
+    pairs = [("ROMEO:", " I will"), ("First Citizen:", " Before we proceed")]
+    got, want = scorer.loglikelihood(pairs), whole.loglikelihood(pairs)
+    np.testing.assert_allclose([g for g, _ in got], [w for w, _ in want], rtol=1e-5)

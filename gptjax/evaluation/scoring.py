@@ -311,5 +311,7 @@ def load_scorer(workdir: str, step: int | None = None, batch_size: int = 32,
         raise UserError(f"unrecognised arguments: {' '.join(rest)}")
     mesh = inference_mesh(config)
     config, params, tokenizer, _ = open_run(workdir, mesh, step, config)
-    return Scorer(config, params, tokenizer, mesh, batch_size)
+    # a quantized workdir's layers are dequantized inside each layer (quant.prepare)
+    model, params = quant.prepare(GPT(model_config(config)), params)
+    return Scorer(config, params, tokenizer, mesh, batch_size, model=model)
 
