@@ -234,12 +234,11 @@ def test_gradients_are_reduced_in_the_chosen_dtype_on_the_tpu_compiler():
     """configs/smoke.py, FSDP over v5e-4, bfloat16 compute, grad_accum=1: with the float32
     reduction no all-reduce or reduce-scatter moves bfloat16; with bfloat16 the kernels'
     gradients do (XLA:CPU runs every bfloat16 collective in float32: no test there)."""
-    def reduced(reduce_dtype):
+    def bf16_reduced(reduce_dtype):
         c = get_config("configs/smoke.py", ["--config.mesh.data=1", "--config.mesh.fsdp=-1",
                                             f"--config.optim.grad_reduce_dtype={reduce_dtype}"])
-        report = compile_config(c, parse_topology("v5e-4"), eval_step=False)
-        kinds = ("all-reduce", "reduce-scatter")
-        return {dtype: v["bytes"] for kind in kinds
-                for dtype, v in report["collective_dtypes"].get(kind, {}).items()}
-    assert reduced("float32").get("bf16", 0) == 0
-    assert reduced("bfloat16").get("bf16", 0) > 0
+        dtypes = compile_config(c, parse_topology("v5e-4"), eval_step=False)["collective_dtypes"]
+        return sum(dtypes.get(kind, {}).get("bf16", {}).get("bytes", 0)
+                   for kind in ("all-reduce", "reduce-scatter"))
+    assert bf16_reduced("float32") == 0
+    assert bf16_reduced("bfloat16") > 0
