@@ -59,9 +59,11 @@ SLICES = {"small": "v5p-8", "medium": "v5p-16", "large": "v5p-16", "xl": "v5p-32
           "2.7b": "v5p-32", "6.7b": "v5p-64", "13b": "v5p-128", "175b": "v5p-1024",
           "maxtext-6b": "v5p-64"}
 FSDP_FROM = "xl"            # this size and larger: FSDP over the slice and full remat
-# Sizes above this reduce gradients per micro-batch into an accumulator sharded like the params
-# (optim.grad_reduce_dtype=bfloat16): the float32 once-a-step reduction holds a whole float32
-# gradient on every chip, 27 GB for 6.7B and 700 GB for 175B (docs/tpu.md).
+# Sizes above this reduce gradients in the compute dtype (optim.grad_reduce_dtype=bfloat16).
+# At grad_accum=1 the float32 reduction costs only float32 partial sums per layer (XL on
+# v5p-32: 22.1 GiB per chip against 20.1, docs/tpu.md), but these sizes have no float32 compile
+# on record yet; with grad_accum>1 it holds a whole float32 gradient on every chip, 27 GB for
+# 6.7B and 700 GB for 175B.
 FLOAT32_REDUCE_UP_TO = "2.7b"
 WARMUP_TOKENS = 375e6
 DECAY_TOKENS = 260e9

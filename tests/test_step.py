@@ -163,21 +163,38 @@ def test_remat_cuts_unrolled_memory_on_the_tpu_compiler():
     assert full["flops"]["xla_matmul"] > 1.15 * none["flops"]["xla_matmul"]
 
 
+def compiled_step(mesh, accum, reduce_dtype="float32", config="configs/smoke.py:tiny",
+                  batch=32, seq_len=16):
+    """The train step compiled for 8 CPU devices (data x fsdp = `mesh`)."""
+    c = get_config(config, [
+        f"--config.train.grad_accum={accum}", f"--config.mesh.data={mesh[0]}",
+        f"--config.mesh.fsdp={mesh[1]}", f"--config.train.batch_size={batch}",
+        f"--config.data.seq_len={seq_len}", f"--config.optim.grad_reduce_dtype={reduce_dtype}"])
+    m = sharding.make_mesh(c.mesh)
+    abstract, shardings = abstract_train_state(c, m)
+    tokens = {k: jax.ShapeDtypeStruct((batch, seq_len), jnp.int32,
+                                      sharding=sharding.batch_sharding(m))
+              for k in ("inputs", "targets")}
+    step = steps.make_train_step(c, m, shardings)
+    with jax.set_mesh(m):
+        return step.lower(with_shardings(abstract, shardings), tokens).compile()
+
+
 def gradient_reduction_bytes(mesh, accum, reduce_dtype="float32"):
     """Bytes all-reduced / reduce-scattered per device in one compiled train step (loop bodies
     counted as often as they run) of the tiny model on 8 CPU devices."""
-    c = tiny(f"--config.train.grad_accum={accum}", f"--config.mesh.data={mesh[0]}",
-             f"--config.mesh.fsdp={mesh[1]}", "--config.train.batch_size=32",
-             f"--config.optim.grad_reduce_dtype={reduce_dtype}")
-    m = sharding.make_mesh(c.mesh)
-    abstract, shardings = abstract_train_state(c, m)
-    batch = {k: jax.ShapeDtypeStruct((32, 16), jnp.int32, sharding=sharding.batch_sharding(m))
-             for k in ("inputs", "targets")}
-    step = steps.make_train_step(c, m, shardings)
-    with jax.set_mesh(m):
-        text = step.lower(with_shardings(abstract, shardings), batch).compile().as_text()
-    collectives = hlo.analyze(text)["collectives"]
+    collectives = hlo.analyze(compiled_step(mesh, accum, reduce_dtype).as_text())["collectives"]
     return sum(collectives.get(k, {}).get("bytes", 0) for k in ("all-reduce", "reduce-scatter"))
+
+
+def test_float32_reduction_holds_no_whole_gradient_without_accumulation():
+    """FSDP over 8 devices, grad_accum=1, 1 row of 16 tokens per device: the float32 reduction
+    takes no more temporaries than the compute-dtype one (it held a whole float32 gradient
+    per device, 5.9 MB of temporaries against 3.3 MB)."""
+    def temp_bytes(reduce_dtype):
+        compiled = compiled_step((1, 8), 1, reduce_dtype, "configs/smoke.py", batch=8)
+        return compiled.memory_analysis().temp_size_in_bytes
+    assert temp_bytes("float32") <= 1.05 * temp_bytes("bfloat16")
 
 
 @pytest.mark.parametrize("mesh", [(8, 1), pytest.param((2, 4), marks=pytest.mark.slow)])
@@ -209,3 +226,19 @@ def test_float32_reduction_equals_one_device(mesh, accum):
         loss, grads = fn(params, sharding.global_batch(batch, m), jax.random.key(0))
     assert abs(float(loss) - ref_loss) <= 2e-6 * abs(ref_loss)
     assert max_rel(jax.device_get(grads), ref_grads) <= 2e-5
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_gradients_are_reduced_in_the_chosen_dtype_on_the_tpu_compiler():
+    """configs/smoke.py, FSDP over v5e-4, bfloat16 compute, grad_accum=1: with the float32
+    reduction no all-reduce or reduce-scatter moves bfloat16; with bfloat16 the kernels'
+    gradients do (XLA:CPU runs every bfloat16 collective in float32: no test there)."""
+    def bf16_reduced(reduce_dtype):
+        c = get_config("configs/smoke.py", ["--config.mesh.data=1", "--config.mesh.fsdp=-1",
+                                            f"--config.optim.grad_reduce_dtype={reduce_dtype}"])
+        dtypes = compile_config(c, parse_topology("v5e-4"), eval_step=False)["collective_dtypes"]
+        return sum(dtypes.get(kind, {}).get("bf16", {}).get("bytes", 0)
+                   for kind in ("all-reduce", "reduce-scatter"))
+    assert bf16_reduced("float32") == 0
+    assert bf16_reduced("bfloat16") > 0

@@ -3,6 +3,7 @@ matmul FLOPs and collectives per device, with every loop body counted as often a
 
     stats = hlo.analyze(compiled.as_text())
     stats["matmul_flops"], stats["collectives"]   # {'all-gather': {'count', 'bytes'}, ...}
+    stats["collective_dtypes"]                    # {'all-gather': {'bf16': {'count', 'bytes'}}}
 
 `compiled.cost_analysis()` counts the body of a `while` loop (a scanned layer stack, gradient
 accumulation, the chunked loss) once; here each body is weighted by its trip count, read from
@@ -183,6 +184,7 @@ def analyze(text: str) -> dict:
     visit(entry, 1.0)
     flops, custom = 0.0, defaultdict(float)
     collectives = defaultdict(lambda: {"count": 0.0, "bytes": 0.0})
+    by_dtype = defaultdict(lambda: defaultdict(lambda: {"count": 0.0, "bytes": 0.0}))
     for comp, times in weight.items():
         for _, shape, op, rest in comps[comp]:
             if op == "convolution":
@@ -194,9 +196,19 @@ def analyze(text: str) -> dict:
                 custom[target.group(1) if target else "?"] += times
             kind = op.removesuffix("-start")
             if kind in COLLECTIVES and not op.endswith("-done"):
-                sizes = [_bytes(s) for s in re.findall(r"\w+\[[\d,]*\]", shape)]
+                arrays = re.findall(r"\w+\[[\d,]*\]", shape)
+                sizes = [_bytes(s) for s in arrays]
                 collectives[kind]["count"] += times
                 collectives[kind]["bytes"] += times * (max(sizes) if op.endswith("-start")
                                                        else sum(sizes))
+                if op.endswith("-start"):  # (operands, results, ...): the largest one
+                    arrays = [arrays[sizes.index(max(sizes))]] if arrays else []
+                for a in arrays:  # an all-reduce of a tuple is counted once per dtype in it
+                    dtype = _ARRAY.match(a).group(1)
+                    by_dtype[kind][dtype]["bytes"] += times * _bytes(a)
+                for dtype in {_ARRAY.match(a).group(1) for a in arrays}:
+                    by_dtype[kind][dtype]["count"] += times
     return {"matmul_flops": flops, "collectives": {k: dict(v) for k, v in collectives.items()},
+            "collective_dtypes": {k: {t: dict(c) for t, c in v.items()}
+                                  for k, v in by_dtype.items()},
             "custom_calls": dict(custom)}

@@ -53,6 +53,8 @@ class GPTConfig:
     scan_layers: bool = True
     scan_unroll: int = 1        # scanned groups per loop iteration (all: no loop at all)
     remat: str = "none"
+    grad_dtype: jnp.dtype | None = None  # matmul kernels' and biases' gradients (None: the
+    #                                      param dtype); optim.grad_reduce_dtype sets it
 
     @property
     def padded_vocab(self) -> int:
@@ -156,7 +158,7 @@ def _scan_unroll(value, backend: str, num_layers: int, local_window: int, local_
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_dots": jax.checkpoint_policies.save_only_these_names("matmul"),  # `matmul`'s outputs
     "save_proj": jax.checkpoint_policies.save_only_these_names("qkv", "attn_out", "mlp_hidden"),
     "save_qkv": jax.checkpoint_policies.save_only_these_names("qkv"),
 }
@@ -179,6 +181,67 @@ def logical(init, names):
 
 
 constrain = nn.with_logical_constraint
+
+
+# ----------------------------------------------------------------------------- matmuls
+
+
+def matmul(spec: str, x, kernel, c: GPTConfig, bias=None, out_dtype=None):
+    """`einsum(spec, x, kernel) + bias` in the compute dtype (the result in `out_dtype`, default
+    the compute dtype). The kernel's and the bias's gradients are computed in `c.grad_dtype`
+    (default their own dtype, float32), not the compute dtype: with data or fsdp > 1 each
+    device's weight gradient is a partial sum that XLA reduces across devices right where the
+    layer's backward pass makes it, so this is the dtype that reduction runs in
+    (docs/training.md, "The step")."""
+    grad_dtype = c.grad_dtype or kernel.dtype
+    y = _matmul(spec, out_dtype or c.dtype, grad_dtype, x.astype(c.dtype), kernel, bias)
+    return checkpoint_name(y, "matmul")  # what remat=save_dots keeps
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _matmul(spec, out_dtype, grad_dtype, x, kernel, bias):
+    y = jnp.einsum(spec, x, kernel.astype(x.dtype), preferred_element_type=out_dtype)
+    return y if bias is None else y + bias.astype(y.dtype)
+
+
+def _matmul_fwd(spec, out_dtype, grad_dtype, x, kernel, bias):
+    return _matmul(spec, out_dtype, grad_dtype, x, kernel, bias), (x, kernel, bias)
+
+
+def _matmul_bwd(spec, out_dtype, grad_dtype, residuals, g):
+    x, kernel, bias = residuals
+    x_ax, rest = spec.split(",")
+    k_ax, y_ax = rest.split("->")
+    dx = jnp.einsum(f"{y_ax},{k_ax}->{x_ax}", g, kernel.astype(x.dtype),
+                    preferred_element_type=out_dtype).astype(x.dtype)
+    dk = jnp.einsum(f"{x_ax},{y_ax}->{k_ax}", x, g, preferred_element_type=grad_dtype)
+    db = None if bias is None else g.sum(tuple(range(g.ndim - bias.ndim)), dtype=grad_dtype)
+    return dx, dk.astype(kernel.dtype), None if bias is None else db.astype(bias.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+class Dense(nn.Module):
+    """x [B, T, *in] -> [B, T, *features] through `matmul`, contracting x's last `axes`
+    dimensions; kernel [*in, *features] and bias [*features] as nn.DenseGeneral lays them out."""
+    config: GPTConfig
+    features: tuple[int, ...]
+    kernel_names: tuple
+    bias_names: tuple
+    std: float
+    axes: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        shape = (*x.shape[x.ndim - self.axes:], *self.features)
+        kernel = self.param("kernel", logical(nn.initializers.normal(self.std), self.kernel_names),
+                            shape, c.param_dtype)
+        bias = self.param("bias", logical(nn.initializers.zeros, self.bias_names),
+                          self.features, c.param_dtype) if c.use_bias else None
+        ins, outs = "defg"[:self.axes], "hijk"[:len(self.features)]
+        return matmul(f"bt{ins},{ins}{outs}->bt{outs}", x, kernel, c, bias)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -212,12 +275,8 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, positions, segment_ids=None):
         c = self.config
-        qkv = nn.DenseGeneral(
-            features=(3, c.num_heads, c.head_dim), use_bias=c.use_bias, dtype=c.dtype,
-            param_dtype=c.param_dtype, name="qkv",
-            kernel_init=logical(nn.initializers.normal(c.hidden_std),
-                                ("embed", None, "heads", "kv")),
-            bias_init=logical(nn.initializers.zeros, (None, "heads", "kv")))(x)
+        qkv = Dense(c, (3, c.num_heads, c.head_dim), ("embed", None, "heads", "kv"),
+                    (None, "heads", "kv"), c.hidden_std, name="qkv")(x)
         qkv = checkpoint_name(qkv, "qkv")
         names = ("batch", "length", "act_heads", "kv")
         q, k, v = (constrain(qkv[:, :, i], names) for i in range(3))
@@ -238,11 +297,8 @@ class Attention(nn.Module):
 
         # Residual projections start smaller (GPT-2): std / sqrt(2 * num_layers).
         proj_std = c.hidden_std / math.sqrt(2 * c.num_layers)
-        y = nn.DenseGeneral(
-            features=c.d_model, axis=(-2, -1), use_bias=c.use_bias, dtype=c.dtype,
-            param_dtype=c.param_dtype, name="proj",
-            kernel_init=logical(nn.initializers.normal(proj_std), ("heads", "kv", "embed")),
-            bias_init=logical(nn.initializers.zeros, ("embed",)))(out)
+        y = Dense(c, (c.d_model,), ("heads", "kv", "embed"), ("embed",), proj_std, axes=2,
+                  name="proj")(out)
         return nn.Dropout(c.resid_dropout)(y, deterministic=self.deterministic)
 
     def cached_attention(self, q, k, v, positions):
@@ -272,17 +328,11 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        dense = functools.partial(nn.Dense, use_bias=c.use_bias, dtype=c.dtype,
-                                  param_dtype=c.param_dtype)
-        h = dense(c.d_ff, name="fc",
-                  kernel_init=logical(nn.initializers.normal(c.hidden_std), ("embed", "mlp")),
-                  bias_init=logical(nn.initializers.zeros, ("mlp",)))(x)
+        h = Dense(c, (c.d_ff,), ("embed", "mlp"), ("mlp",), c.hidden_std, name="fc")(x)
         h = checkpoint_name(constrain(h, ("batch", "length", "act_mlp")), "mlp_hidden")
         h = nn.gelu(h, approximate=True)
         proj_std = c.hidden_std / math.sqrt(2 * c.num_layers)
-        y = dense(c.d_model, name="proj",
-                  kernel_init=logical(nn.initializers.normal(proj_std), ("mlp", "embed")),
-                  bias_init=logical(nn.initializers.zeros, ("embed",)))(h)
+        y = Dense(c, (c.d_model,), ("mlp", "embed"), ("embed",), proj_std, name="proj")(h)
         return nn.Dropout(c.resid_dropout)(y, deterministic=self.deterministic)
 
 
@@ -351,8 +401,7 @@ def logits_from_hidden(x_btd, head, c: GPTConfig):
     matmul accumulated in float32 (never rounded to bfloat16); padded vocabulary columns get the
     float32 minimum, so no softmax sees them. gptjax/training/steps.py applies it block by block."""
     spec = "btd,vd->btv" if c.tie_embeddings else "btd,dv->btv"
-    logits = jnp.einsum(spec, x_btd.astype(c.dtype), head.astype(c.dtype),
-                        preferred_element_type=jnp.float32)
+    logits = matmul(spec, x_btd, head, c, out_dtype=jnp.float32)
     if c.mup:  # muP's readout: an O(1) weight times 1 / width_mult
         logits = logits / c.width_mult
     if c.padded_vocab == c.vocab_size:

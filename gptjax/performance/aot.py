@@ -194,6 +194,7 @@ def compile_config(config, s: Slice | Cluster, eval_step: bool = True) -> dict:
         "memory": memory, "hbm_bytes": s.hbm_bytes, "usable_bytes": usable,
         "fits": memory["total_bytes"] <= usable, "platform": "gpu" if gpu else "tpu",
         "flops": _flops(config, c, stats, s.chips), "collectives": stats["collectives"],
+        "collective_dtypes": stats["collective_dtypes"],
         "kernels": _kernels(stats["custom_calls"], gpu), "cost_analysis": cost_of(compiled),
         "compile_seconds": round(seconds, 1), "jax": jax.__version__,
         "libtpu": _version("libtpu"), "cuda_plugin": _version(gpu_clusters.PLUGIN)}

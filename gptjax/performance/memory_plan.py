@@ -127,14 +127,17 @@ def state_bytes(config, mesh: dict) -> dict:
         is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
     opt_bytes = sum(float(x) for x in jax.tree.leaves(per_leaf))
     grad_bytes = param_bytes  # gradients have the params' dtype and sharding
-    if str(config.optim.grad_reduce_dtype) == "float32" and mesh["data"] * mesh["fsdp"] > 1:
+    accum = int(config.train.grad_accum)
+    once_a_step = str(config.optim.grad_reduce_dtype) == "float32" and accum > 1
+    if once_a_step and mesh["data"] * mesh["fsdp"] > 1:
         # each device accumulates its whole float32 gradient (split over tensor only) and the
-        # shards are summed once a step (gptjax/training/steps.py)
+        # shards are summed once a step (gptjax/training/steps.py); with grad_accum=1 each
+        # layer's gradient is reduced where it is made, in float32, into the params' sharding
         whole = jax.tree.map(
             lambda p, s: _shard_elems(p.shape, tuple(steps.without_batch_axes(s)), mesh), params,
             phys, is_leaf=is_spec)
         grad_bytes += sum(4 * float(n) for n in jax.tree.leaves(whole))
-    elif int(config.train.grad_accum) > 1:  # plus the float32 accumulator, sharded like params
+    elif accum > 1:  # plus the float32 accumulator, sharded like params
         grad_bytes += sum(math.prod(p.shape) * 4 * f for p, f in pairs)
     count = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
     return {"params": int(count), "param_bytes": int(param_bytes), "grad_bytes": int(grad_bytes),

@@ -13,6 +13,7 @@ step (int8 dequantisation, pruning masks).
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -83,20 +84,27 @@ def make_loss_and_grads(config, model: GPT | None = None, param_shardings=None,
     in float32 and are divided once by the global weight, so A x B/A equals one step of B for
     any token weights (a micro-batch with few or no weighted tokens counts for what it holds).
 
-    `optim.grad_reduce_dtype=float32` (default) on a mesh whose data x fsdp > 1: every device
-    computes the gradient of its own rows (a vmap over the batch shards), casts it to float32
-    and adds it to its own accumulator; the shards' gradients are summed once per step, in
-    float32 (one all-reduce / reduce-scatter per step, whatever A is). The price: each device
-    holds a whole float32 gradient (split only over tensor). `bfloat16`: XLA reduces each
-    micro-batch's gradient where it is produced, in the compute dtype, into an accumulator
-    sharded like the params (`param_shardings`): FSDP's smallest memory.
+    Where gradients are summed over data x fsdp (`optim.grad_reduce_dtype`):
+    - `float32` (default), A = 1: the model's matmuls compute their kernels' gradients in
+      float32 (gptjax/model/gpt.py, `matmul`), so the reduce-scatter / all-reduce XLA places
+      inside each layer's backward pass sums float32 partial gradients. No extra memory: no
+      device holds more of a gradient than its shard and one layer's partial sums.
+    - `float32`, A > 1 on a mesh whose data x fsdp > 1: every device computes the gradient of
+      its own rows (a vmap over the batch shards) and adds it to its own float32 accumulator;
+      the shards' gradients are summed once per step (one reduction per step, whatever A is).
+      The price: each device holds a whole float32 gradient (split only over tensor).
+    - `bfloat16`: the kernels' gradients in the compute dtype, reduced where they are produced,
+      each micro-batch, into an accumulator sharded like the params (`param_shardings`).
     """
     reduce_dtype = str(config.optim.grad_reduce_dtype)
     if reduce_dtype not in ("float32", "bfloat16"):
         raise UserError(f"config.optim.grad_reduce_dtype={reduce_dtype!r}: choose float32 "
                         f"or bfloat16")
     accum = int(config.train.grad_accum)
-    mesh = _shard_mesh(param_shardings) if reduce_dtype == "float32" else None
+    model = model or GPT(model_config(config))
+    if reduce_dtype == "bfloat16":
+        model = model.clone(config=dataclasses.replace(model.config, grad_dtype=model.config.dtype))
+    mesh = _shard_mesh(param_shardings) if reduce_dtype == "float32" and accum > 1 else None
     if mesh is not None:
         return _per_shard_loss_and_grads(config, model, param_shardings, params_transform,
                                          accum, mesh)
