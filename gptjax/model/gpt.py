@@ -193,8 +193,12 @@ def matmul(spec: str, x, kernel, c: GPTConfig, bias=None, out_dtype=None):
     device's weight gradient is a partial sum that XLA reduces across devices right where the
     layer's backward pass makes it, so this is the dtype that reduction runs in
     (docs/training.md, "The step")."""
-    grad_dtype = c.grad_dtype or kernel.dtype
-    y = _matmul(spec, out_dtype or c.dtype, grad_dtype, x.astype(c.dtype), kernel, bias)
+    out_dtype, x = out_dtype or c.dtype, x.astype(c.dtype)
+    if not isinstance(kernel, jax.Array):  # Qwix's w8a8 weights: its intercepted einsum runs
+        y = jnp.einsum(spec, x, kernel, preferred_element_type=out_dtype)  # (inference only)
+        y = y if bias is None else y + bias.astype(y.dtype)
+    else:
+        y = _matmul(spec, out_dtype, c.grad_dtype or kernel.dtype, x, kernel, bias)
     return checkpoint_name(y, "matmul")  # what remat=save_dots keeps
 
 
