@@ -273,6 +273,7 @@ def test_eos_id_comes_from_the_tokenizer():
     assert plain.data.eos_id == -1
 
 
+@pytest.mark.slow  # a whole training run (the recipe setting data.eos_id)
 def test_a_run_trains_with_the_tokenizers_eos(tmp_path):
     config = get_config("configs/smoke.py:tiny", ["--config.data.document_mask=True",
                                                   "--config.data.positions_restart=True"])
@@ -305,6 +306,7 @@ def test_gpu_step_keeps_cudnn_attention_with_the_mask(capsys):
     assert r["attention"] == "cudnn" and r["fits"] and r["document_mask"]
 
 
+@pytest.mark.slow  # a TPU compile of the whole step
 @needs_libtpu
 def test_tpu_step_compiles_with_segment_ids():
     """The TPU compiler on v5p-8: splash with segment ids under the data-parallel mesh."""
