@@ -247,3 +247,13 @@ def _train(config, source):
 
 # What make_tokenizer gives.
 Tokenizer = CharTokenizer | SentencePieceTokenizer | HFTokenizer | SyntheticTokenizer
+
+
+def prefix_id(tokenizer) -> int:
+    """What a text without context is conditioned on: EOS (GPT-2's <|endoftext|>), else BOS,
+    else a newline (a character model of one document has neither)."""
+    for i in (tokenizer.eos_id, getattr(tokenizer, "bos_id", None)):
+        if i is not None:
+            return int(i)
+    ids = tokenizer.encode("\n")
+    return int(ids[-1]) if ids else 0

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gptjax.config.loader import apply_overrides
+from gptjax.data.tokenizer import prefix_id
 from gptjax.errors import UserError
 from gptjax.inference import generate
 from gptjax.inference import quantization as quant
@@ -62,16 +63,6 @@ def windows(n_tokens: int, n_scored: int, size: int, stride: int) -> list[tuple[
         end += count
         out.append((end, count))
     return out
-
-
-def prefix_id(tokenizer) -> int:
-    """What a text without context is conditioned on: EOS (GPT-2's <|endoftext|>), else BOS,
-    else a newline (a character model of one document has neither)."""
-    for i in (tokenizer.eos_id, getattr(tokenizer, "bos_id", None)):
-        if i is not None:
-            return int(i)
-    ids = tokenizer.encode("\n")
-    return int(ids[-1]) if ids else 0
 
 
 def make_score_step(config, mesh, param_shardings, model: GPT):

@@ -31,8 +31,8 @@ from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException
 
 from gptjax.data import hf_export
+from gptjax.data.tokenizer import prefix_id
 from gptjax.errors import UserError
-from gptjax.evaluation import scoring
 from gptjax.serving import chat, protocol
 from gptjax.serving.engine import Engine, Event, Settings, Token
 from gptjax.serving.engine import Request as EngineRequest
@@ -51,7 +51,7 @@ class Service:
         self.created = int(time.time())
         eos = hf_export.eos_text(tokenizer)
         self.eos_token = eos
-        self.bos_token = eos or tokenizer.decode([scoring.prefix_id(tokenizer)])
+        self.bos_token = eos or tokenizer.decode([prefix_id(tokenizer)])
         self.specials = {} if eos is None else {eos: int(tokenizer.eos_id)}
 
     def encode(self, prompt) -> list[int]:
