@@ -18,7 +18,7 @@ import pytest
 from gptjax import cli
 from gptjax.config.defaults import base_config
 from gptjax.config.loader import get_config
-from gptjax.data import gpt2_bpe, hf_export
+from gptjax.data import gpt2_bpe, hf_tokenizer
 from gptjax.data.spm import train_sentencepiece
 from gptjax.data.tokenizer import CharTokenizer
 from gptjax.errors import UserError
@@ -235,7 +235,7 @@ def test_export_converts_sentencepiece_models_gptjax_trains(kind, shakespeare_ma
     pytest.importorskip("tokenizers", reason="pip install 'gptjax[interop]'")
     text = (shakespeare_manual_dir / "input.txt").read_text()[:30000]
     spm = _tokenizer(kind, text)
-    hf, eos = hf_export.convert(spm)
+    hf, eos = hf_tokenizer.convert(spm)
     probe = text[20000:24000] + PROBE_EXTRA
     assert hf.encode(probe, add_special_tokens=False).ids == spm.encode(probe)
     assert hf.decode(spm.encode(probe)) == probe and eos == "</s>"

@@ -17,6 +17,11 @@ def _config(spec, *overrides):
     return get_config(spec, list(overrides))
 
 
+# The planner models a scanned stack of one layer group per iteration (what GPUs and TPUs compile
+# under model.scan_unroll=auto); CPU unrolls the stack by default, so CPU checks pin the scan.
+SCANNED = ["--config.model.scan_unroll=1"]
+
+
 def test_parse_mesh():
     assert parse_mesh("data=2,fsdp=4") == {"data": 2, "fsdp": 4, "tensor": 1}
     with pytest.raises(UserError, match="AXIS=SIZE"):
@@ -57,6 +62,17 @@ def test_plan_fits_and_remat_helps():
     assert big.compute_dtype == "bfloat16"
 
 
+def test_plan_says_when_the_stack_is_unrolled():
+    """On CPU scan_unroll=auto unrolls the stack, which the activation counts do not model: the
+    plan says so; the scanned layout (and GPUs under auto) plans without a note."""
+    cfg = _config("configs/smoke.py")
+    cpu = plan.plan(cfg, {"data": 1, "fsdp": 1, "tensor": 1}, "cpu")
+    assert "scan_unroll resolves to" in cpu.note and "note: " in plan.format_plan(cpu)
+    assert plan.plan(cfg, {"data": 1, "fsdp": 1, "tensor": 1}, "h100").note == ""
+    scanned = _config("configs/smoke.py", *SCANNED)
+    assert plan.plan(scanned, {"data": 1, "fsdp": 1, "tensor": 1}, "cpu").note == ""
+
+
 def test_plan_rejects_bad_input():
     cfg = _config("configs/smoke.py:tiny")
     with pytest.raises(UserError, match="--device"):
@@ -67,10 +83,10 @@ def test_plan_rejects_bad_input():
 
 # (config, overrides) measured in a test; docs/memory.md holds the full table.
 VALIDATION = {
-    "smoke, data=8": ("configs/smoke.py", ["--config.mesh.data=8"]),
+    "smoke, data=8": ("configs/smoke.py", ["--config.mesh.data=8", *SCANNED]),
     "smoke, data=2 fsdp=2 tensor=2, remat=full": (
         "configs/smoke.py", ["--config.mesh.data=2", "--config.mesh.fsdp=2",
-                             "--config.mesh.tensor=2", "--config.model.remat=full"]),
+                             "--config.mesh.tensor=2", "--config.model.remat=full", *SCANNED]),
 }
 
 

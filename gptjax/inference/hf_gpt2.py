@@ -26,8 +26,8 @@ import jax
 import numpy as np
 
 from gptjax.config.loader import load_config
-from gptjax.data import hf_export
-from gptjax.data.hf_tokenizer import HFTokenizer
+from gptjax.data.hf_tokenizer import EXPORT_FILES, HFTokenizer
+from gptjax.data.hf_tokenizer import export as export_tokenizer
 from gptjax.errors import UserError
 from gptjax.inference import quantization as quant
 from gptjax.model.gpt import GPTConfig
@@ -304,8 +304,8 @@ def export_workdir(workdir: str, out: str) -> tuple[int, str | None]:
     c = GPTConfig.from_config(config.model)
     config_to_hf(c)  # refuses a model GPT-2 cannot hold before anything is written
     with tempfile.TemporaryDirectory() as tmp:  # the tokenizer can refuse too: check it first
-        kept = hf_export.save(tokenizer, tmp, c.max_seq_len)
+        kept = export_tokenizer(tokenizer, tmp, c.max_seq_len)
         save_hf(out, params, c, tokenizer.eos_id if kept else None)
-        for name in hf_export.FILES if kept else ():
+        for name in EXPORT_FILES if kept else ():
             shutil.copy(os.path.join(tmp, name), os.path.join(out, name))
     return step, tokenizer.kind if kept else None

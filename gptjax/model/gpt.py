@@ -19,6 +19,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from gptjax.errors import UserError
 from gptjax.model.attention import ATTENTIONS, AUTO_ATTENTION, fused_attention, segment_mask
+from gptjax.model.dense import Dense, constrain, logical, matmul
 from gptjax.model.embeddings import TokenEmbed, rotary, sinusoidal
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -162,90 +163,6 @@ REMAT_POLICIES = {
     "save_proj": jax.checkpoint_policies.save_only_these_names("qkv", "attn_out", "mlp_hidden"),
     "save_qkv": jax.checkpoint_policies.save_only_these_names("qkv"),
 }
-
-
-class _Logical(nn.LogicallyPartitioned):
-    """A logically partitioned param whose constraint is skipped while its rank differs from its
-    names (DenseGeneral builds multi-axis kernels flat, then reshapes them after `unbox`)."""
-
-    def unbox(self, apply_constraint=True):
-        if getattr(self.value, "ndim", len(self.names)) != len(self.names):
-            return self.value
-        return super().unbox(apply_constraint)
-
-
-def logical(init, names):
-    def boxed_init(*args, **kwargs):
-        return _Logical(init(*args, **kwargs), tuple(names))
-    return boxed_init
-
-
-constrain = nn.with_logical_constraint
-
-
-# ----------------------------------------------------------------------------- matmuls
-
-
-def matmul(spec: str, x, kernel, c: GPTConfig, bias=None, out_dtype=None):
-    """`einsum(spec, x, kernel) + bias` in the compute dtype (the result in `out_dtype`, default
-    the compute dtype). The kernel's and the bias's gradients are computed in `c.grad_dtype`
-    (default their own dtype, float32), not the compute dtype: with data or fsdp > 1 each
-    device's weight gradient is a partial sum that XLA reduces across devices right where the
-    layer's backward pass makes it, so this is the dtype that reduction runs in
-    (docs/training.md, "The step")."""
-    out_dtype, x = out_dtype or c.dtype, x.astype(c.dtype)
-    if not isinstance(kernel, jax.Array):  # Qwix's w8a8 weights: its intercepted einsum runs
-        y = jnp.einsum(spec, x, kernel, preferred_element_type=out_dtype)  # (inference only)
-        y = y if bias is None else y + bias.astype(y.dtype)
-    else:
-        y = _matmul(spec, out_dtype, c.grad_dtype or kernel.dtype, x, kernel, bias)
-    return checkpoint_name(y, "matmul")  # what remat=save_dots keeps
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _matmul(spec, out_dtype, grad_dtype, x, kernel, bias):
-    y = jnp.einsum(spec, x, kernel.astype(x.dtype), preferred_element_type=out_dtype)
-    return y if bias is None else y + bias.astype(y.dtype)
-
-
-def _matmul_fwd(spec, out_dtype, grad_dtype, x, kernel, bias):
-    return _matmul(spec, out_dtype, grad_dtype, x, kernel, bias), (x, kernel, bias)
-
-
-def _matmul_bwd(spec, out_dtype, grad_dtype, residuals, g):
-    x, kernel, bias = residuals
-    x_ax, rest = spec.split(",")
-    k_ax, y_ax = rest.split("->")
-    dx = jnp.einsum(f"{y_ax},{k_ax}->{x_ax}", g, kernel.astype(x.dtype),
-                    preferred_element_type=out_dtype).astype(x.dtype)
-    dk = jnp.einsum(f"{x_ax},{y_ax}->{k_ax}", x, g, preferred_element_type=grad_dtype)
-    db = None if bias is None else g.sum(tuple(range(g.ndim - bias.ndim)), dtype=grad_dtype)
-    return dx, dk.astype(kernel.dtype), None if bias is None else db.astype(bias.dtype)
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-class Dense(nn.Module):
-    """x [B, T, *in] -> [B, T, *features] through `matmul`, contracting x's last `axes`
-    dimensions; kernel [*in, *features] and bias [*features] as nn.DenseGeneral lays them out."""
-    config: GPTConfig
-    features: tuple[int, ...]
-    kernel_names: tuple
-    bias_names: tuple
-    std: float
-    axes: int = 1
-
-    @nn.compact
-    def __call__(self, x):
-        c = self.config
-        shape = (*x.shape[x.ndim - self.axes:], *self.features)
-        kernel = self.param("kernel", logical(nn.initializers.normal(self.std), self.kernel_names),
-                            shape, c.param_dtype)
-        bias = self.param("bias", logical(nn.initializers.zeros, self.bias_names),
-                          self.features, c.param_dtype) if c.use_bias else None
-        ins, outs = "defg"[:self.axes], "hijk"[:len(self.features)]
-        return matmul(f"bt{ins},{ins}{outs}->bt{outs}", x, kernel, c, bias)
 
 
 # ----------------------------------------------------------------------------- attention

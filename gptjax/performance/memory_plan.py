@@ -81,6 +81,7 @@ class Plan:
     device_bytes: int
     usable_bytes: int
     fits: bool | None
+    note: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -193,6 +194,12 @@ def plan(config, mesh: dict, device: str = "h100", num_devices: int | None = Non
     total = (state["param_bytes"] + state["grad_bytes"] + state["optimizer_bytes"] + acts
              + logits + workspace + tokens_bytes)
     usable = int(capacity * USABLE_FRACTION)
+    note = ""
+    if c.scan_layers and c.scan_unroll > 1:
+        note = (f"model.scan_unroll resolves to {c.scan_unroll} on {device}; the activation "
+                "counts are fitted to one layer group per scan iteration (what GPUs and TPUs "
+                "compile under auto) and an unrolled stack's buffers differ (docs/memory.md): "
+                "--measure compiles it, --config.model.scan_unroll=1 plans the scanned layout")
     return Plan(name=config.name, device=device, mesh=mesh, batch_per_device=batch,
                 seq_len=int(config.data.seq_len), remat=c.remat,
                 compute_dtype=str(c.dtype.__name__ if hasattr(c.dtype, "__name__") else c.dtype),
@@ -200,7 +207,7 @@ def plan(config, mesh: dict, device: str = "h100", num_devices: int | None = Non
                 grad_bytes=state["grad_bytes"], optimizer_bytes=state["optimizer_bytes"],
                 activation_bytes=acts, logits_bytes=logits, embedding_grad_bytes=workspace,
                 total_bytes=int(total), device_bytes=capacity, usable_bytes=usable,
-                fits=(total <= usable) if capacity else None)
+                fits=(total <= usable) if capacity else None, note=note)
 
 
 def measure(config) -> dict:
@@ -262,6 +269,8 @@ def format_plan(p: Plan, measured: dict | None = None) -> str:
         if not p.fits:
             lines.append("  try: --config.model.remat=full, a larger fsdp axis, "
                          "--config.optim.state_dtype=bfloat16, or a smaller batch with grad_accum")
+    if p.note:
+        lines.append(f"  note: {p.note}")
     if measured is not None:
         err = 100.0 * (p.total_bytes - measured["peak_bytes"]) / measured["peak_bytes"]
         lines.append(f"  measured (XLA, {measured['device_kind']}): "

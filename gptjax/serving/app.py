@@ -30,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException
 
-from gptjax.data import hf_export
+from gptjax.data import hf_tokenizer
 from gptjax.data.tokenizer import prefix_id
 from gptjax.errors import UserError
 from gptjax.serving import chat, protocol
@@ -49,7 +49,7 @@ class Service:
         self.api_key, self.max_tokens, self.max_body = api_key, max_tokens, max_body
         self.max_waiting = max_waiting  # queued requests beyond the slots (429 beyond)
         self.created = int(time.time())
-        eos = hf_export.eos_text(tokenizer)
+        eos = hf_tokenizer.eos_text(tokenizer)
         self.eos_token = eos
         self.bos_token = eos or tokenizer.decode([prefix_id(tokenizer)])
         self.specials = {} if eos is None else {eos: int(tokenizer.eos_id)}

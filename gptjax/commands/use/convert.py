@@ -1,6 +1,6 @@
 """`gptjax convert import|export`: Hugging Face GPT-2 weights into a workdir and back
 (gptjax/inference/hf_gpt2.py); an export carries the run's tokenizer
-(gptjax/data/hf_export.py), so transformers loads the directory as is."""
+(gptjax/data/hf_tokenizer.py), so transformers loads the directory as is."""
 
 from __future__ import annotations
 
