@@ -104,7 +104,10 @@ def test_scan_unroll_auto_unrolls_the_stack_on_cpu_only():
     assert GPTConfig.from_config(model, backend="tpu").scan_unroll == 1
     assert GPTConfig.from_config(model, backend="gpu").scan_unroll == 1
     with model.unlocked():
-        model.scan_unroll = "2"
+        model.remat = "full"  # unrolled, XLA:CPU would keep every recomputed activation live
+    assert GPTConfig.from_config(model, backend="cpu").scan_unroll == 1
+    with model.unlocked():
+        model.remat, model.scan_unroll = "none", "2"
     assert GPTConfig.from_config(model, backend="tpu").scan_unroll == 2
     for bad in ("0", "all"):
         with model.unlocked():

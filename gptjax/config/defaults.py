@@ -43,8 +43,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.param_dtype = "float32"
     m.dtype = "auto"                # compute dtype: auto = bfloat16 on GPU/TPU, float32 on CPU
     m.scan_layers = True
-    m.scan_unroll = "auto"          # scanned layers per loop iteration: auto = all on CPU (no
-                                    # loop: faster there), 1 on GPU/TPU; or a number
+    m.scan_unroll = "auto"          # scanned layers per loop iteration: auto = all on CPU with
+                                    # remat none (no loop: faster there), else 1; or a number
     m.remat = "none"                # none | full | save_dots | save_proj | save_qkv
 
     # --- data (gptjax/data; docs/data.md) ---

@@ -104,6 +104,7 @@ class GPTConfig:
             if attention == "cudnn" and dtype == "float32":
                 attention = "xla"  # cuDNN's fused attention runs in 16-bit only
         kwargs["scan_unroll"] = _scan_unroll(kwargs.get("scan_unroll", "auto"), backend,
+                                             kwargs.get("remat", cls.remat),
                                              kwargs.get("num_layers", cls.num_layers),
                                              kwargs.get("local_window", cls.local_window),
                                              kwargs.get("local_every", cls.local_every))
@@ -137,14 +138,17 @@ class GPTConfig:
                 bad(f"{name} must be positive, got {getattr(self, name)}")
 
 
-def _scan_unroll(value, backend: str, num_layers: int, local_window: int, local_every: int):
+def _scan_unroll(value, backend: str, remat: str, num_layers: int, local_window: int,
+                 local_every: int):
     """`model.scan_unroll`: 'auto' unrolls the whole scanned stack on CPU (one straight-line
-    program: ~25% less CPU time per step for the smoke model, docs/performance.md) and keeps
-    one group per iteration on GPU / TPU (compile time and memory stay flat in the depth).
+    program: ~25% less CPU time per step for the smoke model, docs/performance.md) unless remat
+    is on (unrolled, XLA:CPU keeps the recomputed activations all live: remat saves nothing,
+    docs/memory.md), and keeps one group per iteration on GPU / TPU (compile time and memory
+    stay flat in the depth).
     The parameters stay stacked either way, so checkpoints move between platforms."""
     groups = max(num_layers // (local_every if local_window > 0 else 1), 1)
     if value == "auto":
-        return groups if backend == "cpu" else 1
+        return groups if backend == "cpu" and remat == "none" else 1
     try:
         unroll = int(value)
     except (TypeError, ValueError):
