@@ -1,13 +1,22 @@
-"""Test setup: CPU only, 8 virtual devices (for sharding tests), data from ../shared."""
+"""Test setup: CPU only, 8 virtual devices (for sharding tests), data from ../shared, and one
+persistent XLA compilation cache for the session (the test process and every `gptjax`
+subprocess it starts: most tests compile the same tiny programs again; the cache starts empty
+each session and is removed at its end, so every program is still compiled once)."""
 
+import atexit
 import importlib.util
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gptjax-tests-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import pytest  # noqa: E402

@@ -3,15 +3,12 @@ config in a subprocess (1 CPU device, optional injected fault) and read what it 
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,10 +22,9 @@ TINY = ["--config", "configs/smoke.py:tiny", "--config.data.source=synthetic",
 TMP_RE = re.compile(r"\.orbax-checkpoint-tmp")
 RUN_TIMEOUT = 300
 
-# One persistent XLA compilation cache for every subprocess of this test session: each run
-# compiles the same tiny train step, so all but the first skip most of the compile time.
-_CACHE = tempfile.mkdtemp(prefix="gptjax-fault-tests-xla-")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+# The session's persistent XLA compilation cache (tests/conftest.py): each run compiles the
+# same tiny train step, so all but the first skip most of the compile time.
+_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
 def subprocess_env(fault: str | None = None, marker: Path | None = None,

@@ -78,6 +78,7 @@ def test_quantized_workdir_loads_without_the_float_checkpoint(trained, tmp_path,
     assert result["step"] == 10 and abs(result["loss"] - float_loss) < 0.05
 
 
+@pytest.mark.slow  # trains and scores every variant (~1.5 min)
 def test_task_accuracy_of_each_variant_as_it_runs(tmp_path, shakespeare_manual_dir, repo_dir,
                                                   capsys):
     """The report's task columns: every variant scored as it runs (int8 weights quantized, w8a8

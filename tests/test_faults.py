@@ -219,6 +219,7 @@ def _kill_matrix(reference, tmp_path, kills: int, seed: int) -> dict:
     return landed
 
 
+@pytest.mark.slow  # three killed trainings; fixed kill points stay default
 def test_kill9_at_random_points_three_times(reference, tmp_path):
     _kill_matrix(reference, tmp_path, kills=3, seed=1234)
 

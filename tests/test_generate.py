@@ -242,6 +242,7 @@ def test_bench_decode_cli_prints_tokens_per_second():
     assert float(lines[1].split(":")[1].split()[0]) > 0
 
 
+@pytest.mark.slow  # the benchmark command at its defaults
 def test_bench_decode_defaults_fit_a_short_window():
     """As documented (16-token prompt, 128 new tokens) on smoke's 128-token learned window: the
     defaults shrink to fit, with a note, instead of exit 2; explicit values stay as given."""

@@ -27,6 +27,7 @@ lm_eval = pytest.importorskip("lm_eval", reason="install the optional extra: "
                                                 "pip install 'gptjax[eval]'")
 
 
+@pytest.mark.slow  # a training plus two harness runs (~1 min)
 def test_harness_cli_equals_evaluate_tasks(tmp_path, shakespeare_manual_dir, repo_dir):
     text_file = str(shakespeare_manual_dir / "input.txt")
     workdir = tiny_workdir(str(tmp_path / "run"), text_file)

@@ -121,6 +121,7 @@ def test_sample_with_a_draft_workdir(tmp_path, capsys):
     assert "tokens per target forward" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the benchmark command end to end
 def test_bench_speculative_measures_acceptance(tmp_path, capsys):
     """`gptjax bench-speculative`: the target as its own draft accepts every proposal (k + 1
     tokens per target forward); a stranger accepts fewer; greedy output is the target's."""

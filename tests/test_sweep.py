@@ -229,6 +229,7 @@ def test_slurm_and_tpu_forms(tmp_path, capsys):
     assert sweep_launch.tpu_name(_config(), "D64_1.5e12") == "scaling-micro-d64-1-5e12"
 
 
+@pytest.mark.slow  # a whole sweep of trainings (~1-2 min)
 def test_micro_sweep_end_to_end_and_resume(tmp_path, capsys):
     """Three tiny models really train on CPU; a rerun trains nothing; a run without its
     result.json resumes from its checkpoint instead of starting over."""

@@ -184,6 +184,7 @@ def test_cli_bad_mesh_is_one_line(tmp_path, repo_dir):
     assert proc.stderr.strip().count("\n") == 0 and "mesh" in proc.stderr
 
 
+@pytest.mark.slow  # test_faults.py's SIGTERM cases cover it in the default suite
 def test_sigterm_checkpoints_and_exits_cleanly(tmp_path, repo_dir):
     workdir = tmp_path / "sig"
     cmd = [sys.executable, "-m", "gptjax", "train", "--config", "configs/smoke.py:tiny",
