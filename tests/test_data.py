@@ -583,7 +583,6 @@ def toy_source():
         data.unregister_source("toy")
 
 
-@pytest.mark.slow  # a whole training through a registered source
 def test_registered_toy_source_trains_end_to_end(toy_source, tmp_path):
     workdir = str(tmp_path / "run")
     config = _config(**{"data.source": "toy", "data.tokenizer.kind": "char"})

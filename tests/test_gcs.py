@@ -220,7 +220,6 @@ def _corpus(path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.mark.slow  # two training processes on the emulator (~2 min)
 def test_two_processes_share_a_gcs_workdir_and_stop_on_sigterm(gcs, tmp_path):
     """2 processes x 4 CPU devices, one gs:// workdir, text files: process 0 alone trains the
     tokenizer, each process tokenizes its part of the documents (into the bucket); SIGTERM to
