@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from compress_helpers import TINY, tiny, train_tiny
+from conftest import FAST_COMPILE
 from eval_helpers import tiny_workdir
 
 from gptjax.cli import main
@@ -21,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def gptjax(*args, timeout=600):
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE)
     return subprocess.run([sys.executable, "-m", "gptjax", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -326,8 +326,8 @@ def _two_process_train(workdir: Path, fault: str = "", extra: dict | None = None
            f"--config.train.steps={STEPS}", "--config.train.ckpt_every=4",
            "--config.mesh.data=4", "--config.mesh.dcn_data=2", "--workdir", str(workdir)]
     env = subprocess_env(fault, extra=extra)
-    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "XLA_FLAGS"):
-        env.pop(k, None)
+    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(k, None)  # (subprocess_env keeps XLA_FLAGS but its device count)
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 

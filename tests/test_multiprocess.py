@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE
 
 STEPS = 3
 TRAIN = ["-m", "gptjax", "train", "--config", "configs/smoke.py:tiny",
@@ -25,7 +26,7 @@ TRAIN = ["-m", "gptjax", "train", "--config", "configs/smoke.py:tiny",
 
 def _env(devices: int) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = f"{FAST_COMPILE} --xla_force_host_platform_device_count={devices}"
     for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         env.pop(k, None)
     return env

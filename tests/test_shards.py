@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE
 
 from gptjax import data
 from gptjax.cli import main
@@ -299,8 +300,9 @@ def test_every_process_of_a_training_job_tokenizes_its_part(tmp_path, repo_dir):
     cfg = _config_file(tmp_path, repo_dir)
     workdir = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(repo_dir), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "XLA_FLAGS"):
+    for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         env.pop(k, None)
+    env["XLA_FLAGS"] = FAST_COMPILE
     res = subprocess.run([sys.executable, "launch/multiprocess.py", "-n", "2", "--devices", "1",
                           "--timeout", "120", "--", "gptjax", "train", "--config", str(cfg),
                           "--config.train.steps=2", "--config.train.eval_every=-1",

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from conftest import FAST_COMPILE
 
 from gptjax.config.loader import get_config
 from gptjax.errors import UserError
@@ -192,7 +193,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path, repo_dir):
            "--config.train.steps=100000", "--config.train.log_every=20",
            "--config.train.ckpt_every=0", "--config.train.eval_every=-1",
            "--config.train.plot=false"]
-    env = dict(os.environ, XLA_FLAGS="")
+    env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)
     proc = subprocess.Popen(cmd, cwd=repo_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env)
     metrics = workdir / "metrics.jsonl"
