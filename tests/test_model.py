@@ -131,6 +131,29 @@ def test_unrolled_scan_has_no_layer_loop_and_the_same_gradients():
                  grads_l, grads_u)
 
 
+def test_flat_weight_grads_on_cpu_only_same_gradients_no_transposed_activation():
+    model = get_config("configs/smoke.py").model
+    assert GPTConfig.from_config(model, backend="cpu").flat_weight_grads
+    assert not GPTConfig.from_config(model, backend="tpu").flat_weight_grads
+    assert not GPTConfig.from_config(model, backend="gpu").flat_weight_grads
+    flat = dataclasses.replace(TINY, d_ff=48, tie_embeddings=False)  # untied: the head's too
+    tokens = tokens_for(flat, batch=4)
+    params = init(flat, tokens)
+    einsum = dataclasses.replace(flat, flat_weight_grads=False)
+    (loss_f, grads_f), (loss_e, grads_e) = (_loss_and_grads(c, params, tokens)
+                                            for c in (flat, einsum))
+    np.testing.assert_allclose(loss_f, loss_e, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 grads_f, grads_e)
+    # The reason (docs/performance.md): as one einsum over (b, t), XLA:CPU copies the MLP
+    # activation [B*T, d_ff] transposed, every layer, to feed the output projection's gradient.
+    rows = tokens.size
+    transposed = re.compile(rf"%copy\S*fusion\S* = f32\[{flat.d_ff},{rows}\]")
+    hlo = {c.flat_weight_grads: jax.jit(functools.partial(_loss_and_grads, c)).lower(
+        params, tokens).compile().as_text() for c in (flat, einsum)}
+    assert transposed.search(hlo[False]) and not transposed.search(hlo[True])
+
+
 @pytest.mark.parametrize("policy", ["full", "save_dots", "save_proj", "save_qkv"])
 @pytest.mark.parametrize("scan", [True, False])
 def test_remat_equals_no_remat(policy, scan):

@@ -53,29 +53,44 @@ def matmul(spec: str, x, kernel, c, bias=None, out_dtype=None):
         y = jnp.einsum(spec, x, kernel, preferred_element_type=out_dtype)  # (inference only)
         y = y if bias is None else y + bias.astype(y.dtype)
     else:
-        y = _matmul(spec, out_dtype, c.grad_dtype or kernel.dtype, x, kernel, bias)
+        y = _matmul(spec, out_dtype, c.grad_dtype or kernel.dtype, c.flat_weight_grads, x,
+                    kernel, bias)
     return checkpoint_name(y, "matmul")  # what remat=save_dots keeps
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _matmul(spec, out_dtype, grad_dtype, x, kernel, bias):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _matmul(spec, out_dtype, grad_dtype, flat, x, kernel, bias):
     y = jnp.einsum(spec, x, kernel.astype(x.dtype), preferred_element_type=out_dtype)
     return y if bias is None else y + bias.astype(y.dtype)
 
 
-def _matmul_fwd(spec, out_dtype, grad_dtype, x, kernel, bias):
-    return _matmul(spec, out_dtype, grad_dtype, x, kernel, bias), (x, kernel, bias)
+def _matmul_fwd(spec, out_dtype, grad_dtype, flat, x, kernel, bias):
+    return _matmul(spec, out_dtype, grad_dtype, flat, x, kernel, bias), (x, kernel, bias)
 
 
-def _matmul_bwd(spec, out_dtype, grad_dtype, residuals, g):
+def _matmul_bwd(spec, out_dtype, grad_dtype, flat, residuals, g):
     x, kernel, bias = residuals
     x_ax, rest = spec.split(",")
     k_ax, y_ax = rest.split("->")
     dx = jnp.einsum(f"{y_ax},{k_ax}->{x_ax}", g, kernel.astype(x.dtype),
                     preferred_element_type=out_dtype).astype(x.dtype)
-    dk = jnp.einsum(f"{x_ax},{y_ax}->{k_ax}", x, g, preferred_element_type=grad_dtype)
+    if flat and x_ax[:2] == y_ax[:2] == "bt":
+        dk = _flat_kernel_grad(x_ax[2:], y_ax[2:], k_ax, x, g, grad_dtype)
+    else:
+        dk = jnp.einsum(f"{x_ax},{y_ax}->{k_ax}", x, g, preferred_element_type=grad_dtype)
     db = None if bias is None else g.sum(tuple(range(g.ndim - bias.ndim)), dtype=grad_dtype)
     return dx, dk.astype(kernel.dtype), None if bias is None else db.astype(bias.dtype)
+
+
+def _flat_kernel_grad(x_feat, y_feat, k_ax, x, g, dtype):
+    """The kernel gradient sum_(b,t) x[b,t,...] g[b,t,...] as one 2-D matmul over the B*T rows,
+    x_rows^T @ g_rows, laid out as the kernel (GPTConfig.flat_weight_grads, set on CPU). Written
+    as one einsum over (b, t), XLA:CPU feeds its matmul transposed copies of the activations (for
+    the MLP's output projection the [B*T, d_ff] one, every layer): docs/performance.md."""
+    rows = x.shape[0] * x.shape[1]
+    dk = jnp.matmul(x.reshape(rows, -1).T, g.reshape(rows, -1), preferred_element_type=dtype)
+    dk = dk.reshape(*x.shape[2:], *g.shape[2:])
+    return dk if x_feat + y_feat == k_ax else jnp.einsum(f"{x_feat}{y_feat}->{k_ax}", dk)
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)

@@ -56,6 +56,7 @@ class GPTConfig:
     remat: str = "none"
     grad_dtype: jnp.dtype | None = None  # matmul kernels' and biases' gradients (None: the
     #                                      param dtype); optim.grad_reduce_dtype sets it
+    flat_weight_grads: bool = False  # kernel gradients as 2-D matmuls over B*T rows (CPU)
 
     @property
     def padded_vocab(self) -> int:
@@ -112,7 +113,7 @@ class GPTConfig:
             if value not in DTYPES:
                 raise UserError(f"config.model.{key}={value!r}: choose one of {sorted(DTYPES)}")
         kwargs.update(dtype=DTYPES[dtype], param_dtype=DTYPES[kwargs.get("param_dtype", "float32")],
-                      attention=attention)
+                      attention=attention, flat_weight_grads=backend == "cpu")
         config = cls(**kwargs)
         config.validate()
         return config
