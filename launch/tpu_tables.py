@@ -98,6 +98,11 @@ def estimates(path: pathlib.Path, only: list[str]) -> None:
     rows = {json.loads(ln)["label"]: json.loads(ln) for ln in path.read_text().splitlines()}
     for label in [x for x in only or [row[0] for row in ROWS] if x in rows]:
         r = rows[label]
+        if r.get("fits") is False:  # compile stops there: no time to estimate
+            print(f"| {label} | {r['topology']} | does not fit: "
+                  f"{r['memory']['total_bytes'] / 2 ** 30:.2f} GiB of "
+                  f"{r['usable_bytes'] / 2 ** 30:.2f} GiB per chip |")
+            continue
         if "estimate" not in r:
             print(f"| {label} | {r.get('topology', '')} | error: {r.get('error', '?')} |")
             continue

@@ -121,3 +121,20 @@ def test_cli_json(repo_dir):
         [sys.executable, "-m", "gptjax", "plan", "--config", "configs/smoke.py",
          "--mesh", "data=x"], cwd=repo_dir, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "not an integer" in bad.stderr
+
+
+def test_memory_table_measures_a_row_and_is_the_docs_table(repo_dir, tmp_path):
+    """`launch/memory_table.py run` measures a row within the 15% bound; docs/memory.md's
+    validation table is exactly `markdown` of the committed records."""
+    out = tmp_path / "validation.jsonl"
+    run = subprocess.run([sys.executable, "launch/memory_table.py", "run", "1", "--out", str(out)],
+                         cwd=repo_dir, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    row = json.loads(out.read_text())
+    assert row["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1} and row["tokens_per_device"] == 512
+    assert abs(row["estimate_bytes"] / row["measured_bytes"] - 1) < 0.15
+    table = subprocess.run([sys.executable, "launch/memory_table.py", "markdown"], cwd=repo_dir,
+                           capture_output=True, text=True, timeout=120)
+    rows = [ln for ln in table.stdout.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
+    docs = (repo_dir / "docs" / "memory.md").read_text().splitlines()
+    assert len(rows) == 24 and all(ln in docs for ln in rows)
