@@ -5,7 +5,8 @@ each session and is removed at its end, so every program is still compiled once)
 
 XLA:CPU compiles with LLVM's optimisations off (`FAST_COMPILE`): the suite's programs are tiny,
 compiling is most of its time, and optimised code would not run them measurably faster (the
-default suite took 20 min instead of about 49 min on the 2-core development machine). XLA's own
+default suite took 24 min instead of 49 min in a fresh clone on the 2-core development machine,
+README.md "Tests"). XLA's own
 HLO passes (fusion, layout, SPMD partitioning) still run; `gptjax bench` and every command outside
 the tests compile with XLA's defaults. Tests that set a subprocess's XLA_FLAGS keep this flag."""
 
