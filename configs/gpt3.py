@@ -61,9 +61,10 @@ SLICES = {"small": "v5p-8", "medium": "v5p-16", "large": "v5p-16", "xl": "v5p-32
 FSDP_FROM = "xl"            # this size and larger: FSDP over the slice and full remat
 # Sizes above this reduce gradients in the compute dtype (optim.grad_reduce_dtype=bfloat16).
 # At grad_accum=1 the float32 reduction costs only float32 partial sums per layer (XL on
-# v5p-32: 22.1 GiB per chip against 20.1, docs/tpu.md), but these sizes have no float32 compile
-# on record yet; with grad_accum>1 it holds a whole float32 gradient on every chip, 27 GB for
-# 6.7B and 700 GB for 175B.
+# v5p-32: 22.1 GiB per chip against 20.1; 6.7B 47.5 against 46.5, 13B 30.8 against 30.8,
+# docs/tpu.md), but the step-time estimates of these sizes are made with bfloat16; with
+# grad_accum>1 it holds a whole float32 gradient on every chip, 27 GB for 6.7B and 700 GB for
+# 175B.
 FLOAT32_REDUCE_UP_TO = "2.7b"
 WARMUP_TOKENS = 375e6
 DECAY_TOKENS = 260e9
