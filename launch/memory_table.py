@@ -22,9 +22,7 @@ import pathlib
 import platform
 import subprocess
 import sys
-
-import flax
-import jax
+from importlib.metadata import version
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 OUT = REPO / "docs" / "memory" / "validation.jsonl"
@@ -88,7 +86,7 @@ def measure(n: int) -> dict:
             "remat": plan["remat"], "measured_bytes": plan["measured"]["peak_bytes"],
             "estimate_bytes": plan["total_bytes"],
             "date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, "
-            f"{os.cpu_count()} cores", "jax": jax.__version__, "flax": flax.__version__}
+            f"{os.cpu_count()} cores", "jax": version("jax"), "flax": version("flax")}
 
 
 def read(path: pathlib.Path) -> dict[int, dict]:
@@ -101,18 +99,18 @@ def markdown(rows: list[dict]) -> str:
     mib = 2 ** 20
     lines = ["| # | config | overrides | mesh (d,f,t) | tokens/dev | remat | measured MiB | "
              "estimate MiB | error |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    errors = [r["estimate_bytes"] / r["measured_bytes"] - 1 for r in rows]
+    for r, error in zip(rows, errors, strict=True):
         name = "smoke" if r["config"] == SMOKE else r["config"].split("/")[-1].replace(".py", "")
         mesh = ",".join(str(r["mesh"].get(k, 1)) for k in ("data", "fsdp", "tensor"))
-        error = r["estimate_bytes"] / r["measured_bytes"] - 1
         lines.append(f"| {r['row']} | {name}{' (held out)' if r['held_out'] else ''} | "
                      f"{r['overrides']} | {mesh} | {r['tokens_per_device']} | {r['remat']} | "
                      f"{r['measured_bytes'] / mib:.1f} | {r['estimate_bytes'] / mib:.1f} | "
                      f"{error:+.1%} |")
-    errors = [abs(r["estimate_bytes"] / r["measured_bytes"] - 1) for r in rows]
     if errors:
-        lines.append(f"\n{len(rows)} rows; largest error {max(errors):.1%}, mean absolute "
-                     f"{sum(errors) / len(errors):.1%}.")
+        size = [abs(e) for e in errors]
+        lines.append(f"\n{len(rows)} rows; largest error {max(size):.1%}, mean absolute "
+                     f"{sum(size) / len(size):.1%}.")
     return "\n".join(lines)
 
 
