@@ -15,11 +15,14 @@ export GPTJAX_EXTRAS="${GPTJAX_EXTRAS-interop-test,eval-test,tpu,gcs-test,serve-
 export GPTJAX_EXTRAS_OPTIONAL=1
 source launch/setup.sh
 status=0
+# One pytest-xdist worker per core, at most 4 (GPTJAX_TEST_WORKERS=N to choose, 0 for none); a
+# test file's tests stay on one worker (--dist loadfile), so its module fixtures are made once.
+workers=(-n "${GPTJAX_TEST_WORKERS:-auto}" --maxprocesses 4 --dist loadfile)
 if [[ "${1:-}" == "--slow" ]]; then
   shift
-  python -m pytest -m slow "$@" || status=$?
+  python -m pytest "${workers[@]}" -m slow "$@" || status=$?
 else
-  python -m pytest "$@" || status=$?
+  python -m pytest "${workers[@]}" "$@" || status=$?
 fi
 # pytest's 5 is "no test collected": with a -k that matches nothing, say so, but it is no failure.
 if [[ $status == 5 ]]; then
