@@ -1,14 +1,18 @@
 """The train step's arithmetic: token-weighted accumulation, fp32 gradient paths, the schedule
 after skipped steps, the optimizer-state size, remat in the unrolled layout."""
 
+import importlib.util
 import json
+import re
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import needs_libtpu
+from conftest import HAS_LIBTPU, needs_libtpu
 
 from gptjax import cli
 from gptjax.config.loader import get_config
@@ -91,6 +95,32 @@ def test_embedding_gradient_accumulates_in_float32():
     ref = embedding_grad("float32")
     got = embedding_grad("bfloat16")  # a bfloat16 scatter-add is off by ~11% here
     assert np.abs(got - ref).max() <= 0.02 * np.abs(ref).max()
+
+
+def test_embed_lookup_compares_two_ways_of_the_same_lookup(repo_dir):
+    """launch/embed_lookup.py (docs/training.md, "The token embedding"): its gather and one-hot
+    give the same rows and table gradients, and the command prints a time for each."""
+    spec = importlib.util.spec_from_file_location("embed_lookup", repo_dir / "launch" /
+                                                  "embed_lookup.py")
+    lookup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lookup)
+    c = GPTConfig.from_config(tiny().model, backend="tpu")  # bfloat16 compute, float32 table
+    rng = np.random.default_rng(0)
+    table = jnp.asarray(rng.normal(size=(c.padded_vocab, c.d_model)), jnp.float32)
+    tokens = jnp.asarray(rng.integers(0, c.vocab_size, (4, 16)), jnp.int32)
+    ct = jnp.asarray(rng.normal(size=(4, 16, c.d_model)), c.dtype)
+    (rows_g, grad_g), (rows_h, grad_h) = (jax.jit(lookup.forward_backward(f, c))(table, tokens, ct)
+                                          for f in (lookup.gather, lookup.one_hot))
+    assert grad_g.dtype == grad_h.dtype == jnp.float32 and float(jnp.abs(grad_g).max()) > 0
+    np.testing.assert_array_equal(np.asarray(rows_g, np.float32), np.asarray(rows_h, np.float32))
+    np.testing.assert_allclose(grad_g, grad_h, rtol=1e-6, atol=1e-6)
+    for extra in ([], *([["--topology", "v6e-4"]] if HAS_LIBTPU else [])):
+        out = subprocess.run([sys.executable, "launch/embed_lookup.py", "--config",
+                              "configs/smoke.py", "--repeats", "2", *extra], cwd=repo_dir,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        times = re.findall(r"^  (gather|one-hot) +([\d.]+) µs", out.stdout, re.M)
+        assert [t[0] for t in times] == ["gather", "one-hot"], out.stdout
 
 
 def test_skipped_step_advances_the_schedule_and_logs_the_applied_lr():
