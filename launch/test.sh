@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up .venv (first run only) with everything the suite needs, and runs the tests on CPU.
-#   bash launch/test.sh            default suite (24 minutes on 2 cores, README.md "Tests")
+#   bash launch/test.sh            default suite (15 minutes on 2 cores, README.md "Tests")
 #   bash launch/test.sh --slow     only the slow tests (long fault-injection loops, sweeps, docs)
 #   bash launch/test.sh -k NAME    any other arguments go to pytest
 # The suite's optional parts come with it (CI runs exactly this command): the GPT-2 parity tests

@@ -1,14 +1,15 @@
 """Test setup: CPU only, 8 virtual devices (for sharding tests), data from ../shared, and one
-persistent XLA compilation cache for the session (the test process and every `gptjax`
-subprocess it starts: most tests compile the same tiny programs again; the cache starts empty
-each session and is removed at its end, so every program is still compiled once).
+persistent XLA compilation cache for the session (the test processes, one per pytest-xdist
+worker, and every `gptjax` subprocess they start: most tests compile the same tiny programs
+again; the cache starts empty each session and is removed at its end, so every program is still
+compiled once).
 
 XLA:CPU compiles with LLVM's optimisations off (`FAST_COMPILE`): the suite's programs are tiny
 and compiling is most of its time, so the slower code costs less than the optimising saves (the
-default suite took 24 min instead of 49 min in a fresh clone on the 2-core development machine,
-README.md "Tests"). XLA's own HLO passes (fusion, layouts, SPMD partitioning) still run;
-`gptjax bench` and every command outside the tests compile with XLA's defaults. Tests that set a
-subprocess's XLA_FLAGS keep this flag."""
+default suite took 24 min instead of 49 min in one process, in a fresh clone on the 2-core
+development machine, README.md "Tests"). XLA's own HLO passes (fusion, layouts, SPMD
+partitioning) still run; `gptjax bench` and every command outside the tests compile with XLA's
+defaults. Tests that set a subprocess's XLA_FLAGS keep this flag."""
 
 import atexit
 import importlib.util
